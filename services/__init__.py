@@ -1,0 +1,1 @@
+"""Perennial deployables: one folder per service."""

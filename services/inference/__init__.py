@@ -1,0 +1,1 @@
+"""The inference service: the Open Inference Protocol over gRPC, hot-swapping adapters."""

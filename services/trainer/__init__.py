@@ -1,0 +1,1 @@
+"""The trainer service: Kafka examples in, LAE learning, Redis snapshots out."""

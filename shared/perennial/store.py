@@ -1,0 +1,184 @@
+"""Immutable adapter snapshots in Redis, announced on a pub/sub channel.
+
+Keys of one adapter share the hash tag `{adapter}`, so on Redis Cluster they sit
+in one slot and the publish transaction stays atomic:
+
+    perennial:{A}:blob:<version>      safetensors bytes (never pickle)
+    perennial:{A}:manifest:<version>  JSON manifest (see `Manifest`)
+    perennial:{A}:head                the version inference serves by default
+    perennial:{A}:versions            sorted set of versions by sequence number
+    perennial:adapters                set of adapter ids (outside the transaction)
+
+A version id is `v<sequence>-<sha256 prefix>`, so a name never means two sets of
+weights. `publish` writes blob, manifest and head in one MULTI/EXEC guarded by
+WATCH on the head: if the head is no longer the parent the writer started from,
+the write is rejected (`StaleParent`), which fences a second writer out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import redis
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+UPDATES_CHANNEL = "perennial:updates"
+MAX_EVENT_TIMES = 1024  # event times kept per manifest, for the freshness histogram
+
+
+class StaleParent(RuntimeError):
+    """The head moved since this writer read it: another writer owns the adapter."""
+
+
+class IntegrityError(RuntimeError):
+    """A blob's sha256 differs from its manifest."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    adapter: str
+    version: str
+    sequence: int
+    parent: str | None
+    sha256: str
+    offsets: dict[str, int]  # "topic:partition" -> next offset to apply
+    examples: int  # examples applied in total
+    created_at: float
+    classes: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    event_times: list[float] = field(default_factory=list)  # of examples new in this version
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        return cls(**json.loads(text))
+
+
+def to_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    return save_safetensors(tensors, metadata=metadata)
+
+
+def from_safetensors(blob: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and string metadata of a safetensors blob (format: u64 header size, JSON header)."""
+    (header_size,) = struct.unpack("<Q", blob[:8])
+    metadata = json.loads(blob[8 : 8 + header_size]).get("__metadata__", {})
+    return load_safetensors(blob), metadata
+
+
+class SnapshotStore:
+    def __init__(self, client: redis.Redis, prefix: str = "perennial", channel: str = UPDATES_CHANNEL):
+        self.redis = client
+        self.prefix = prefix
+        self.channel = channel
+
+    def _key(self, adapter: str, *parts: str) -> str:
+        return ":".join((self.prefix, "{" + adapter + "}", *parts))
+
+    def publish(
+        self,
+        adapter: str,
+        blob: bytes,
+        *,
+        parent: Manifest | None,
+        offsets: dict[str, int],
+        examples: int,
+        classes: list[str],
+        metrics: dict[str, float] | None = None,
+        event_times: list[float] = (),
+    ) -> Manifest:
+        """Write a new immutable version and make it the head; then announce it."""
+        sha256 = hashlib.sha256(blob).hexdigest()
+        sequence = parent.sequence + 1 if parent else 1
+        if len(event_times) > MAX_EVENT_TIMES:  # keep an even sample
+            step = len(event_times) / MAX_EVENT_TIMES
+            event_times = [event_times[int(i * step)] for i in range(MAX_EVENT_TIMES)]
+        manifest = Manifest(
+            adapter=adapter,
+            version=f"v{sequence:06d}-{sha256[:12]}",
+            sequence=sequence,
+            parent=parent.version if parent else None,
+            sha256=sha256,
+            offsets=dict(offsets),
+            examples=examples,
+            created_at=time.time(),
+            classes=list(classes),
+            metrics=dict(metrics or {}),
+            event_times=list(event_times),
+        )
+        head_key = self._key(adapter, "head")
+        with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(head_key)
+                current = pipe.get(head_key)
+                if (current.decode() if current else None) != manifest.parent:
+                    raise StaleParent(
+                        f"adapter {adapter!r}: head is {current!r}, this write's parent is {manifest.parent!r}"
+                    )
+                pipe.multi()
+                pipe.set(self._key(adapter, "blob", manifest.version), blob)
+                pipe.set(self._key(adapter, "manifest", manifest.version), manifest.to_json())
+                pipe.zadd(self._key(adapter, "versions"), {manifest.version: sequence})
+                pipe.set(head_key, manifest.version)
+                pipe.execute()
+            except redis.WatchError as error:
+                raise StaleParent(f"adapter {adapter!r}: head moved during the write") from error
+        self.redis.sadd(f"{self.prefix}:adapters", adapter)
+        self.redis.publish(self.channel, json.dumps({"adapter": adapter, "version": manifest.version}))
+        return manifest
+
+    def head(self, adapter: str) -> Manifest | None:
+        version = self.redis.get(self._key(adapter, "head"))
+        return self.manifest(adapter, version.decode()) if version else None
+
+    def manifest(self, adapter: str, version: str) -> Manifest | None:
+        text = self.redis.get(self._key(adapter, "manifest", version))
+        return Manifest.from_json(text) if text else None
+
+    def fetch(self, adapter: str, version: str) -> tuple[Manifest, bytes]:
+        """The manifest and blob of a version, after checking the blob's sha256."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self._key(adapter, "manifest", version))
+            pipe.get(self._key(adapter, "blob", version))
+            text, blob = pipe.execute()
+        if text is None or blob is None:
+            raise KeyError(f"adapter {adapter!r} has no version {version!r}")
+        manifest = Manifest.from_json(text)
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != manifest.sha256:
+            raise IntegrityError(
+                f"adapter {adapter!r} version {version}: blob sha256 {digest} != manifest {manifest.sha256}"
+            )
+        return manifest, blob
+
+    def versions(self, adapter: str) -> list[str]:
+        return [v.decode() for v in self.redis.zrange(self._key(adapter, "versions"), 0, -1)]
+
+    def adapters(self) -> list[str]:
+        return sorted(a.decode() for a in self.redis.smembers(f"{self.prefix}:adapters"))
+
+    def announcements(self) -> Iterator[tuple[str, str] | None]:
+        """Yield (adapter, version) per announcement, or None every second of quiet."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.channel)
+        try:
+            while True:
+                message = pubsub.get_message(timeout=1.0)
+                if message is None:
+                    yield None
+                    continue
+                try:
+                    body = json.loads(message["data"])
+                    yield body["adapter"], body["version"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # not ours; the periodic head check covers anything missed
+        finally:
+            pubsub.close()
