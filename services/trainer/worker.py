@@ -1,16 +1,19 @@
 """The trainer's consume → learn → snapshot → commit loop.
 
 Exactly-once effect per example: every adapter's manifest records, per
-partition, the offset after the last example it applied. On (re)assignment the
-consumer seeks to the group's committed offset (or, without one, the smallest
-manifest offset), and a record whose offset is below its adapter's manifest
-offset is skipped. The Kafka commit follows the Redis write and never passes
-an example that is not in some snapshot, so a crash anywhere re-reads but never
-re-applies or loses an example.
+partition, the offset after the last example it applied, and a record whose
+offset is below its adapter's manifest offset is skipped. The Kafka commit
+follows each round of snapshots and never passes an example that is not in
+some snapshot, so on start or rebalance the consumer resumes from the
+committed offset (the manifests' offsets, or earlier), and a crash anywhere
+re-reads but never re-applies or loses an example.
 
 Micro-batches are cut by size (`batch_size`), so a replay after a crash sees the
 same batches as the uninterrupted run; a partial batch is flushed only after
 `batch_wait_seconds` without new examples (set it to inf for strict determinism).
+
+kafka-python runs rebalance callbacks on its network thread, where blocking
+Kafka calls are not allowed: the callbacks touch only Redis and local state.
 """
 
 from __future__ import annotations
@@ -134,14 +137,15 @@ class Trainer:
             self.consumer.close(autocommit=False)
             self.producer.close()
 
-    def poll_once(self, timeout_ms: int = 200) -> None:
+    def poll_once(self, timeout_ms: int = 1000) -> None:
+        # ~1 s: kafka-python 3.0.12 may discard a group join whose poll times out between
+        # JoinGroup and SyncGroup; short polls make that (a 3 s penalty) common.
+        # poll() returns as soon as records arrive, so this costs no latency.
         for records in self.consumer.poll(timeout_ms=timeout_ms).values():
             for record in records:
                 self._accept(record)
         self._train_ready()
-        due_by_count = self._since_snapshot >= self.settings.snapshot_every_examples
-        due_by_time = time.monotonic() - self._last_snapshot >= self.settings.snapshot_every_seconds
-        if due_by_count or due_by_time:
+        if time.monotonic() - self._last_snapshot >= self.settings.snapshot_every_seconds:
             self.snapshot_all()
 
     # -- ingestion -----------------------------------------------------------------------
@@ -217,16 +221,19 @@ class Trainer:
             state.applied[item.partition] = item.offset + 1
             state.new_event_times.append(item.example.event_time)
         self._since_snapshot += len(batch)
+        if self._since_snapshot >= self.settings.snapshot_every_examples:
+            self.snapshot_all()
 
     # -- snapshots and commits -------------------------------------------------------------
-    def snapshot_all(self) -> None:
+    def snapshot_all(self, commit: bool = True) -> None:
         """Publish every adapter with unsnapshotted examples, then commit Kafka offsets."""
         for adapter, state in list(self.adapters.items()):
             if state.dirty:
                 self._snapshot(adapter, state)
         self._last_snapshot = time.monotonic()
         self._since_snapshot = 0
-        self._commit()
+        if commit:
+            self._commit()
 
     def _snapshot(self, adapter: str, state: AdapterState) -> None:
         started = time.perf_counter()
@@ -272,22 +279,16 @@ class Trainer:
             self.consumer.commit(offsets)
 
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
-        """Seek each partition to its committed offset, else to the smallest manifest offset."""
-        manifests = [m for m in (self.store.head(a) for a in self.store.adapters()) if m]
-        for tp in partitions:
-            committed = self.consumer.committed(tp)
-            if committed is not None:
-                continue  # the consumer starts there by itself
-            key = _partition_key(tp.topic, tp.partition)
-            known = [m.offsets[key] for m in manifests if key in m.offsets]
-            if known:
-                self.consumer.seek(tp, min(known))
         log.info("partitions assigned", extra={"fields": {"partitions": [str(tp) for tp in partitions]}})
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
-        """Snapshot what was learned, commit, and forget state the next owner will rebuild."""
-        if self.adapters:
-            self.snapshot_all()
+        """Snapshot what was learned and forget state the next owner rebuilds from Redis.
+
+        No Kafka commit here (not allowed on the network thread, and the partitions
+        are leaving): the next owner replays from the last commit and skips what
+        the manifests already contain.
+        """
+        self.snapshot_all(commit=False)
         self.adapters.clear()
         log.info("partitions revoked", extra={"fields": {"partitions": [str(tp) for tp in partitions]}})
 

@@ -120,13 +120,14 @@ class DataPlane:
 
     def _swap(self, adapter: str, new: ServedVersion) -> None:
         old = self._current.get(adapter)
-        self._current[adapter] = new
-        self.metrics.swaps.labels(adapter).inc()
-        self.metrics.served_sequence.labels(adapter).set(new.manifest.sequence)
+        newly_served = self._manifests_since(new.manifest, old.manifest if old else None)
         now = time.time()
-        for manifest in self._manifests_since(new.manifest, old.manifest if old else None):
+        for manifest in newly_served:
             for event_time in manifest.event_times:
                 self.metrics.freshness.labels(adapter).observe(max(0.0, now - event_time))
+        self.metrics.swaps.labels(adapter).inc()
+        self.metrics.served_sequence.labels(adapter).set(new.manifest.sequence)
+        self._current[adapter] = new  # the swap: one reference assignment
         log.info("serving version", extra={"fields": {
             "adapter": adapter, "version": new.version, "previous": old.version if old else None}})
 

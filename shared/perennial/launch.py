@@ -1,0 +1,85 @@
+"""Run the trainer and inference services as separate processes (demo and end-to-end tests).
+
+Each service is started as `python -m services.<name>` with its configuration in
+`PERENNIAL_*` environment variables, exactly as a container would run it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from perennial.localstack import ManagedProcess, free_port
+
+STARTUP_SECONDS = 120.0  # loading the backbone on a busy 2-core machine
+
+
+@dataclass
+class Service:
+    process: ManagedProcess
+    metrics_port: int
+    grpc_port: int | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            return response.read().decode()
+
+    def stop(self, timeout: float = 20) -> int:
+        return self.process.stop(timeout)
+
+
+def _environment(settings: dict[str, object]) -> dict[str, str]:
+    environment = dict(os.environ)
+    environment.update({key: str(value) for key, value in settings.items()})
+    environment.setdefault("PERENNIAL_TORCH_THREADS", "1")
+    environment.setdefault("HF_HUB_OFFLINE", "1")
+    environment.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return environment
+
+
+def start_trainer(workdir: Path, *, bootstrap: str, redis_url: str, log_name: str = "trainer.log",
+                  **settings: object) -> Service:
+    """Start the trainer; ready once its /metrics endpoint answers."""
+    port = free_port()
+    environment = _environment({"PERENNIAL_KAFKA_BOOTSTRAP": bootstrap, "PERENNIAL_REDIS_URL": redis_url,
+                                "PERENNIAL_METRICS_PORT": port, **settings})
+    process = ManagedProcess([sys.executable, "-m", "services.trainer"], workdir / log_name,
+                             name="trainer", env=environment)
+    service = Service(process, port)
+    process.wait_ready(lambda: bool(service.scrape()), STARTUP_SECONDS, "trainer /metrics")
+    return service
+
+
+def start_inference(workdir: Path, *, redis_url: str, log_name: str = "inference.log",
+                    **settings: object) -> Service:
+    """Start the inference service; ready once gRPC health says SERVING."""
+    metrics_port, grpc_port = free_port(), free_port()
+    environment = _environment({"PERENNIAL_REDIS_URL": redis_url, "PERENNIAL_METRICS_PORT": metrics_port,
+                                "PERENNIAL_GRPC_HOST": "127.0.0.1", "PERENNIAL_GRPC_PORT": grpc_port,
+                                **settings})
+    process = ManagedProcess([sys.executable, "-m", "services.inference"], workdir / log_name,
+                             name="inference", env=environment)
+    service = Service(process, metrics_port, grpc_port)
+    with grpc.insecure_channel(service.grpc_address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def serving() -> bool:
+            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        process.wait_ready(serving, STARTUP_SECONDS, "inference gRPC health SERVING")
+    return service

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real local infrastructure (Redis, the Tansu Kafka broker) as child processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from perennial.localstack import KafkaBroker, RedisServer, start_kafka, start_redis
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A ``redis-server`` on a free port for the whole session, with no persistence."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A Tansu broker (memory storage) on a free port for the whole session.
+
+    The broker is shared, so tests should use their own topic and group names.
+    """
+    broker = start_kafka(tmp_path_factory.mktemp("kafka"))
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client on the session's Redis server, emptied (``FLUSHALL``) before the test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    try:
+        yield client
+    finally:
+        client.close()

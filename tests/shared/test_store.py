@@ -1,0 +1,86 @@
+"""The Redis snapshot store, against a real redis-server."""
+
+import json
+import threading
+
+import pytest
+import torch
+
+from perennial.store import IntegrityError, SnapshotStore, StaleParent, from_safetensors, to_safetensors
+
+
+@pytest.fixture
+def store(redis_client):
+    return SnapshotStore(redis_client)
+
+
+def _blob(value: float) -> bytes:
+    return to_safetensors({"w": torch.full((2, 2), value)}, {"classes": json.dumps(["a"])})
+
+
+def _publish(store, blob, parent=None, **fields):
+    args = {"offsets": {"t:0": 5}, "examples": 5, "classes": ["a"], **fields}
+    return store.publish("ad", blob, parent=parent, **args)
+
+
+def test_safetensors_round_trip_keeps_metadata():
+    tensors, metadata = from_safetensors(_blob(1.5))
+    assert torch.equal(tensors["w"], torch.full((2, 2), 1.5))
+    assert metadata == {"classes": '["a"]'}
+
+
+def test_publish_writes_an_immutable_version_and_moves_the_head(store):
+    first = _publish(store, _blob(1.0))
+    second = _publish(store, _blob(2.0), parent=first, offsets={"t:0": 9}, examples=9)
+    assert (first.sequence, second.sequence) == (1, 2)
+    assert second.parent == first.version and second.version != first.version
+    assert store.head("ad") == second
+    assert store.versions("ad") == [first.version, second.version]
+    manifest, blob = store.fetch("ad", first.version)  # the old version is still there, unchanged
+    assert manifest == first and blob == _blob(1.0)
+    assert store.adapters() == ["ad"]
+    assert all("{ad}" in key.decode() for key in store.redis.keys("perennial:{*}:*"))
+
+
+def test_fencing_rejects_a_writer_whose_parent_is_stale(store):
+    first = _publish(store, _blob(1.0))
+    _publish(store, _blob(2.0), parent=first)
+    with pytest.raises(StaleParent, match="parent"):
+        _publish(store, _blob(3.0), parent=first)
+    with pytest.raises(StaleParent):
+        _publish(store, _blob(3.0), parent=None)
+    assert store.head("ad").sequence == 2
+
+
+def test_fetch_detects_a_corrupted_blob(store):
+    manifest = _publish(store, _blob(1.0))
+    store.redis.set(f"perennial:{{ad}}:blob:{manifest.version}", _blob(666.0))
+    with pytest.raises(IntegrityError, match="sha256"):
+        store.fetch("ad", manifest.version)
+    with pytest.raises(KeyError, match="no version"):
+        store.fetch("ad", "v999999-nothing")
+
+
+def test_publish_announces_on_the_channel(store):
+    announcements = []
+
+    def listen():
+        for item in store.announcements():
+            if item is not None:
+                announcements.append(item)
+                return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    # the subscription is live once the channel has a subscriber
+    while store.redis.pubsub_numsub(store.channel)[0][1] == 0:
+        pass
+    manifest = _publish(store, _blob(1.0))
+    listener.join(timeout=10)
+    assert announcements == [("ad", manifest.version)]
+
+
+def test_event_times_are_sampled_evenly_when_many(store):
+    manifest = _publish(store, _blob(1.0), event_times=[float(i) for i in range(5000)])
+    assert len(manifest.event_times) == 1024
+    assert manifest.event_times[0] == 0.0 and manifest.event_times[-1] > 4900
