@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from perennial.store import SnapshotStore
 ADAPTER = "wordnet"
 TOPIC = "perennial.examples"
 DEAD_LETTER_TOPIC = "perennial.examples.dlq"
+REQUEST_TIMEOUT_SECONDS = 60.0
 MALFORMED = (b"\x08\x96\x01not a protobuf", b'{"adapter": "wordnet", "text": "an example without a label"}')
 
 
@@ -127,7 +129,8 @@ class Client:
             texts = np.array([g.text.encode() for g in glosses[start : start + 64]], dtype=np.object_)
             tensor = triton.InferInput("text", [len(texts)], "BYTES")
             tensor.set_data_from_numpy(texts)
-            result = self.client.infer(ADAPTER, [tensor], outputs=[triton.InferRequestedOutput("label")])
+            result = self.client.infer(ADAPTER, [tensor], outputs=[triton.InferRequestedOutput("label")],
+                                       client_timeout=REQUEST_TIMEOUT_SECONDS)
             version = result.get_response().parameters["adapter_version"].string_param
             predictions += [label.decode() for label in result.as_numpy("label")]
         return version, predictions
@@ -290,9 +293,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 service.stop()
 
 
+def _interrupt(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored
+        signal.signal(signum, _interrupt)
     try:
         return run(args, console)
     except KeyboardInterrupt:

@@ -6,9 +6,11 @@ Each service is started as `python -m services.<name>` with its configuration in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,16 @@ def _environment(settings: dict[str, object]) -> dict[str, str]:
     return environment
 
 
+@contextlib.contextmanager
+def _stopped_on_failure(process: ManagedProcess) -> Iterator[None]:
+    """Stop `process` if start-up fails or is interrupted (Ctrl-C while the backbone loads)."""
+    try:
+        yield
+    except BaseException:
+        process.stop()
+        raise
+
+
 def start_trainer(workdir: Path, *, bootstrap: str, redis_url: str, log_name: str = "trainer.log",
                   **settings: object) -> Service:
     """Start the trainer; ready once its /metrics endpoint answers."""
@@ -60,7 +72,8 @@ def start_trainer(workdir: Path, *, bootstrap: str, redis_url: str, log_name: st
     process = ManagedProcess([sys.executable, "-m", "services.trainer"], workdir / log_name,
                              name="trainer", env=environment)
     service = Service(process, port)
-    process.wait_ready(lambda: bool(service.scrape()), STARTUP_SECONDS, "trainer /metrics")
+    with _stopped_on_failure(process):
+        process.wait_ready(lambda: bool(service.scrape()), STARTUP_SECONDS, "trainer /metrics")
     return service
 
 
@@ -74,7 +87,7 @@ def start_inference(workdir: Path, *, redis_url: str, log_name: str = "inference
     process = ManagedProcess([sys.executable, "-m", "services.inference"], workdir / log_name,
                              name="inference", env=environment)
     service = Service(process, metrics_port, grpc_port)
-    with grpc.insecure_channel(service.grpc_address) as channel:
+    with _stopped_on_failure(process), grpc.insecure_channel(service.grpc_address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
 
         def serving() -> bool:
