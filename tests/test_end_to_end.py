@@ -61,7 +61,7 @@ def stream(kafka_broker, redis_server, redis_client, tmp_path):
     started = []
     settings = {"PERENNIAL_TOPIC": topic, "PERENNIAL_DEAD_LETTER_TOPIC": f"{topic}.dlq",
                 "PERENNIAL_GROUP_ID": f"trainer-{suffix}", "PERENNIAL_BATCH_SIZE": 16,
-                "PERENNIAL_BATCH_WAIT_SECONDS": 1.0}
+                "PERENNIAL_BATCH_WAIT_SECONDS": 1.0, "PERENNIAL_HOLDOUT_EVERY": 0}
 
     def trainer(log_name="trainer.log", **overrides):
         service = start_trainer(tmp_path, bootstrap=kafka_broker.bootstrap, redis_url=redis_server.url,

@@ -1,92 +1,73 @@
-"""The trainer's consume → learn → snapshot → commit loop.
+"""The trainer core: per-adapter learners, snapshots, the guardrail — on one thread.
+
+All adapter state lives on the training thread. The Kafka poll loop
+(`ingest.py`) hands it decoded records through an inbox; the control API and
+rebalance callbacks hand it commands (`submit`), which run between steps. So the
+consumer keeps its group membership however long a step takes, and no state is
+shared between threads except the inbox and the committed-offset hand-back.
 
 Exactly-once effect per example: every adapter's manifest records, per
-partition, the offset after the last example it applied, and a record whose
-offset is below its adapter's manifest offset is skipped. The Kafka commit
-follows each round of snapshots and never passes an example that is not in
-some snapshot, so on start or rebalance the consumer resumes from the
-committed offset (the manifests' offsets, or earlier), and a crash anywhere
-re-reads but never re-applies or loses an example.
+partition, the offset after the last record it consumed, and a record below its
+adapter's manifest offset is skipped. The poll loop commits to Kafka only
+offsets below which every record is in some snapshot (`safe_offsets`), so a
+crash anywhere re-reads but never re-applies or loses an example.
 
-Micro-batches are cut by size (`batch_size`), so a replay after a crash sees the
-same batches as the uninterrupted run; a partial batch is flushed only after
+Micro-batches are cut by size, so a replay after a crash sees the same batches
+as the uninterrupted run; a partial batch is flushed only after
 `batch_wait_seconds` without new examples (set it to inf for strict determinism).
-
-kafka-python runs rebalance callbacks on its network thread, where blocking
-Kafka calls are not allowed: the callbacks touch only Redis and local state.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.structs import OffsetAndMetadata
+import redis
+import torch
 
-from perennial import codec
 from perennial.backbone import TextBackbone
-from perennial.config import env
-from perennial.learner import LAELearner, LearnerConfig
+from perennial.codec import Example
+from perennial.errors import InvalidInput, NotFound
+from perennial.events import EventPublisher
+from perennial.guardrail import HoldoutReservoir, judge
+from perennial.learner import Learner, LearnerConfig, build_learner, load_predictor, restore_learner
 from perennial.metrics import TrainerMetrics
 from perennial.store import Manifest, SnapshotStore, StaleParent, from_safetensors, to_safetensors
+from services.trainer.settings import TrainerSettings
 
 log = logging.getLogger("perennial.trainer")
 
 
 @dataclass(frozen=True)
-class TrainerSettings:
-    kafka_bootstrap: str
-    redis_url: str
-    topic: str = "perennial.examples"
-    dead_letter_topic: str = "perennial.examples.dlq"
-    group_id: str = "perennial-trainer"
-    batch_size: int = 16
-    batch_wait_seconds: float = 2.0
-    snapshot_every_examples: int = 64
-    snapshot_every_seconds: float = 5.0
-    seed: int = 0
-
-    @classmethod
-    def from_env(cls) -> TrainerSettings:
-        return cls(
-            kafka_bootstrap=env("PERENNIAL_KAFKA_BOOTSTRAP"),
-            redis_url=env("PERENNIAL_REDIS_URL"),
-            topic=env("PERENNIAL_TOPIC", cls.topic),
-            dead_letter_topic=env("PERENNIAL_DEAD_LETTER_TOPIC", cls.dead_letter_topic),
-            group_id=env("PERENNIAL_GROUP_ID", cls.group_id),
-            batch_size=env("PERENNIAL_BATCH_SIZE", cls.batch_size, int),
-            batch_wait_seconds=env("PERENNIAL_BATCH_WAIT_SECONDS", cls.batch_wait_seconds, float),
-            snapshot_every_examples=env("PERENNIAL_SNAPSHOT_EVERY_EXAMPLES", cls.snapshot_every_examples, int),
-            snapshot_every_seconds=env("PERENNIAL_SNAPSHOT_EVERY_SECONDS", cls.snapshot_every_seconds, float),
-            seed=env("PERENNIAL_SEED", cls.seed, int),
-        )
-
-
-def _partition_key(topic: str, partition: int) -> str:
-    return f"{topic}:{partition}"
-
-
-@dataclass
-class _Pending:
-    example: codec.Example
-    partition: str
+class Incoming:
+    partition: str  # "topic:partition"
     offset: int
+    example: Example
 
 
 @dataclass
 class AdapterState:
-    """One adapter's learner and what it has applied but not yet snapshotted."""
+    """One adapter's learner and what it has consumed but not yet snapshotted."""
 
-    learner: LAELearner
-    manifest: Manifest | None
-    applied: dict[str, int]  # partition key -> next offset to apply
-    pending: list[_Pending] = field(default_factory=list)
+    learner: Learner
+    latest: Manifest | None  # newest version written: the lineage training continues
+    head: Manifest | None  # version served
+    applied: dict[str, int]  # partition -> next offset to consume
+    class_counts: dict[str, int]
+    reservoir: HoldoutReservoir
+    pending: deque[Incoming] = field(default_factory=deque)
     new_event_times: list[float] = field(default_factory=list)
     last_arrival: float = 0.0
+    paused: bool = False
+    held_reason: str = ""
+    last_error: str = ""
 
     @property
     def dirty(self) -> bool:
@@ -100,85 +81,93 @@ class Trainer:
         backbone: TextBackbone,
         store: SnapshotStore,
         metrics: TrainerMetrics,
+        events: EventPublisher,
         learner_config: LearnerConfig | None = None,
     ) -> None:
         self.settings = settings
         self.backbone = backbone
         self.store = store
         self.metrics = metrics
-        self.learner_config = learner_config or LearnerConfig(seed=settings.seed)
+        self.events = events
+        self.learner_config = learner_config or LearnerConfig.from_env(seed=settings.seed)
         self.adapters: dict[str, AdapterState] = {}
+        self._inbox: queue.Queue[Incoming | tuple[Callable[[], Any], Future]] = queue.Queue()
+        self._parked: deque[Incoming] = deque()  # received, waiting for Redis to load their adapter
+        self._received: dict[str, int] = {}  # partition -> offset after the newest record received
+        self._safe: dict[str, int] = {}
+        self._safe_lock = threading.Lock()
+        self._head_cache: dict[tuple[str, str], Callable[[list[str]], list[str]]] = {}
         self._last_snapshot = time.monotonic()
         self._since_snapshot = 0
-        self.consumer: KafkaConsumer | None = None
-        self.producer: KafkaProducer | None = None
 
-    # -- lifecycle ---------------------------------------------------------------------
+    # -- called from other threads --------------------------------------------------------
+    def deliver(self, records: list[Incoming]) -> None:
+        for record in records:
+            self._inbox.put(record)
+
+    def submit(self, command: Callable[[], Any]) -> Future:
+        """Run `command` on the training thread between steps; its result arrives in the future."""
+        future: Future = Future()
+        self._inbox.put((command, future))
+        return future
+
+    def backlog(self) -> int:
+        """Records received but not yet trained (for back-pressure)."""
+        return self._inbox.qsize() + len(self._parked) + sum(len(s.pending) for s in list(self.adapters.values()))
+
+    def safe_offsets(self) -> dict[str, int]:
+        """Per partition, an offset below which every record is in a snapshot (to commit)."""
+        with self._safe_lock:
+            return dict(self._safe)
+
+    # -- the training thread ----------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        s = self.settings
-        self.producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap,
-            group_id=s.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-            max_poll_records=max(s.batch_size * 4, 64),
-            max_poll_interval_ms=300_000,
-        )
-        self.consumer.subscribe([s.topic], listener=_Rebalance(self))
-        log.info("consuming", extra={"fields": {"topic": s.topic, "group": s.group_id}})
-        try:
-            while not stop.is_set():
-                self.poll_once()
-            self.snapshot_all()
-        finally:
-            self.consumer.close(autocommit=False)
-            self.producer.close()
+        while not stop.is_set():
+            self.work_once()
+        self.snapshot_all()
 
-    def poll_once(self, timeout_ms: int = 1000) -> None:
-        # ~1 s: kafka-python 3.0.12 may discard a group join whose poll times out between
-        # JoinGroup and SyncGroup; short polls make that (a 3 s penalty) common.
-        # poll() returns as soon as records arrive, so this costs no latency.
-        for records in self.consumer.poll(timeout_ms=timeout_ms).values():
-            for record in records:
-                self._accept(record)
+    def work_once(self, timeout: float = 0.2) -> None:
+        self._drain(timeout)
+        self._route_parked()
         self._train_ready()
         if time.monotonic() - self._last_snapshot >= self.settings.snapshot_every_seconds:
             self.snapshot_all()
 
-    # -- ingestion -----------------------------------------------------------------------
-    def _accept(self, record) -> None:
-        partition = _partition_key(record.topic, record.partition)
+    def _drain(self, timeout: float) -> None:
         try:
-            example = codec.decode(record.value, key=record.key, timestamp_ms=record.timestamp)
-        except codec.DecodeError as error:
-            self._dead_letter(record, error)
+            item = self._inbox.get(timeout=timeout)
+        except queue.Empty:
             return
-        state = self._state(example.adapter)
-        if record.offset < state.applied.get(partition, 0):
-            self.metrics.skipped.labels(example.adapter).inc()
-            return
-        state.pending.append(_Pending(example, partition, record.offset))
-        state.last_arrival = time.monotonic()
+        while True:
+            if isinstance(item, Incoming):
+                self._parked.append(item)
+                self._received[item.partition] = max(self._received.get(item.partition, 0), item.offset + 1)
+            else:
+                command, future = item
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(command())
+                    except Exception as error:  # noqa: BLE001 - the caller gets it
+                        future.set_exception(error)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
 
-    def _dead_letter(self, record, error: codec.DecodeError) -> None:
-        headers = [
-            ("perennial.error.class", error.reason.encode()),
-            ("perennial.error.message", str(error).encode()),
-            ("perennial.source.topic", record.topic.encode()),
-            ("perennial.source.partition", str(record.partition).encode()),
-            ("perennial.source.offset", str(record.offset).encode()),
-        ]
-        self.producer.send(
-            self.settings.dead_letter_topic, key=record.key, value=record.value, headers=headers
-        ).get(timeout=10)
-        self.metrics.dead_lettered.labels(error.reason).inc()
-        log.warning(
-            "dead-lettered a record",
-            extra={"fields": {"reason": error.reason, "error": str(error), "offset": record.offset}},
-        )
+    def _route_parked(self) -> None:
+        while self._parked:
+            record = self._parked[0]
+            try:
+                state = self._state(record.example.adapter)
+            except redis.RedisError as error:
+                self._dependency_error("redis", error)
+                return  # keep order: retry from this record on the next round
+            self._parked.popleft()
+            if record.offset < state.applied.get(record.partition, 0):
+                self.metrics.skipped.labels(record.example.adapter).inc()
+                continue
+            state.pending.append(record)
+            state.last_arrival = time.monotonic()
 
     def _state(self, adapter: str) -> AdapterState:
         state = self.adapters.get(adapter)
@@ -187,119 +176,218 @@ class Trainer:
         return state
 
     def _load(self, adapter: str) -> AdapterState:
-        manifest = self.store.head(adapter)
-        if manifest is None:
+        reservoir = HoldoutReservoir(self.store.redis, adapter, self.settings.guardrail, self.store.prefix)
+        latest, head = self.store.latest(adapter), self.store.head(adapter)
+        if latest is None:
             log.info("new adapter", extra={"fields": {"adapter": adapter}})
-            return AdapterState(LAELearner(self.backbone, self.learner_config), None, {})
-        manifest, blob = self.store.fetch(adapter, manifest.version)
-        learner = LAELearner.from_state(self.backbone, *from_safetensors(blob))
-        log.info(
-            "resumed adapter",
-            extra={"fields": {"adapter": adapter, "version": manifest.version, "offsets": manifest.offsets}},
-        )
-        return AdapterState(learner, manifest, dict(manifest.offsets))
+            return AdapterState(build_learner(self.backbone, self.learner_config), None, None, {}, {}, reservoir)
+        latest, blob = self.store.fetch(adapter, latest.version)
+        learner = restore_learner(self.backbone, *from_safetensors(blob))
+        log.info("resumed adapter", extra={"fields": {
+            "adapter": adapter, "version": latest.version, "offsets": latest.offsets}})
+        return AdapterState(learner, latest, head, dict(latest.offsets), dict(latest.class_counts), reservoir)
 
-    # -- learning ------------------------------------------------------------------------
     def _train_ready(self) -> None:
         now = time.monotonic()
-        for adapter, state in self.adapters.items():
+        for adapter, state in list(self.adapters.items()):
+            if state.paused:
+                continue
             while len(state.pending) >= self.settings.batch_size:
-                self._step(adapter, state, self.settings.batch_size)
-            idle = now - state.last_arrival >= self.settings.batch_wait_seconds
-            if state.pending and idle:
-                self._step(adapter, state, len(state.pending))
+                self._consume(adapter, state, self.settings.batch_size)
+            if state.pending and now - state.last_arrival >= self.settings.batch_wait_seconds:
+                self._consume(adapter, state, len(state.pending))
 
-    def _step(self, adapter: str, state: AdapterState, size: int) -> None:
-        batch, state.pending = state.pending[:size], state.pending[size:]
-        started = time.perf_counter()
-        loss = state.learner.learn([p.example.text for p in batch], [p.example.label for p in batch])
-        self.metrics.step_duration.observe(time.perf_counter() - started)
-        self.metrics.loss.labels(adapter).set(loss)
-        self.metrics.examples.labels(adapter).inc(len(batch))
-        self.metrics.classes.labels(adapter).set(len(state.learner.classes))
-        for item in batch:
-            state.applied[item.partition] = item.offset + 1
-            state.new_event_times.append(item.example.event_time)
-        self._since_snapshot += len(batch)
+    def _consume(self, adapter: str, state: AdapterState, size: int) -> None:
+        """Take `size` records: hold some out for the guardrail, train on the rest."""
+        records = [state.pending.popleft() for _ in range(size)]
+        batch = []
+        for record in records:
+            label = record.example.label
+            state.class_counts[label] = count = state.class_counts.get(label, 0) + 1
+            if state.reservoir.wants(count) and label in state.learner.classes:
+                self._hold_out(state, record.example, count)
+            else:
+                batch.append(record.example)
+        if batch:
+            started = time.perf_counter()
+            loss = state.learner.learn([e.text for e in batch], [e.label for e in batch])
+            self.metrics.step_duration.observe(time.perf_counter() - started)
+            self.metrics.loss.labels(adapter).set(loss)
+            self.metrics.examples.labels(adapter).inc(len(batch))
+            self.metrics.classes.labels(adapter).set(len(state.learner.classes))
+        for record in records:
+            state.applied[record.partition] = record.offset + 1
+            state.new_event_times.append(record.example.event_time)
+        self._since_snapshot += len(records)
         if self._since_snapshot >= self.settings.snapshot_every_examples:
             self.snapshot_all()
 
-    # -- snapshots and commits -------------------------------------------------------------
-    def snapshot_all(self, commit: bool = True) -> None:
-        """Publish every adapter with unsnapshotted examples, then commit Kafka offsets."""
+    def _hold_out(self, state: AdapterState, example: Example, count: int) -> None:
+        while True:  # the holdout must be written before the offset moves past it
+            try:
+                state.reservoir.add(example, count)
+                return
+            except redis.RedisError as error:
+                self._dependency_error("redis", error)
+                time.sleep(1.0)  # backoff while Redis is away; nothing else can proceed
+
+    # -- snapshots, the guardrail and commits ------------------------------------------------
+    def snapshot_all(self) -> None:
+        """Publish every adapter with unsnapshotted examples, then hand back safe offsets."""
         for adapter, state in list(self.adapters.items()):
             if state.dirty:
-                self._snapshot(adapter, state)
+                try:
+                    self._snapshot(adapter, state)
+                except redis.RedisError as error:
+                    self._dependency_error("redis", error)
         self._last_snapshot = time.monotonic()
         self._since_snapshot = 0
-        if commit:
-            self._commit()
+        self._update_safe_offsets()
 
-    def _snapshot(self, adapter: str, state: AdapterState) -> None:
+    def _snapshot(self, adapter: str, state: AdapterState, force_promote: bool = False) -> Manifest:
         started = time.perf_counter()
+        verdict = None
+        if state.head is not None and not force_promote and self.settings.guardrail.enabled:
+            candidate = self._labeller(load_predictor(self.backbone, *state.learner.state()))
+            verdict = judge(self.settings.guardrail, state.reservoir, state.head.classes,
+                            candidate, self._head_labeller(adapter, state.head))
+        promote = verdict is None or verdict.promote
         tensors, metadata = state.learner.state()
+        metrics = {"steps": state.learner.steps, "holdout_examples": sum(
+            c // self.settings.guardrail.every for c in state.class_counts.values()) if self.settings.guardrail.enabled else 0}
+        if verdict is not None and verdict.evaluated:
+            metrics.update(candidate_accuracy=verdict.candidate_accuracy, head_accuracy=verdict.head_accuracy)
         try:
             manifest = self.store.publish(
-                adapter,
-                to_safetensors(tensors, metadata),
-                parent=state.manifest,
-                offsets=state.applied,
-                examples=state.learner.examples,
-                classes=state.learner.classes,
-                metrics={"steps": state.learner.steps},
-                event_times=state.new_event_times,
-            )
+                adapter, to_safetensors(tensors, metadata), parent=state.latest, offsets=state.applied,
+                examples=state.learner.examples, classes=state.learner.classes, metrics=metrics,
+                event_times=state.new_event_times, class_counts=state.class_counts, promote=promote)
         except StaleParent as error:
-            log.error("fenced out: another trainer wrote this adapter; reloading", extra={"fields": {
-                "adapter": adapter, "error": str(error)}})
-            del self.adapters[adapter]
-            return
-        state.manifest = manifest
-        state.new_event_times = []
+            log.error("fenced out: the adapter's lineage moved (another trainer or a rollback); reloading",
+                      extra={"fields": {"adapter": adapter, "error": str(error)}})
+            self.adapters.pop(adapter, None)
+            self._requeue(state)
+            raise
+        previous_head = state.head
+        state.latest, state.new_event_times = manifest, []
         self.metrics.snapshots.labels(adapter).inc()
         self.metrics.snapshot_sequence.labels(adapter).set(manifest.sequence)
+        self.metrics.last_snapshot.labels(adapter).set(manifest.created_at)
         self.metrics.snapshot_duration.observe(time.perf_counter() - started)
+        self.events.snapshot_published(adapter, manifest.version, manifest.parent, manifest.examples,
+                                       manifest.sha256)
+        if promote:
+            state.head, state.held_reason = manifest, ""
+            self.events.promoted(adapter, manifest.version, previous_head.version if previous_head else None,
+                                 forced=force_promote)
+        else:
+            state.held_reason = verdict.reason
+            self.metrics.guardrail_holds.labels(adapter).inc()
+            self.events.held(adapter, manifest.version, state.head.version, verdict.candidate_accuracy,
+                             verdict.head_accuracy, self.settings.guardrail.margin, verdict.reason)
+            log.warning("candidate held by the guardrail", extra={"fields": {
+                "adapter": adapter, "version": manifest.version, "reason": verdict.reason}})
+        self.store.prune(adapter, self.settings.retain_versions)
         log.info("snapshot published", extra={"fields": {
-            "adapter": adapter, "version": manifest.version, "examples": manifest.examples}})
+            "adapter": adapter, "version": manifest.version, "examples": manifest.examples, "head": promote}})
+        return manifest
 
-    def _commit(self) -> None:
-        """Commit, per partition, the first offset some adapter has not yet snapshotted."""
-        offsets = {}
-        for tp in self.consumer.assignment():
-            key = _partition_key(tp.topic, tp.partition)
-            pending = [p.offset for s in self.adapters.values() for p in s.pending if p.partition == key]
-            unsnapshotted = [
-                s.manifest.offsets.get(key, 0) if s.manifest else 0
-                for s in self.adapters.values()
-                if s.dirty and key in s.applied
-            ]
-            safe = min([*pending, *unsnapshotted, self.consumer.position(tp)])
-            offsets[tp] = OffsetAndMetadata(safe, "", -1)
-        if offsets:
-            self.consumer.commit(offsets)
+    def _head_labeller(self, adapter: str, head: Manifest) -> Callable[[list[str]], list[str]]:
+        key = (adapter, head.version)
+        if key not in self._head_cache:
+            _, blob = self.store.fetch(adapter, head.version)
+            self._head_cache = {key: self._labeller(load_predictor(self.backbone, *from_safetensors(blob)))}
+        return self._head_cache[key]
 
-    def on_assigned(self, partitions: list[TopicPartition]) -> None:
-        log.info("partitions assigned", extra={"fields": {"partitions": [str(tp) for tp in partitions]}})
+    def _labeller(self, predictor) -> Callable[[list[str]], list[str]]:
+        def labels(texts: list[str]) -> list[str]:
+            with torch.inference_mode():
+                best = predictor.scores(self.backbone, texts).argmax(-1).tolist()
+            return [predictor.classes[i] for i in best]
 
-    def on_revoked(self, partitions: list[TopicPartition]) -> None:
-        """Snapshot what was learned and forget state the next owner rebuilds from Redis.
+        return labels
 
-        No Kafka commit here (not allowed on the network thread, and the partitions
-        are leaving): the next owner replays from the last commit and skips what
-        the manifests already contain.
-        """
-        self.snapshot_all(commit=False)
-        self.adapters.clear()
-        log.info("partitions revoked", extra={"fields": {"partitions": [str(tp) for tp in partitions]}})
+    def _requeue(self, state: AdapterState) -> None:
+        """Put a dropped adapter's pending records back, to be routed against the reloaded state."""
+        self._parked.extendleft(reversed(state.pending))
 
+    def _update_safe_offsets(self) -> None:
+        safe = dict(self._received)
+        unsafe = [r for r in self._parked] + [r for s in self.adapters.values() for r in s.pending]
+        for record in unsafe:
+            safe[record.partition] = min(safe.get(record.partition, record.offset), record.offset)
+        for state in self.adapters.values():
+            if state.dirty:  # a failed snapshot: its manifest is where it is safe
+                for partition in state.applied:
+                    last = state.latest.offsets.get(partition, 0) if state.latest else 0
+                    safe[partition] = min(safe.get(partition, last), last)
+        with self._safe_lock:
+            self._safe = safe
 
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
+    def _dependency_error(self, dependency: str, error: Exception) -> None:
+        self.metrics.dependency_errors.labels(dependency).inc()
+        log.warning("dependency unavailable; will retry", extra={"fields": {
+            "dependency": dependency, "error": str(error)}})
 
-    def on_partitions_revoked(self, revoked) -> None:
-        self.trainer.on_revoked(list(revoked))
+    # -- commands (run on the training thread via `submit`) ----------------------------------
+    def revoke(self, partitions: set[str]) -> None:
+        """Partitions leave: snapshot what was learned, forget their records and adapters."""
+        self.snapshot_all()
+        self._parked = deque(r for r in self._parked if r.partition not in partitions)
+        self.adapters.clear()  # rebuilt from Redis when their records arrive again
+        for partition in partitions:
+            self._received.pop(partition, None)
+        self._update_safe_offsets()
 
-    def on_partitions_assigned(self, assigned) -> None:
-        self.trainer.on_assigned(list(assigned))
+    def owned(self, adapter: str) -> AdapterState:
+        state = self.adapters.get(adapter)
+        if state is None:
+            raise NotFound(f"adapter {adapter!r} has no examples on this trainer replica")
+        return state
 
+    def snapshot_now(self, adapter: str) -> Manifest:
+        state = self.owned(adapter)
+        if not state.dirty and state.latest is not None:
+            return state.latest
+        manifest = self._snapshot(adapter, state)
+        self._update_safe_offsets()
+        return manifest
+
+    def promote(self, adapter: str, version: str = "") -> Manifest:
+        state = self.owned(adapter)
+        if not version:
+            if state.dirty:
+                return self._snapshot(adapter, state, force_promote=True)
+            if state.latest is None:
+                raise NotFound(f"adapter {adapter!r} has no version yet")
+            version = state.latest.version
+        previous = state.head
+        try:
+            manifest = self.store.promote(adapter, version)
+        except KeyError as error:
+            raise NotFound(str(error.args[0])) from error
+        state.head, state.held_reason = manifest, ""
+        self.events.promoted(adapter, version, previous.version if previous else None, forced=True)
+        return manifest
+
+    def rollback(self, adapter: str, version: str) -> Manifest:
+        if not version:
+            raise InvalidInput("rollback needs a version; list them with ListVersions")
+        previous = self.store.head(adapter)
+        try:
+            manifest = self.store.rollback(adapter, version)
+        except KeyError as error:
+            raise NotFound(str(error.args[0])) from error
+        # Learning since that version is discarded: reload the learner from it.
+        state = self.adapters.pop(adapter, None)
+        if state is not None:
+            self._requeue(state)
+            state.pending.clear()
+        self.events.rolled_back(adapter, version, previous.version if previous else None)
+        return manifest
+
+    def set_paused(self, adapter: str, paused: bool) -> AdapterState:
+        state = self.owned(adapter)
+        state.paused = paused
+        self.metrics.paused.labels(adapter).set(int(paused))
+        return state

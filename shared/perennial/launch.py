@@ -65,16 +65,28 @@ def _stopped_on_failure(process: ManagedProcess) -> Iterator[None]:
 
 def start_trainer(workdir: Path, *, bootstrap: str, redis_url: str, log_name: str = "trainer.log",
                   **settings: object) -> Service:
-    """Start the trainer; ready once its /metrics endpoint answers."""
-    port = free_port()
+    """Start the trainer; ready once its control API's gRPC health says SERVING."""
+    metrics_port, control_port = free_port(), free_port()
     environment = _environment({"PERENNIAL_KAFKA_BOOTSTRAP": bootstrap, "PERENNIAL_REDIS_URL": redis_url,
-                                "PERENNIAL_METRICS_PORT": port, **settings})
+                                "PERENNIAL_METRICS_PORT": metrics_port, "PERENNIAL_CONTROL_HOST": "127.0.0.1",
+                                "PERENNIAL_CONTROL_PORT": control_port, **settings})
     process = ManagedProcess([sys.executable, "-m", "services.trainer"], workdir / log_name,
                              name="trainer", env=environment)
-    service = Service(process, port)
+    service = Service(process, metrics_port, control_port)
     with _stopped_on_failure(process):
-        process.wait_ready(lambda: bool(service.scrape()), STARTUP_SECONDS, "trainer /metrics")
+        _wait_serving(service, "trainer gRPC health SERVING")
     return service
+
+
+def _wait_serving(service: Service, what: str) -> None:
+    with grpc.insecure_channel(service.grpc_address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def serving() -> bool:
+            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        service.process.wait_ready(serving, STARTUP_SECONDS, what)
 
 
 def start_inference(workdir: Path, *, redis_url: str, log_name: str = "inference.log",
@@ -87,12 +99,6 @@ def start_inference(workdir: Path, *, redis_url: str, log_name: str = "inference
     process = ManagedProcess([sys.executable, "-m", "services.inference"], workdir / log_name,
                              name="inference", env=environment)
     service = Service(process, metrics_port, grpc_port)
-    with _stopped_on_failure(process), grpc.insecure_channel(service.grpc_address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-
-        def serving() -> bool:
-            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-        process.wait_ready(serving, STARTUP_SECONDS, "inference gRPC health SERVING")
+    with _stopped_on_failure(process):
+        _wait_serving(service, "inference gRPC health SERVING")
     return service

@@ -45,6 +45,24 @@ class TrainerMetrics:
             buckets=LATENCY_BUCKETS, **common,
         )
         self.classes = Gauge("classes", "Classes the adapter's head knows.", ["adapter"], **common)
+        self.last_snapshot = Gauge(
+            "last_snapshot_timestamp", "When the adapter's newest snapshot was written.", ["adapter"],
+            unit="seconds", **common,
+        )
+        self.guardrail_holds = Counter(
+            "guardrail_holds", "Candidates held back by the forgetting guardrail.", ["adapter"], **common
+        )
+        self.consumer_lag = Gauge(
+            "consumer_lag", "Records between the consumer position and the high-watermark.",
+            ["topic", "partition"], unit="records", **common,
+        )
+        self.paused = Gauge("paused", "1 while an operator has paused the adapter.", ["adapter"], **common)
+        self.backpressure = Gauge(
+            "backpressure", "1 while partitions are paused because too many records wait.", **common
+        )
+        self.dependency_errors = Counter(
+            "dependency_errors", "Failed calls to Redis or Kafka (retried).", ["dependency"], **common
+        )
 
 
 class InferenceMetrics:
@@ -54,8 +72,34 @@ class InferenceMetrics:
             "requests", "ModelInfer requests by adapter and gRPC status code.", ["adapter", "code"], **common
         )
         self.request_duration = Histogram(
-            "request_duration", "ModelInfer latency.", ["adapter"], unit="seconds",
+            "request_duration", "ModelInfer latency by adapter and gRPC status code.", ["adapter", "code"],
+            unit="seconds", buckets=LATENCY_BUCKETS, **common,
+        )
+        self.queue_duration = Histogram(
+            "queue_duration", "Time a request waited for its batch to start.", unit="seconds",
             buckets=LATENCY_BUCKETS, **common,
+        )
+        self.batch_size = Histogram(
+            "batch_size", "Rows per executed batch.", unit="rows",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), **common,
+        )
+        self.batch_duration = Histogram(
+            "batch_duration", "Model time of one executed batch.", unit="seconds",
+            buckets=LATENCY_BUCKETS, **common,
+        )
+        self.queue_rows = Gauge("queue_rows", "Rows waiting in the batch queue.", unit="rows", **common)
+        self.resident_adapters = Gauge(
+            "resident_adapters", "Adapter versions held in memory.", **common
+        )
+        self.resident_bytes = Gauge(
+            "resident_adapter_memory", "Memory of the resident adapter versions.", unit="bytes", **common
+        )
+        self.evictions = Counter(
+            "adapter_evictions", "Served adapter versions evicted by the memory budget (LRU).", **common
+        )
+        self.version_info = Gauge(
+            "adapter_version_info", "1 for the version each resident adapter serves by default.",
+            ["adapter", "version"], **common,
         )
         self.swaps = Counter("swaps", "Adapter versions swapped in.", ["adapter"], **common)
         self.swap_duration = Histogram(

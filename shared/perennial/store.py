@@ -1,18 +1,22 @@
 """Immutable adapter snapshots in Redis, announced on a pub/sub channel.
 
 Keys of one adapter share the hash tag `{adapter}`, so on Redis Cluster they sit
-in one slot and the publish transaction stays atomic:
+in one slot and every transaction below stays atomic:
 
     perennial:{A}:blob:<version>      safetensors bytes (never pickle)
     perennial:{A}:manifest:<version>  JSON manifest (see `Manifest`)
-    perennial:{A}:head                the version inference serves by default
-    perennial:{A}:versions            sorted set of versions by sequence number
-    perennial:adapters                set of adapter ids (outside the transaction)
+    perennial:{A}:latest              the candidate: newest version written (the trainer's lineage)
+    perennial:{A}:head                the version inference serves
+    perennial:{A}:versions            sorted set of retained versions by sequence number
+    perennial:adapters                set of adapter ids (outside the transactions)
 
 A version id is `v<sequence>-<sha256 prefix>`, so a name never means two sets of
-weights. `publish` writes blob, manifest and head in one MULTI/EXEC guarded by
-WATCH on the head: if the head is no longer the parent the writer started from,
-the write is rejected (`StaleParent`), which fences a second writer out.
+weights. `publish` writes blob, manifest and the `latest` pointer (and `head`,
+when promoted at once) in one MULTI/EXEC guarded by WATCH on `latest`: if
+`latest` is no longer the parent the writer started from, the write is rejected
+(`StaleParent`), which fences a second writer out. A candidate that the
+forgetting guardrail holds back stays `latest` but not `head`; `promote` and
+`rollback` move the pointers later. Every move of `head` is announced.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class Manifest:
     classes: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     event_times: list[float] = field(default_factory=list)  # of examples new in this version
+    class_counts: dict[str, int] = field(default_factory=dict)  # examples consumed per class
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -94,8 +99,10 @@ class SnapshotStore:
         classes: list[str],
         metrics: dict[str, float] | None = None,
         event_times: list[float] = (),
+        class_counts: dict[str, int] | None = None,
+        promote: bool = True,
     ) -> Manifest:
-        """Write a new immutable version and make it the head; then announce it."""
+        """Write a new immutable version as the candidate (and the head if `promote`)."""
         sha256 = hashlib.sha256(blob).hexdigest()
         sequence = parent.sequence + 1 if parent else 1
         if len(event_times) > MAX_EVENT_TIMES:  # keep an even sample
@@ -113,30 +120,89 @@ class SnapshotStore:
             classes=list(classes),
             metrics=dict(metrics or {}),
             event_times=list(event_times),
+            class_counts=dict(class_counts or {}),
         )
-        head_key = self._key(adapter, "head")
+        latest_key = self._key(adapter, "latest")
         with self.redis.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(head_key)
-                current = pipe.get(head_key)
+                pipe.watch(latest_key)
+                current = pipe.get(latest_key)
                 if (current.decode() if current else None) != manifest.parent:
                     raise StaleParent(
-                        f"adapter {adapter!r}: head is {current!r}, this write's parent is {manifest.parent!r}"
+                        f"adapter {adapter!r}: latest is {current!r}, this write's parent is {manifest.parent!r}"
                     )
                 pipe.multi()
                 pipe.set(self._key(adapter, "blob", manifest.version), blob)
                 pipe.set(self._key(adapter, "manifest", manifest.version), manifest.to_json())
                 pipe.zadd(self._key(adapter, "versions"), {manifest.version: sequence})
-                pipe.set(head_key, manifest.version)
+                pipe.set(latest_key, manifest.version)
+                if promote:
+                    pipe.set(self._key(adapter, "head"), manifest.version)
                 pipe.execute()
             except redis.WatchError as error:
-                raise StaleParent(f"adapter {adapter!r}: head moved during the write") from error
+                raise StaleParent(f"adapter {adapter!r}: latest moved during the write") from error
         self.redis.sadd(f"{self.prefix}:adapters", adapter)
-        self.redis.publish(self.channel, json.dumps({"adapter": adapter, "version": manifest.version}))
+        if promote:
+            self._announce(adapter, manifest.version)
         return manifest
 
+    def promote(self, adapter: str, version: str) -> Manifest:
+        """Make a retained version the head (what inference serves)."""
+        manifest = self._retained(adapter, version)
+        self.redis.set(self._key(adapter, "head"), version)
+        self._announce(adapter, version)
+        return manifest
+
+    def rollback(self, adapter: str, version: str) -> Manifest:
+        """Serve a retained version and restart the lineage from it (head = latest = version).
+
+        A trainer holding a newer lineage is fenced out on its next write and reloads.
+        """
+        manifest = self._retained(adapter, version)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._key(adapter, "head"), version)
+            pipe.set(self._key(adapter, "latest"), version)
+            pipe.execute()
+        self._announce(adapter, version)
+        return manifest
+
+    def prune(self, adapter: str, keep: int) -> list[str]:
+        """Delete all but the newest `keep` versions; head, latest and their parents always stay."""
+        if keep < 1:
+            raise ValueError(f"retention must keep at least 1 version, got {keep}")
+        versions = self.versions(adapter)
+        protected = set()
+        for pointer in (self.head(adapter), self.latest(adapter)):
+            if pointer:
+                protected.update({pointer.version, pointer.parent})
+        doomed = [v for v in versions[: max(0, len(versions) - keep)] if v not in protected]
+        if doomed:
+            with self.redis.pipeline(transaction=True) as pipe:
+                for version in doomed:
+                    pipe.delete(self._key(adapter, "blob", version), self._key(adapter, "manifest", version))
+                pipe.zrem(self._key(adapter, "versions"), *doomed)
+                pipe.execute()
+        return doomed
+
+    def _retained(self, adapter: str, version: str) -> Manifest:
+        manifest = self.manifest(adapter, version)
+        if manifest is None:
+            raise KeyError(f"adapter {adapter!r} has no retained version {version!r}")
+        return manifest
+
+    def _announce(self, adapter: str, version: str) -> None:
+        self.redis.publish(self.channel, json.dumps({"adapter": adapter, "version": version}))
+
     def head(self, adapter: str) -> Manifest | None:
-        version = self.redis.get(self._key(adapter, "head"))
+        """The version inference serves."""
+        return self._pointer(adapter, "head")
+
+    def latest(self, adapter: str) -> Manifest | None:
+        """The candidate: the newest version written, where training continues from."""
+        return self._pointer(adapter, "latest")
+
+    def _pointer(self, adapter: str, name: str) -> Manifest | None:
+        version = self.redis.get(self._key(adapter, name))
         return self.manifest(adapter, version.decode()) if version else None
 
     def manifest(self, adapter: str, version: str) -> Manifest | None:

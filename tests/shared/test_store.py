@@ -84,3 +84,38 @@ def test_event_times_are_sampled_evenly_when_many(store):
     manifest = _publish(store, _blob(1.0), event_times=[float(i) for i in range(5000)])
     assert len(manifest.event_times) == 1024
     assert manifest.event_times[0] == 0.0 and manifest.event_times[-1] > 4900
+
+
+def test_a_held_candidate_is_latest_but_not_head(store):
+    first = _publish(store, _blob(1.0))
+    held = _publish(store, _blob(2.0), parent=first, promote=False)
+    assert store.head("ad") == first and store.latest("ad") == held
+    third = _publish(store, _blob(3.0), parent=held, promote=False)  # training continues on the lineage
+    assert store.promote("ad", third.version) == third
+    assert store.head("ad") == third
+
+
+def test_rollback_serves_an_old_version_and_fences_the_newer_lineage(store):
+    first = _publish(store, _blob(1.0))
+    second = _publish(store, _blob(2.0), parent=first)
+    store.rollback("ad", first.version)
+    assert store.head("ad") == first and store.latest("ad") == first
+    with pytest.raises(StaleParent):
+        _publish(store, _blob(3.0), parent=second)
+    assert _publish(store, _blob(3.0), parent=first).parent == first.version
+    with pytest.raises(KeyError, match="no retained version"):
+        store.rollback("ad", "v000099-nothing")
+
+
+def test_prune_keeps_the_newest_and_the_pointers_with_their_parents(store):
+    manifests = [_publish(store, _blob(1.0))]
+    for value in range(2, 8):
+        manifests.append(_publish(store, _blob(float(value)), parent=manifests[-1]))
+    store.promote("ad", manifests[2].version)  # an old head (e.g. after holds) must survive
+    deleted = store.prune("ad", keep=2)
+    kept = store.versions("ad")
+    assert kept == [m.version for m in (manifests[1], manifests[2], manifests[5], manifests[6])]
+    assert sorted(deleted) == sorted(m.version for m in (manifests[0], manifests[3], manifests[4]))
+    assert store.manifest("ad", manifests[0].version) is None
+    with pytest.raises(KeyError):
+        store.fetch("ad", manifests[3].version)

@@ -1,0 +1,180 @@
+"""The Kafka side of the trainer: poll, validate, dead-letter, back-pressure, lag, commit.
+
+Runs on the main thread and only there (kafka-python's consumer is not
+thread-safe). Training happens on the trainer's own thread, so a long step never
+delays `poll()` and group membership never times out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from perennial import codec
+from perennial.events import EventPublisher
+from perennial.metrics import TrainerMetrics
+from services.trainer.settings import TrainerSettings
+from services.trainer.worker import Incoming, Trainer
+
+log = logging.getLogger("perennial.trainer")
+POLL_TIMEOUT_MS = 1000  # kafka-python 3.0.12 may discard a group join whose poll times out
+# between JoinGroup and SyncGroup; short polls make that 3 s penalty common. poll() returns
+# as soon as records arrive, so a long timeout costs no latency.
+MAX_RECORD_BYTES = 1024 * 1024
+
+
+def partition_key(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+class Ingest:
+    def __init__(self, settings: TrainerSettings, trainer: Trainer, metrics: TrainerMetrics,
+                 producer: KafkaProducer, events: EventPublisher) -> None:
+        self.settings = settings
+        self.trainer = trainer
+        self.metrics = metrics
+        self.producer = producer
+        self.events = events
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            max_poll_records=max(settings.batch_size * 8, 128),
+            **settings.kafka_security,
+        )
+        self._committed: dict[str, int] = {}
+        self._backpressure = False
+        self.lag: dict[str, int] = {}  # partition -> records not yet fetched (read by the control API)
+
+    def run(self, stop: threading.Event) -> None:
+        self.consumer.subscribe([self.settings.topic], listener=_Rebalance(self))
+        log.info("consuming", extra={"fields": {"topic": self.settings.topic, "group": self.settings.group_id}})
+        while not stop.is_set():
+            self.poll_once()
+
+    def close(self) -> None:
+        self.commit()
+        self.consumer.close(autocommit=False)
+
+    def poll_once(self) -> None:
+        try:
+            batches = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
+        except KafkaError as error:
+            self.metrics.dependency_errors.labels("kafka").inc()
+            log.warning("poll failed; retrying", extra={"fields": {"error": str(error)}})
+            return
+        incoming = []
+        for records in batches.values():
+            for record in records:
+                example = self._validate(record)
+                if example is not None:
+                    incoming.append(Incoming(partition_key(record.topic, record.partition), record.offset, example))
+        self.trainer.deliver(incoming)
+        self._apply_backpressure()
+        self._report_lag()
+        self.commit()
+
+    def _validate(self, record) -> codec.Example | None:
+        try:
+            if record.value is not None and len(record.value) > MAX_RECORD_BYTES:
+                raise codec.DecodeError("RecordTooLarge", f"record has {len(record.value)} bytes; "
+                                        f"at most {MAX_RECORD_BYTES}")
+            return codec.decode(record.value, key=record.key, timestamp_ms=record.timestamp)
+        except codec.DecodeError as error:
+            self._dead_letter(record, error)
+            return None
+
+    def _dead_letter(self, record, error: codec.DecodeError) -> None:
+        headers = [
+            ("perennial.error.class", error.reason.encode()),
+            ("perennial.error.message", str(error).encode()),
+            ("perennial.source.topic", record.topic.encode()),
+            ("perennial.source.partition", str(record.partition).encode()),
+            ("perennial.source.offset", str(record.offset).encode()),
+        ]
+        # Delivery is confirmed before the offset can be committed past the record.
+        self.producer.send(self.settings.dead_letter_topic, key=record.key, value=record.value,
+                           headers=headers).get(timeout=60)
+        self.metrics.dead_lettered.labels(error.reason).inc()
+        adapter = (record.key or b"").decode("utf-8", "replace")
+        self.events.dead_lettered(adapter, error.reason, str(error), record.topic, record.partition, record.offset)
+        log.warning("dead-lettered a record", extra={"fields": {
+            "reason": error.reason, "error": str(error), "partition": record.partition, "offset": record.offset}})
+
+    def _apply_backpressure(self) -> None:
+        backlog = self.trainer.backlog()
+        assigned = self.consumer.assignment()
+        if not self._backpressure and backlog > self.settings.max_pending:
+            self.consumer.pause(*assigned)
+            self._backpressure = True
+            log.info("back-pressure: partitions paused", extra={"fields": {"backlog": backlog}})
+        elif self._backpressure and backlog <= self.settings.max_pending // 2:
+            self.consumer.resume(*assigned)
+            self._backpressure = False
+            log.info("back-pressure released", extra={"fields": {"backlog": backlog}})
+        self.metrics.backpressure.set(int(self._backpressure))
+
+    def _report_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)  # from the last fetch; the broker's "latest" is stale
+            if highwater is None:
+                continue
+            try:
+                position = self.consumer.position(tp, timeout_ms=1000)
+            except KafkaError:
+                continue
+            if position is not None:
+                lag = max(0, highwater - position)
+                self.lag[partition_key(tp.topic, tp.partition)] = lag
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    def commit(self) -> None:
+        """Commit the offsets the trainer reports as snapshotted, for partitions still assigned."""
+        offsets = {}
+        for tp in self.consumer.assignment():
+            key = partition_key(tp.topic, tp.partition)
+            safe = self.trainer.safe_offsets().get(key)
+            if safe is not None and safe != self._committed.get(key):
+                offsets[tp] = OffsetAndMetadata(safe, "", -1)
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets)
+        except KafkaError as error:
+            self.metrics.dependency_errors.labels("kafka").inc()
+            log.warning("commit failed; will retry", extra={"fields": {"error": str(error)}})
+            return
+        self._committed.update({partition_key(tp.topic, tp.partition): o.offset for tp, o in offsets.items()})
+
+    # rebalance callbacks run on kafka-python's network thread: no blocking Kafka calls here
+    def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        keys = {partition_key(tp.topic, tp.partition) for tp in partitions}
+        self.trainer.submit(lambda: self.trainer.revoke(keys)).result()
+        for key in keys:
+            self._committed.pop(key, None)
+        log.info("partitions revoked", extra={"fields": {"partitions": sorted(keys)}})
+
+    def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        log.info("partitions assigned", extra={"fields": {"partitions": sorted(str(tp) for tp in partitions)}})
+
+    def assigned(self) -> list[str]:
+        return sorted(partition_key(tp.topic, tp.partition) for tp in self.consumer.assignment())
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+
+    def on_partitions_revoked(self, revoked) -> None:
+        self.ingest.on_revoked(set(revoked))
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self.ingest.on_assigned(set(assigned))

@@ -1,0 +1,68 @@
+"""Lifecycle events as protobuf `perennial.v1.Event` on the topic `perennial.events`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from perennial.v1 import events_pb2
+
+log = logging.getLogger("perennial.events")
+
+
+class EventPublisher:
+    """Send events through `send(topic, key, value)` (a KafkaProducer's, or a test's).
+
+    Dead letters are sampled: at most one event per reason every `dead_letter_every`
+    seconds, carrying how many dead letters it stands for.
+    """
+
+    def __init__(self, send: Callable[..., object], topic: str, source: str,
+                 dead_letter_every: float = 10.0) -> None:
+        self._send = send
+        self.topic = topic
+        self.source = source
+        self.dead_letter_every = dead_letter_every
+        self._dead_letters: dict[str, tuple[float, int]] = {}  # reason -> (last sent, unsent count)
+        self._lock = threading.Lock()
+
+    def _emit(self, adapter: str, **kind) -> events_pb2.Event:
+        event = events_pb2.Event(adapter=adapter, source=self.source, **kind)
+        event.time.FromNanoseconds(time.time_ns())
+        try:
+            self._send(self.topic, key=adapter.encode(), value=event.SerializeToString())
+        except Exception:  # events are for audit; never let them stop training
+            log.exception("could not send an event", extra={"fields": {"kind": next(iter(kind))}})
+        return event
+
+    def snapshot_published(self, adapter: str, version: str, parent: str | None, examples: int, sha256: str):
+        return self._emit(adapter, snapshot_published=events_pb2.SnapshotPublished(
+            version=version, parent=parent or "", examples=examples, sha256=sha256))
+
+    def promoted(self, adapter: str, version: str, previous: str | None, forced: bool = False):
+        return self._emit(adapter, promoted=events_pb2.Promoted(
+            version=version, previous=previous or "", forced=forced))
+
+    def held(self, adapter: str, version: str, head: str, candidate_accuracy: float, head_accuracy: float,
+             margin: float, reason: str):
+        return self._emit(adapter, held=events_pb2.Held(
+            version=version, head=head, candidate_accuracy=candidate_accuracy, head_accuracy=head_accuracy,
+            margin=margin, reason=reason))
+
+    def rolled_back(self, adapter: str, version: str, previous: str | None):
+        return self._emit(adapter, rolled_back=events_pb2.RolledBack(version=version, previous=previous or ""))
+
+    def dead_lettered(self, adapter: str, reason: str, message: str, topic: str, partition: int,
+                      offset: int) -> events_pb2.Event | None:
+        now = time.monotonic()
+        with self._lock:
+            last, unsent = self._dead_letters.get(reason, (-float("inf"), 0))
+            if now - last < self.dead_letter_every:
+                self._dead_letters[reason] = (last, unsent + 1)
+                return None
+            self._dead_letters[reason] = (now, 0)
+        return self._emit(adapter, dead_lettered=events_pb2.DeadLettered(
+            reason=reason, message=message, topic=topic, partition=partition, offset=offset,
+            sampled_of=unsent + 1))
