@@ -6,14 +6,14 @@ from __future__ import annotations
 import logging
 import threading
 
-import redis
 from grpc_health.v1 import health
 from kafka import KafkaProducer
 
-from perennial import runtime
+from perennial import redis_connect, runtime
 from perennial.backbone import TextBackbone
 from perennial.config import env
 from perennial.events import EventPublisher
+from perennial.grpc_security import ServerSecurity
 from perennial.metrics import TrainerMetrics
 from perennial.store import SnapshotStore
 from services.trainer.control import ControlServicer, build_control_server, set_health
@@ -26,12 +26,13 @@ log = logging.getLogger("perennial.trainer")
 
 def main() -> None:
     settings = TrainerSettings.from_env()
+    ServerSecurity.from_env()  # fail before loading anything if TLS or token settings are wrong
     registry, stop = runtime.start("trainer")
     metrics = TrainerMetrics(registry)
     health_servicer = health.HealthServicer()
     set_health(health_servicer, False)
 
-    store = SnapshotStore(redis.Redis.from_url(settings.redis_url))
+    store = SnapshotStore(redis_connect.connect(settings.redis_url))
     store.redis.ping()  # fail at start, with the URL's error, if Redis is unreachable
     backbone = TextBackbone.load(env("PERENNIAL_BACKBONE_PATH", None))
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", **settings.kafka_security)
@@ -39,8 +40,10 @@ def main() -> None:
     trainer = Trainer(settings, backbone, store, metrics, events)
     ingest = Ingest(settings, trainer, metrics, producer, events)
 
-    server = build_control_server(ControlServicer(trainer, ingest), health_servicer)
-    server.add_insecure_port(f"{env('PERENNIAL_CONTROL_HOST', '0.0.0.0')}:{settings.control_port}")
+    security = ServerSecurity.from_env()
+    server = build_control_server(ControlServicer(trainer, ingest), health_servicer,
+                                  interceptors=security.interceptors())
+    security.add_port(server, f"{env('PERENNIAL_CONTROL_HOST', '0.0.0.0')}:{settings.control_port}")
     server.start()
     training = threading.Thread(target=trainer.run, args=(stop,), name="training")
     training.start()

@@ -25,7 +25,6 @@ log = logging.getLogger("perennial.trainer")
 POLL_TIMEOUT_MS = 1000  # kafka-python 3.0.12 may discard a group join whose poll times out
 # between JoinGroup and SyncGroup; short polls make that 3 s penalty common. poll() returns
 # as soon as records arrive, so a long timeout costs no latency.
-MAX_RECORD_BYTES = 1024 * 1024
 
 
 def partition_key(topic: str, partition: int) -> str:
@@ -84,9 +83,9 @@ class Ingest:
 
     def _validate(self, record) -> codec.Example | None:
         try:
-            if record.value is not None and len(record.value) > MAX_RECORD_BYTES:
-                raise codec.DecodeError("RecordTooLarge", f"record has {len(record.value)} bytes; "
-                                        f"at most {MAX_RECORD_BYTES}")
+            limit = self.settings.max_record_bytes
+            if record.value is not None and len(record.value) > limit:
+                raise codec.DecodeError("RecordTooLarge", f"record has {len(record.value)} bytes; at most {limit}")
             return codec.decode(record.value, key=record.key, timestamp_ms=record.timestamp)
         except codec.DecodeError as error:
             self._dead_letter(record, error)

@@ -25,6 +25,7 @@ class TrainerSettings:
     snapshot_every_seconds: float = 5.0
     retain_versions: int = 20
     max_pending: int = 2048  # records buffered before partitions are paused (back-pressure)
+    max_record_bytes: int = 1024 * 1024  # larger records are dead-lettered (RecordTooLarge)
     seed: int = 0
     control_port: int = 50051
     source: str = field(default_factory=socket.gethostname)  # names this replica in events
@@ -54,6 +55,7 @@ class TrainerSettings:
             snapshot_every_seconds=env("PERENNIAL_SNAPSHOT_EVERY_SECONDS", d["snapshot_every_seconds"].default, float),
             retain_versions=env("PERENNIAL_RETAIN_VERSIONS", d["retain_versions"].default, int),
             max_pending=env("PERENNIAL_MAX_PENDING", d["max_pending"].default, int),
+            max_record_bytes=env("PERENNIAL_MAX_RECORD_BYTES", d["max_record_bytes"].default, int),
             seed=env("PERENNIAL_SEED", d["seed"].default, int),
             control_port=env("PERENNIAL_CONTROL_PORT", d["control_port"].default, int),
             source=env("PERENNIAL_POD_NAME", socket.gethostname()),

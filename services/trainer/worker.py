@@ -378,11 +378,13 @@ class Trainer:
             manifest = self.store.rollback(adapter, version)
         except KeyError as error:
             raise NotFound(str(error.args[0])) from error
-        # Learning since that version is discarded: reload the learner from it.
+        # Learning since that version is discarded: continue from it. Records not yet
+        # learned are routed again, against the rolled-back state.
         state = self.adapters.pop(adapter, None)
         if state is not None:
             self._requeue(state)
-            state.pending.clear()
+            self.adapters[adapter] = self._load(adapter)
+            self.adapters[adapter].paused = state.paused
         self.events.rolled_back(adapter, version, previous.version if previous else None)
         return manifest
 

@@ -100,7 +100,7 @@ def test_retention_and_rollback(make_trainer):
     old = versions[0]
     trainer.rollback("ad", old)
     assert trainer.store.head("ad").version == old == trainer.store.latest("ad").version
-    assert "ad" not in trainer.adapters  # reloaded from the rolled-back version on the next record
+    assert trainer.adapters["ad"].latest.version == old  # continues from the rolled-back version
     feed(trainer, ["animal", "plant"] * 4, start=offset)
     latest = trainer.store.latest("ad")
     assert latest.parent == old
