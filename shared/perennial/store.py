@@ -68,14 +68,23 @@ class Manifest:
         return cls(**json.loads(text))
 
 
+METADATA_KEY = "perennial"
+
+
 def to_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    return save_safetensors(tensors, metadata=metadata)
+    """Safetensors bytes, byte-identical for identical state in any process.
+
+    safetensors writes its metadata map in hash order, which changes from process to
+    process, so the metadata travels as one canonical JSON string under one key.
+    """
+    return save_safetensors(tensors, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
 
 
 def from_safetensors(blob: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and string metadata of a safetensors blob (format: u64 header size, JSON header)."""
     (header_size,) = struct.unpack("<Q", blob[:8])
-    metadata = json.loads(blob[8 : 8 + header_size]).get("__metadata__", {})
+    header = json.loads(blob[8 : 8 + header_size]).get("__metadata__", {})
+    metadata = json.loads(header[METADATA_KEY]) if METADATA_KEY in header else header
     return load_safetensors(blob), metadata
 
 

@@ -119,3 +119,16 @@ def test_prune_keeps_the_newest_and_the_pointers_with_their_parents(store):
     assert store.manifest("ad", manifests[0].version) is None
     with pytest.raises(KeyError):
         store.fetch("ad", manifests[3].version)
+
+
+def test_identical_state_gives_identical_bytes_in_any_process():
+    """safetensors orders its metadata map by hash, which differs per process; ours must not."""
+    import subprocess
+    import sys
+
+    program = ("import hashlib, torch; from perennial.store import to_safetensors; "
+               "print(hashlib.sha256(to_safetensors({'w': torch.ones(2)}, "
+               "{k: k * 2 for k in 'abcdefghij'})).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                              check=True).stdout for _ in range(3)}
+    assert len(digests) == 1
