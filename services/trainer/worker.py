@@ -43,6 +43,7 @@ from perennial.store import Manifest, SnapshotStore, StaleParent, from_safetenso
 from services.trainer.settings import TrainerSettings
 
 log = logging.getLogger("perennial.trainer")
+RETRY_SECONDS = 2.0  # after a failed snapshot (Redis away), try again this often
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class Trainer:
         self._head_cache: dict[tuple[str, str], Callable[[list[str]], list[str]]] = {}
         self._last_snapshot = time.monotonic()
         self._since_snapshot = 0
+        self._snapshot_failed = False
 
     # -- called from other threads --------------------------------------------------------
     def deliver(self, records: list[Incoming]) -> None:
@@ -130,7 +132,8 @@ class Trainer:
         self._drain(timeout)
         self._route_parked()
         self._train_ready()
-        if time.monotonic() - self._last_snapshot >= self.settings.snapshot_every_seconds:
+        since = time.monotonic() - self._last_snapshot
+        if since >= self.settings.snapshot_every_seconds or (self._snapshot_failed and since >= RETRY_SECONDS):
             self.snapshot_all()
 
     def _drain(self, timeout: float) -> None:
@@ -234,12 +237,14 @@ class Trainer:
     # -- snapshots, the guardrail and commits ------------------------------------------------
     def snapshot_all(self) -> None:
         """Publish every adapter with unsnapshotted examples, then hand back safe offsets."""
+        self._snapshot_failed = False
         for adapter, state in list(self.adapters.items()):
             if state.dirty:
                 try:
                     self._snapshot(adapter, state)
                 except redis.RedisError as error:
                     self._dependency_error("redis", error)
+                    self._snapshot_failed = True  # retried every RETRY_SECONDS
         self._last_snapshot = time.monotonic()
         self._since_snapshot = 0
         self._update_safe_offsets()
