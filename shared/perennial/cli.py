@@ -6,6 +6,8 @@
     perennial promote ADAPTER [VERSION]  make a version (default: the candidate) the head
     perennial rollback ADAPTER VERSION   serve VERSION and continue training from it
     perennial pause|resume ADAPTER       stop / restart learning an adapter
+    perennial pods RELEASE [-n NAMESPACE]  the release's pods and the adapter versions they serve
+                                         (Kubernetes API via your kubeconfig; no trainer needed)
 
 Connection: --target (or PERENNIAL_TRAINER_TARGET, default localhost:50051); a
 bearer token from PERENNIAL_AUTH_TOKEN or --token-file; TLS with --tls, --ca-file
@@ -46,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     promote = commands.add_parser("promote")
     promote.add_argument("adapter")
     promote.add_argument("version", nargs="?", default="")
+    pods = commands.add_parser("pods")
+    pods.add_argument("release")
+    pods.add_argument("-n", "--namespace", default="default")
     rollback = commands.add_parser("rollback")
     rollback.add_argument("adapter")
     rollback.add_argument("version")
@@ -83,8 +88,22 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
     return grpc.insecure_channel(args.target)
 
 
+def _pods(release: str, namespace: str) -> str:
+    from perennial.kube import list_release_pods
+
+    pods = list_release_pods(release, namespace)
+    if not pods:
+        return f"no pods of release {release!r} in namespace {namespace!r} (or no cluster configured)"
+    return table([(p.name, p.component, p.phase, "yes" if p.ready else "no",
+                   ", ".join(f"{a.adapter}={a.version or a.sequence}" for a in p.adapters) or p.error or "-")
+                  for p in pods], ("pod", "component", "phase", "ready", "adapters"))
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "pods":
+        print(_pods(args.release, args.namespace))
+        return 0
     token = args.token_file.read_text().strip() if args.token_file else os.environ.get("PERENNIAL_AUTH_TOKEN")
     metadata = list(bearer_metadata(token).items()) if token else None
     with _channel(args) as channel:

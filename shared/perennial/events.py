@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from perennial.kube import EventReason, EventRecorder
 from perennial.v1 import events_pb2
 
 log = logging.getLogger("perennial.events")
@@ -16,12 +17,15 @@ class EventPublisher:
     """Send events through `send(topic, key, value)` (a KafkaProducer's, or a test's).
 
     Dead letters are sampled: at most one event per reason every `dead_letter_every`
-    seconds, carrying how many dead letters it stands for.
+    seconds, carrying how many dead letters it stands for. Promotions, holds and
+    rollbacks are also recorded as Kubernetes Events on the trainer's Pod when
+    `kubernetes` is an enabled `perennial.kube.EventRecorder`.
     """
 
     def __init__(self, send: Callable[..., object], topic: str, source: str,
-                 dead_letter_every: float = 10.0) -> None:
+                 dead_letter_every: float = 10.0, kubernetes: EventRecorder | None = None) -> None:
         self._send = send
+        self.kubernetes = kubernetes or EventRecorder(None, None)
         self.topic = topic
         self.source = source
         self.dead_letter_every = dead_letter_every
@@ -42,16 +46,20 @@ class EventPublisher:
             version=version, parent=parent or "", examples=examples, sha256=sha256))
 
     def promoted(self, adapter: str, version: str, previous: str | None, forced: bool = False):
+        self.kubernetes.record(EventReason.PROMOTED, f"adapter {adapter}: {version} is the head"
+                               + (" (forced by an operator)" if forced else ""))
         return self._emit(adapter, promoted=events_pb2.Promoted(
             version=version, previous=previous or "", forced=forced))
 
     def held(self, adapter: str, version: str, head: str, candidate_accuracy: float, head_accuracy: float,
              margin: float, reason: str):
+        self.kubernetes.record(EventReason.GUARDRAIL_HELD, f"adapter {adapter}: {version} held; {reason}")
         return self._emit(adapter, held=events_pb2.Held(
             version=version, head=head, candidate_accuracy=candidate_accuracy, head_accuracy=head_accuracy,
             margin=margin, reason=reason))
 
     def rolled_back(self, adapter: str, version: str, previous: str | None):
+        self.kubernetes.record(EventReason.ROLLED_BACK, f"adapter {adapter}: rolled back to {version}")
         return self._emit(adapter, rolled_back=events_pb2.RolledBack(version=version, previous=previous or ""))
 
     def dead_lettered(self, adapter: str, reason: str, message: str, topic: str, partition: int,
