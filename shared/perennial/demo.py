@@ -217,7 +217,8 @@ def summary(console: Console, state: DemoState, final: Evaluation, split: ClassI
     rows = [
         ("classes / stages", f"{len(split.classes)} / {len(split.stages)}"),
         ("examples streamed", f"{len(split.train)} (+{len(MALFORMED)} malformed, dead-lettered)"),
-        ("final version", f"{final.version} ({head.examples if head else 0} examples)"),
+        ("final version served", f"{final.version} ({head.examples if head else 0} examples trained)"),
+        ("guardrail", _guardrail_note(store)),
         ("accuracy, all seen classes", f"{final.seen:.1%} (chance {1 / len(split.classes):.1%})"),
         ("accuracy, first-stage classes", f"{final.first:.1%}"),
         ("average forgetting (stages 1..T-1)", f"{np.mean(forgetting):.1%}" if forgetting else "-"),
@@ -230,6 +231,15 @@ def summary(console: Console, state: DemoState, final: Evaluation, split: ClassI
     for row in rows:
         results.add_row(*row)
     console.print(results)
+
+
+def _guardrail_note(store: SnapshotStore) -> str:
+    head, latest = store.head(ADAPTER), store.latest(ADAPTER)
+    if head is None or latest is None or head.version == latest.version:
+        return "every candidate promoted" if head else "-"
+    return (f"candidate {latest.version} held: accuracy on known classes "
+            f"{latest.metrics.get('candidate_accuracy', float('nan')):.0%} vs head "
+            f"{latest.metrics.get('head_accuracy', float('nan')):.0%}")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -275,7 +285,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
                             state.requests_failed += 1
                             state.errors.append(str(error))
                     live.update(render(state, split, trainer_metrics, inference_metrics, progress))
-                    done = not producer.is_alive() and head is not None and head.examples >= len(split.train)
+                    latest = store.latest(ADAPTER)
+                    records = len(split.train) + len(MALFORMED)
+                    done = (not producer.is_alive() and latest is not None
+                            and latest.offsets.get(f"{TOPIC}:0", 0) >= records)
                     served = state.evaluation and state.evaluation.version == (head.version if head else None)
                     if done and served:
                         break
