@@ -3,6 +3,7 @@
 Serves `inference.GRPCInferenceService` (the Open Inference Protocol as KServe and
 Triton define it; we use the stubs `tritonclient` publishes, so the wire contract
 is exactly what its clients send), `grpc.health.v1` and server reflection.
+Handlers raise domain errors; `DomainErrorInterceptor` turns them into status codes.
 """
 
 from __future__ import annotations
@@ -11,46 +12,55 @@ import functools
 import logging
 import time
 from concurrent import futures
+from dataclasses import dataclass
 
 import grpc
+import numpy as np
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from perennial import __version__
 from perennial.errors import InvalidInput, NotFound, NotReady
-from perennial.serving import DataPlane
-from services.inference.tensors import decode_bytes, element_count, encode_bytes, encode_fp32
+from perennial.grpc_security import ServerSecurity
+from perennial.metrics import InferenceMetrics
+from perennial.monitoring import NoMonitor
+from perennial.serving import DataPlane, Prediction, predict
+from services.inference.batching import Batcher, BatchingConfig
+from services.inference.interceptors import DomainErrorInterceptor, status_of
+from services.inference.tensors import (decode_bytes, decode_fp32, element_count, encode_bytes, encode_fp32,
+                                        typed_fp32)
 
 log = logging.getLogger("perennial.inference")
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 TEXT_INPUT = "text"
-OUTPUTS = ("probabilities", "label")
-_STATUS = {InvalidInput: grpc.StatusCode.INVALID_ARGUMENT, NotFound: grpc.StatusCode.NOT_FOUND,
-           NotReady: grpc.StatusCode.UNAVAILABLE}
-
-
-def _domain_errors(method):
-    """Map domain errors to status codes; anything else is INTERNAL with details only in the log."""
-
-    @functools.wraps(method)
-    def wrapper(self, request, context):
-        try:
-            return method(self, request, context)
-        except (InvalidInput, NotFound, NotReady) as error:
-            context.abort(_STATUS[type(error)], str(error))
-        except Exception:
-            log.exception("internal error", extra={"fields": {"method": method.__name__}})
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
-
-    return wrapper
+IMAGE_INPUT = "image"
+OUTPUTS = ("probabilities", "label", "classes")
+NO_DEADLINE_SECONDS = 365 * 24 * 3600.0
+OTHER_ADAPTER = "_other"  # metric label of requests for adapters that are not resident (bounded labels)
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, metrics) -> None:
-        self.plane: DataPlane | None = None  # set once the backbone is loaded
+    """Open Inference Protocol handlers; NOT ready until `attach` gives it a data plane."""
+
+    def __init__(self, metrics: InferenceMetrics, batching: BatchingConfig = BatchingConfig(),
+                 monitor=None) -> None:
         self.metrics = metrics
+        self.batching = batching
+        self.monitor = monitor or NoMonitor()  # drift: `submit` only queues, off the request path
+        self.plane: DataPlane | None = None
+        self.batcher: Batcher | None = None
         self.draining = False
+
+    def attach(self, plane: DataPlane) -> None:
+        """Start batching on `plane`; from now on the server is ready."""
+        self.batcher = Batcher(functools.partial(predict, plane.backbone), self.batching, self.metrics).start()
+        self.plane = plane
+
+    @property
+    def ready(self) -> bool:
+        return self.plane is not None and not self.draining
 
     def _plane(self) -> DataPlane:
         if self.plane is None or self.draining:
@@ -61,20 +71,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.ServerLiveResponse(live=True)
 
     def ServerReady(self, request, context):
-        return service_pb2.ServerReadyResponse(ready=self.plane is not None and not self.draining)
+        return service_pb2.ServerReadyResponse(ready=self.ready)
 
     def ServerMetadata(self, request, context):
         return service_pb2.ServerMetadataResponse(name="perennial", version=__version__, extensions=[])
 
-    @_domain_errors
     def ModelReady(self, request, context):
         try:
-            self._plane().get(request.name, request.version)
+            self._plane().get(_model_name(request.name), request.version)
         except NotFound:
             return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=True)
 
-    @_domain_errors
     def ModelMetadata(self, request, context):
         served = self._plane().get(_model_name(request.name), request.version)
         tensor = service_pb2.ModelMetadataResponse.TensorMetadata
@@ -82,45 +90,72 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             name=request.name,
             versions=[served.version],
             platform="perennial_lae",
-            inputs=[tensor(name=TEXT_INPUT, datatype="BYTES", shape=[-1])],
+            inputs=[tensor(name=name, datatype=datatype, shape=shape)
+                    for name, datatype, shape in [input_spec(self._plane().backbone)]],
             outputs=[
                 tensor(name="probabilities", datatype="FP32", shape=[-1, len(served.classes)]),
                 tensor(name="label", datatype="BYTES", shape=[-1]),
+                tensor(name="classes", datatype="BYTES", shape=[len(served.classes)]),
             ],
         )
 
     def ModelInfer(self, request, context):
-        started = time.perf_counter()
+        started, error = time.perf_counter(), None
         try:
             return self._infer(request, context)
-        finally:  # after abort() the context holds the status code
-            code = context.code() or grpc.StatusCode.OK
-            adapter = request.model_name or "-"
-            self.metrics.requests.labels(adapter, code.name).inc()
-            self.metrics.request_duration.labels(adapter).observe(time.perf_counter() - started)
+        except Exception as raised:
+            error = raised
+            raise
+        finally:
+            resident = self.plane is not None and self.plane.current_version(request.model_name) is not None
+            adapter = request.model_name if resident else OTHER_ADAPTER
+            code = status_of(error).name
+            self.metrics.requests.labels(adapter, code).inc()
+            self.metrics.request_duration.labels(adapter, code).observe(time.perf_counter() - started)
 
-    @_domain_errors
     def _infer(self, request, context):
-        texts = _texts(request)
+        plane = self._plane()
+        texts = _inputs(request, input_spec(plane.backbone))
         wanted = [output.name for output in request.outputs] or list(OUTPUTS)
         unknown = sorted(set(wanted) - set(OUTPUTS))
         if unknown:
             raise InvalidInput(f"unknown output(s) {unknown}; this model offers {list(OUTPUTS)}")
-        prediction = self._plane().infer(_model_name(request.model_name), request.model_version, texts)
-        response = service_pb2.ModelInferResponse(
-            model_name=request.model_name, model_version=prediction.served.version, id=request.id
-        )
-        response.parameters["adapter_version"].string_param = prediction.served.version
-        for name in wanted:
-            if name == "probabilities":
-                scores = prediction.scores.numpy()
-                response.outputs.add(name=name, datatype="FP32", shape=list(scores.shape))
-                response.raw_output_contents.append(encode_fp32(scores))
-            else:
-                labels = [label.encode() for label in prediction.labels]
-                response.outputs.add(name=name, datatype="BYTES", shape=[len(labels)])
-                response.raw_output_contents.append(encode_bytes(labels))
-        return response
+        plane.validate(texts)
+        served = plane.get(_model_name(request.model_name), request.model_version)
+        remaining = context.time_remaining()
+        no_deadline = remaining is None or remaining > NO_DEADLINE_SECONDS  # gRPC says ~infinity
+        deadline = None if no_deadline else time.monotonic() + remaining
+        job = self.batcher.submit(served, texts, deadline)
+        context.add_callback(lambda: setattr(job, "cancelled", True))  # caller gone: skip the work
+        prediction = Prediction(served, self.batcher.result(job, deadline))
+        if isinstance(texts[0], str):  # the drift monitor embeds texts
+            self.monitor.submit(served.adapter, texts, prediction.labels)
+        return _response(request, prediction, wanted)
+
+    def drain(self, server: grpc.Server, health_servicer: health.HealthServicer, grace: float) -> None:
+        """SIGTERM: NOT_SERVING, refuse new requests, let in-flight ones finish, stop."""
+        self.draining = True
+        set_health(health_servicer, False)
+        server.stop(grace=grace).wait()
+        if self.batcher is not None:
+            self.batcher.stop(timeout=grace)
+
+
+def _response(request, prediction: Prediction, wanted: list[str]):
+    version = prediction.served.version
+    response = service_pb2.ModelInferResponse(model_name=request.model_name, model_version=version,
+                                              id=request.id)
+    response.parameters["adapter_version"].string_param = version
+    for name in wanted:
+        if name == "probabilities":
+            scores = prediction.scores.numpy()
+            response.outputs.add(name=name, datatype="FP32", shape=list(scores.shape))
+            response.raw_output_contents.append(encode_fp32(scores))
+        else:
+            items = prediction.labels if name == "label" else prediction.served.classes
+            response.outputs.add(name=name, datatype="BYTES", shape=[len(items)])
+            response.raw_output_contents.append(encode_bytes([item.encode() for item in items]))
+    return response
 
 
 def _model_name(name: str) -> str:
@@ -129,14 +164,46 @@ def _model_name(name: str) -> str:
     return name
 
 
-def _texts(request) -> list[str]:
+def input_spec(backbone) -> tuple[str, str, list[int]]:
+    """(name, datatype, shape) of the model input: BYTES text, or FP32 images [N, (C,) H, W]."""
+    if hasattr(backbone, "tokenize"):
+        return TEXT_INPUT, "BYTES", [-1]
+    return IMAGE_INPUT, "FP32", [-1, -1, -1, -1]
+
+
+def _inputs(request, spec: tuple[str, str, list[int]]) -> list:
+    """The request's rows: strings for a text model, [(C,) H, W] float tensors for an image model."""
+    name, datatype, _ = spec
     if len(request.inputs) != 1:
-        raise InvalidInput(f"expected exactly one input named {TEXT_INPUT!r}, got {len(request.inputs)}")
+        raise InvalidInput(f"expected exactly one input named {name!r}, got {len(request.inputs)}")
     tensor = request.inputs[0]
-    if tensor.name != TEXT_INPUT:
-        raise InvalidInput(f"input is named {tensor.name!r}; name it {TEXT_INPUT!r}")
-    if tensor.datatype != "BYTES":
-        raise InvalidInput(f"input {TEXT_INPUT!r} has datatype {tensor.datatype}; send BYTES (UTF-8 text)")
+    if tensor.name != name:
+        raise InvalidInput(f"input is named {tensor.name!r}; name it {name!r}")
+    if tensor.datatype != datatype:
+        kind = "text: send BYTES (UTF-8)" if datatype == "BYTES" else "images: send FP32"
+        raise InvalidInput(f"input {name!r} has datatype {tensor.datatype}; this model takes {kind}")
+    if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
+        raise InvalidInput(f"{len(request.raw_input_contents)} raw_input_contents for "
+                           f"{len(request.inputs)} inputs; send one per input")
+    return _texts(request, tensor) if datatype == "BYTES" else _images(request, tensor)
+
+
+def _images(request, tensor) -> list[torch.Tensor]:
+    shape = list(tensor.shape)
+    if len(shape) not in (3, 4):
+        raise InvalidInput(f"input {IMAGE_INPUT!r} has shape {shape}; send [N, H, W] or [N, C, H, W]")
+    if request.raw_input_contents:
+        array = decode_fp32(request.raw_input_contents[0], shape)
+    else:
+        array = typed_fp32(tensor.contents.fp32_contents, shape)
+    if not np.isfinite(array).all():
+        raise InvalidInput(f"input {IMAGE_INPUT!r} holds NaN or infinite values")
+    return list(torch.from_numpy(array.copy()))
+
+
+def _texts(request, tensor) -> list[str]:
+    if len(tensor.shape) != 1:
+        raise InvalidInput(f"input {TEXT_INPUT!r} has shape {list(tensor.shape)}; send a 1-D shape [N]")
     count = element_count(tensor.shape)
     if request.raw_input_contents:
         items = decode_bytes(request.raw_input_contents[0], count)
@@ -150,12 +217,31 @@ def _texts(request) -> list[str]:
         raise InvalidInput(f"input {TEXT_INPUT!r} is not valid UTF-8: {error}") from error
 
 
-def build_server(servicer: InferenceServicer, health_servicer: health.HealthServicer, *,
-                 workers: int = 8, max_message_bytes: int = 16 * 1024 * 1024) -> grpc.Server:
+@dataclass(frozen=True)
+class ServerConfig:
+    """workers: gRPC request threads (also the limit of concurrent RPCs; beyond it RESOURCE_EXHAUSTED).
+    max_message_bytes: largest request or reply."""
+
+    workers: int = 128
+    max_message_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
+
+
+def build_server(servicer: InferenceServicer, health_servicer: health.HealthServicer,
+                 config: ServerConfig = ServerConfig(), security: ServerSecurity = ServerSecurity()) -> grpc.Server:
+    """A gRPC server with the inference, health and reflection services; add a port with
+    `security.add_port(server, address)`."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-        options=[("grpc.max_receive_message_length", max_message_bytes),
-                 ("grpc.max_send_message_length", max_message_bytes)],
+        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
+        interceptors=[*security.interceptors(), DomainErrorInterceptor()],
+        options=[("grpc.max_receive_message_length", config.max_message_bytes),
+                 ("grpc.max_send_message_length", config.max_message_bytes)],
+        maximum_concurrent_rpcs=config.workers,
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -170,3 +256,4 @@ def set_health(health_servicer: health.HealthServicer, serving: bool) -> None:
               else health_pb2.HealthCheckResponse.NOT_SERVING)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, status)
+

@@ -1,4 +1,10 @@
-"""Open Inference Protocol tensor encodings (KServe v2 / Triton raw format)."""
+"""Open Inference Protocol tensor encodings (KServe v2 / Triton): raw and typed contents.
+
+Raw format (`raw_input_contents` / `raw_output_contents`): FP32 is little-endian
+IEEE 754 in row-major order; BYTES is, per element, a little-endian uint32 length
+followed by the bytes. Typed format: `InferTensorContents.bytes_contents` /
+`fp32_contents`.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +33,22 @@ def decode_bytes(raw: bytes, count: int) -> list[bytes]:
     return items
 
 
+def decode_fp32(raw: bytes, shape: list[int]) -> np.ndarray:
+    """A raw FP32 tensor as a float32 array of `shape`."""
+    count = element_count(shape)
+    if len(raw) != 4 * count:
+        raise InvalidInput(f"FP32 tensor has {len(raw)} bytes but shape {list(shape)} needs {4 * count}")
+    return np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
+
+
+def typed_fp32(values, shape: list[int]) -> np.ndarray:
+    """Typed `fp32_contents` as a float32 array of `shape`."""
+    count = element_count(shape)
+    if len(values) != count:
+        raise InvalidInput(f"FP32 tensor holds {len(values)} values but shape {list(shape)} needs {count}")
+    return np.asarray(values, dtype=np.float32).reshape(shape)
+
+
 def encode_bytes(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
 
@@ -37,5 +59,5 @@ def encode_fp32(array: np.ndarray) -> bytes:
 
 def element_count(shape: list[int]) -> int:
     if any(dim < 0 for dim in shape):
-        raise InvalidInput(f"input shape {list(shape)} has a negative dimension")
+        raise InvalidInput(f"input shape {list(shape)} has a negative dimension; send the actual sizes")
     return math.prod(shape)

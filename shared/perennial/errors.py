@@ -11,3 +11,15 @@ class NotFound(LookupError):
 
 class NotReady(RuntimeError):
     """The service cannot answer yet, e.g. the backbone is still loading (UNAVAILABLE)."""
+
+
+class ResourceExhausted(RuntimeError):
+    """The server is at a limit, e.g. its request queue is full; retry later (RESOURCE_EXHAUSTED)."""
+
+
+class DeadlineExceeded(RuntimeError):
+    """The caller's deadline passed before the work was done; the work was skipped (DEADLINE_EXCEEDED)."""
+
+
+class Unauthenticated(PermissionError):
+    """The caller did not present valid credentials (UNAUTHENTICATED)."""

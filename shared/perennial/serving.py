@@ -1,41 +1,87 @@
-"""The inference data plane: adapters loaded from Redis, hot-swapped, queried.
+"""The inference data plane: many adapters on one frozen backbone, hot-swapped, batched.
 
-Transport-agnostic: the gRPC servicer only converts protobuf to these calls.
-A served version is immutable (`ServedVersion`); a swap replaces the reference
-in one assignment, so a request that already holds the old version finishes on
-it. New versions are fetched, sha256-verified and built on the watcher thread,
-never on the request path. A periodic check of the Redis head covers a missed
-pub/sub message.
+Transport-agnostic: the gRPC servicer converts protobuf to these calls and the
+batcher (`services.inference.batching`) groups requests into `predict` calls.
+
+- **Versions are immutable.** A `ServedVersion` is one adapter version's model; the
+  resident set is an LRU keyed by `(adapter, version)` and bounded by a memory
+  budget (`memory_bytes`). `current` maps an adapter to the version its head
+  requests get — one dict assignment is the swap, so a request that already holds
+  the old `ServedVersion` finishes on it.
+- **Loading**: an adapter is fetched from Redis on its first request (or a pinned
+  version on the first request naming it), on the request thread; never on the
+  batch thread. An adapter with no snapshot is remembered for a second
+  (`MISSING_SECONDS`), so unknown names cannot turn every request into a Redis call.
+- **Updates**: on an announcement the watcher thread fetches, verifies sha256 and
+  builds the new version, then swaps; a periodic check of the Redis heads covers
+  a missed pub/sub message. A failed verification keeps the old version.
+- **Model calls live in two functions**, `load_model` and `predict` — the one place
+  to change when the learner offers another predictor. `predict` runs a batch that
+  mixes adapters as ONE backbone forward: each row carries its own LoRA weights
+  (`RowwiseLoRA`), online and offline rows side by side (measured faster than
+  grouping by adapter: docs/BENCHMARKS.md). Models that are not LoRA ensembles fall
+  back to one `scores` call per version.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from perennial.backbone import TextBackbone
 from perennial.errors import InvalidInput, NotFound
-from perennial.learner import Ensemble
+from perennial.learner import Predictor, load_predictor
 from perennial.metrics import InferenceMetrics
-from perennial.pet import LoRAConfig
+from perennial.pet import activate
 from perennial.store import IntegrityError, Manifest, SnapshotStore, from_safetensors
 
 log = logging.getLogger("perennial.inference")
-MAX_BATCH = 256
-PINNED_VERSIONS = 8  # explicitly requested older versions kept in memory
 MAX_PARENT_HOPS = 64  # manifests walked back to account freshness of skipped versions
+MISSING_SECONDS = 1.0  # "adapter has no snapshot" is remembered this long (unknown names cannot flood Redis)
+MAX_MISSING = 10_000
 
 
 @dataclass(frozen=True)
+class ServingConfig:
+    """Limits of the data plane.
+
+    memory_bytes: budget of resident adapter versions (LRU beyond it; the backbone is not counted).
+    max_text_chars: longest accepted text.
+    max_rows: most rows one request may carry (the batcher's max batch size).
+    reconcile_seconds: how often the watcher compares served versions with the Redis heads.
+    """
+
+    memory_bytes: int = 1 << 30
+    max_text_chars: int = 4096
+    max_rows: int = 64
+    reconcile_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("memory_bytes", "max_text_chars", "max_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.reconcile_seconds <= 0:
+            raise ValueError(f"reconcile_seconds must be > 0, got {self.reconcile_seconds}")
+
+
+@dataclass(frozen=True, eq=False)
 class ServedVersion:
+    """One immutable adapter version, ready to run."""
+
     manifest: Manifest
-    model: Ensemble
+    model: Predictor
+    nbytes: int
+
+    @property
+    def adapter(self) -> str:
+        return self.manifest.adapter
 
     @property
     def version(self) -> str:
@@ -56,97 +102,284 @@ class Prediction:
         return [self.served.classes[i] for i in self.scores.argmax(-1).tolist()]
 
 
+# -- the model: load and run (the one place that knows the learner's types) ----------------------
+def load_model(backbone, blob: bytes, manifest: Manifest) -> Predictor:
+    """Build an adapter version's predictor from its verified safetensors blob."""
+    tensors, metadata = from_safetensors(blob)
+    return load_predictor(backbone, tensors, metadata)
+
+
+def predict(backbone, work: Sequence[tuple[ServedVersion, list]]) -> list[torch.Tensor]:
+    """Scores [n_i, C_i] for each (version, inputs) item, in one backbone forward when possible."""
+    with torch.inference_mode():
+        if isinstance(backbone, TextBackbone) and all(_is_lora_ensemble(s.model) for s, _ in work):
+            return _predict_rowwise(backbone, work)
+        return predict_grouped(backbone, work)
+
+
+def predict_grouped(backbone, work: Sequence[tuple[ServedVersion, list]]) -> list[torch.Tensor]:
+    """One `scores` call per distinct version (the general path; also what `predict` is measured against)."""
+    with torch.inference_mode():
+        by_version: dict[tuple, list[int]] = {}  # same version and same row shape (images) run together
+        for index, (served, rows) in enumerate(work):
+            shape = tuple(rows[0].shape) if isinstance(rows[0], torch.Tensor) else None
+            by_version.setdefault((id(served), shape), []).append(index)
+        results: list[torch.Tensor] = [torch.empty(0)] * len(work)
+        for indices in by_version.values():
+            inputs = [row for i in indices for row in work[i][1]]
+            scores = work[indices[0]][0].model.scores(backbone, inputs)
+            start = 0
+            for i in indices:
+                results[i] = scores[start : start + len(work[i][1])]
+                start += len(work[i][1])
+        return results
+
+
+def _is_lora_module(module: object) -> bool:
+    return getattr(getattr(module, "config", None), "method", None) == "lora" and hasattr(module, "lora_a")
+
+
+def _is_lora_ensemble(model: object) -> bool:
+    """An LAE ensemble of two LoRA modules and a linear head (max-of-softmax scores)."""
+    return (_is_lora_module(getattr(model, "online", None)) and _is_lora_module(getattr(model, "offline", None))
+            and isinstance(getattr(model, "head", None), torch.nn.Linear))
+
+
+def _predict_rowwise(backbone: TextBackbone, work: Sequence[tuple[ServedVersion, list[str]]]) -> list[torch.Tensor]:
+    """Every item's online and offline rows in ONE forward; then each version's head and ensemble."""
+    texts = [text for _, item in work for text in item]
+    batch = backbone.tokenize(texts)
+    doubled = {name: torch.cat([tensor, tensor]) for name, tensor in batch.items()}
+    rows = [served for served, item in work for _ in item]
+    modules = [served.model.online for served in rows] + [served.model.offline for served in rows]
+    with activate(RowwiseLoRA(modules)):  # type: ignore[arg-type]
+        pooled = backbone(doubled)
+    online, offline = pooled[: len(texts)], pooled[len(texts) :]
+    results, start = [], 0
+    for served, item in work:
+        stop = start + len(item)
+        head = served.model.head
+        best = torch.maximum(F.softmax(head(online[start:stop]), -1), F.softmax(head(offline[start:stop]), -1))
+        results.append(best / best.sum(-1, keepdim=True))
+        start = stop
+    return results
+
+
+class RowwiseLoRA:
+    """Stands in for the active LoRA module: row i of the batch gets `modules[i]`'s update.
+
+    Distinct modules are stacked once per batch (ranks padded with zeros, the scale
+    folded into B); each adapted layer then does two batched matmuls.
+    """
+
+    def __init__(self, modules: Sequence[torch.nn.Module]) -> None:
+        position: dict[int, int] = {}
+        unique: list = []
+        for module in modules:
+            if id(module) not in position:
+                position[id(module)] = len(unique)
+                unique.append(module)
+        self.config = unique[0].config  # method "lora": the LoRA wrappers consult this module
+        self.scale = {key: None for module in unique for key in module.lora_a}  # adapted layers
+        self._index = torch.tensor([position[id(module)] for module in modules])
+        self._unique = unique
+        self._stacks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _stack(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if key not in self._stacks:
+            present = [m for m in self._unique if key in m.lora_a]
+            rank = max(m.lora_a[key].shape[0] for m in present)
+            fan_out, fan_in = present[0].lora_b[key].shape[0], present[0].lora_a[key].shape[1]
+            a = torch.zeros(len(self._unique), rank, fan_in)
+            b = torch.zeros(len(self._unique), fan_out, rank)
+            for index, module in enumerate(self._unique):
+                if key in module.lora_a:
+                    r = module.lora_a[key].shape[0]
+                    a[index, :r] = module.lora_a[key]
+                    b[index, :, :r] = module.lora_b[key] * module.scale[key]
+            if len(self._unique) == 1:  # one module: broadcast instead of gathering per row
+                self._stacks[key] = (a[0].T, b[0].T)
+            else:
+                self._stacks[key] = (a[self._index].transpose(1, 2), b[self._index].transpose(1, 2))
+        return self._stacks[key]
+
+    def delta(self, path: str, x: torch.Tensor) -> torch.Tensor:
+        a, b = self._stack(path.replace(".", "__"))  # [N, in, r], [N, r, out] (or unbatched)
+        if a.dim() == 2:
+            return x @ a @ b
+        return torch.bmm(torch.bmm(x, a), b)
+
+
+def model_bytes(model: object) -> int:
+    """Bytes of a predictor's tensors (its parameters and buffers if it is a module)."""
+    if isinstance(model, torch.nn.Module):
+        tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    else:
+        tensors = {id(t): t for t in vars(model).values() if isinstance(t, torch.Tensor)}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+# -- the data plane ---------------------------------------------------------------------------------
 class DataPlane:
-    def __init__(
-        self,
-        backbone: TextBackbone,
-        store: SnapshotStore,
-        metrics: InferenceMetrics,
-        reconcile_seconds: float = 10.0,
-    ) -> None:
+    def __init__(self, backbone: TextBackbone, store: SnapshotStore, metrics: InferenceMetrics,
+                 config: ServingConfig = ServingConfig()) -> None:
         self.backbone = backbone
         self.store = store
         self.metrics = metrics
-        self.reconcile_seconds = reconcile_seconds
-        self._current: dict[str, ServedVersion] = {}
-        self._pinned: OrderedDict[tuple[str, str], ServedVersion] = OrderedDict()
-        self._load_lock = threading.Lock()
+        self.config = config
+        self._resident: OrderedDict[tuple[str, str], ServedVersion] = OrderedDict()  # LRU order
+        self._current: dict[str, str] = {}  # adapter -> version answered when none is named
+        self._bytes = 0
+        self._lock = threading.Lock()  # guards _resident, _current, _bytes (cheap, never held across I/O)
+        self._load_lock = threading.Lock()  # one load from Redis at a time
+        self._missing: dict[str, float] = {}  # adapter -> monotonic time until which it is known absent
 
-    # -- requests ----------------------------------------------------------------------
+    # -- requests ----------------------------------------------------------------------------
+    def validate(self, rows: list) -> None:
+        """Reject an empty or oversized request, blank or too long texts (images: only the row count)."""
+        if not rows:
+            raise InvalidInput("the input is empty; send at least one row")
+        if len(rows) > self.config.max_rows:
+            raise InvalidInput(f"request has {len(rows)} rows; the limit is {self.config.max_rows}: split it")
+        for index, text in enumerate(rows):
+            if not isinstance(text, str):
+                continue
+            if not text.strip():
+                raise InvalidInput(f"input 'text' element {index} is empty or blank")
+            if len(text) > self.config.max_text_chars:
+                raise InvalidInput(f"input 'text' element {index} has {len(text)} characters; "
+                                   f"the limit is {self.config.max_text_chars}")
+
     def get(self, adapter: str, version: str = "") -> ServedVersion:
-        current = self._current.get(adapter)
-        if not version:
-            return current or self._first_load(adapter)
-        if current and current.version == version:
-            return current
-        pinned = self._pinned.get((adapter, version))
-        if pinned is None:
-            pinned = self._build(adapter, version)
-            self._pinned[(adapter, version)] = pinned
-            while len(self._pinned) > PINNED_VERSIONS:
-                self._pinned.popitem(last=False)
-        return pinned
+        """The version to answer with (`version` empty: the current head), loading it if needed."""
+        served = self._lookup(adapter, version)
+        if served is not None:
+            return served
+        if not version and self._missing.get(adapter, 0.0) > time.monotonic():
+            raise NotFound(f"adapter {adapter!r} has no snapshot yet; check the model name")
+        with self._load_lock:
+            served = self._lookup(adapter, version)  # another thread may have loaded it meanwhile
+            if served is not None:
+                return served
+            if version:
+                served = self._build(adapter, version)
+                self._admit(served)
+                return served
+            head = self.store.head(adapter)
+            if head is None:
+                if len(self._missing) >= MAX_MISSING:
+                    self._missing.clear()
+                self._missing[adapter] = time.monotonic() + MISSING_SECONDS
+                raise NotFound(f"adapter {adapter!r} has no snapshot yet; check the model name")
+            served = self._build(adapter, head.version)
+            self._swap(served)
+            return served
 
     def infer(self, adapter: str, version: str, texts: list[str]) -> Prediction:
-        if not texts:
-            raise InvalidInput("input 'text' is empty; send at least one string")
-        if len(texts) > MAX_BATCH:
-            raise InvalidInput(f"batch of {len(texts)} texts exceeds the limit of {MAX_BATCH}; split it")
-        if any(not text.strip() for text in texts):
-            raise InvalidInput("input 'text' contains an empty string")
+        """Unbatched convenience: validate, resolve, run."""
+        self.validate(texts)
         served = self.get(adapter, version)
-        with torch.inference_mode():
-            scores = served.model.scores(self.backbone, texts)
-        return Prediction(served, scores)
+        return Prediction(served, predict(self.backbone, [(served, texts)])[0])
 
-    def _first_load(self, adapter: str) -> ServedVersion:
-        with self._load_lock:
-            if adapter not in self._current:
-                head = self.store.head(adapter)
-                if head is None:
-                    raise NotFound(f"adapter {adapter!r} has no snapshot yet")
-                self._swap(adapter, self._build(adapter, head.version))
-            return self._current[adapter]
+    def _lookup(self, adapter: str, version: str) -> ServedVersion | None:
+        with self._lock:
+            key = (adapter, version or self._current.get(adapter, ""))
+            served = self._resident.get(key)
+            if served is not None:
+                self._resident.move_to_end(key)
+            return served
 
+    def resident(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._resident)
+
+    def current_version(self, adapter: str) -> str | None:
+        return self._current.get(adapter)
+
+    # -- building, admitting, swapping --------------------------------------------------------
     def _build(self, adapter: str, version: str) -> ServedVersion:
         try:
             manifest, blob = self.store.fetch(adapter, version)
         except KeyError as error:
-            raise NotFound(str(error.args[0])) from error
-        tensors, metadata = from_safetensors(blob)
-        config = LoRAConfig.from_dict(json.loads(metadata["learner"])["lora"])
-        model = Ensemble.from_tensors(self.backbone, config, tensors, list(manifest.classes))
-        return ServedVersion(manifest, model)
+            raise NotFound(f"{error.args[0]}; it may never have existed or was deleted") from error
+        model = load_model(self.backbone, blob, manifest)
+        return ServedVersion(manifest, model, model_bytes(model))
 
-    def _swap(self, adapter: str, new: ServedVersion) -> None:
-        old = self._current.get(adapter)
+    def _admit(self, served: ServedVersion, current: bool = False) -> None:
+        """Make `served` resident — with `current`, also the adapter's default, in the same step
+        as its predecessor leaves — then evict LRU entries beyond the budget."""
+        with self._lock:
+            key = (served.adapter, served.version)
+            if key not in self._resident:
+                self._resident[key] = served
+                self._bytes += served.nbytes
+            if current:
+                replaces = self._current.get(served.adapter)
+                self._current[served.adapter] = served.version  # the swap: one reference assignment
+                if replaces and replaces != served.version:
+                    old = self._resident.pop((served.adapter, replaces), None)
+                    self._bytes -= old.nbytes if old else 0
+            evicted = []
+            while self._bytes > self.config.memory_bytes and len(self._resident) > 1:
+                old_key, old = next(iter(self._resident.items()))
+                if old_key == key:
+                    break
+                del self._resident[old_key]
+                self._bytes -= old.nbytes
+                if self._current.get(old_key[0]) == old_key[1]:
+                    del self._current[old_key[0]]
+                    evicted.append(old_key)
+            self.metrics.resident_adapters.set(len(self._resident))
+            self.metrics.resident_bytes.set(self._bytes)
+        for adapter, version in evicted:
+            self.metrics.evictions.inc()
+            self._forget_version_info(adapter, version)
+
+    def _swap(self, new: ServedVersion) -> None:
+        adapter = new.adapter
+        old_version = self._current.get(adapter)
+        old = self._resident.get((adapter, old_version)) if old_version else None
         newly_served = self._manifests_since(new.manifest, old.manifest if old else None)
+        self._admit(new, current=True)
         now = time.time()
         for manifest in newly_served:
             for event_time in manifest.event_times:
                 self.metrics.freshness.labels(adapter).observe(max(0.0, now - event_time))
         self.metrics.swaps.labels(adapter).inc()
         self.metrics.served_sequence.labels(adapter).set(new.manifest.sequence)
-        self._current[adapter] = new  # the swap: one reference assignment
+        if old_version:
+            self._forget_version_info(adapter, old_version)
+        self.metrics.version_info.labels(adapter, new.version).set(1)
         log.info("serving version", extra={"fields": {
-            "adapter": adapter, "version": new.version, "previous": old.version if old else None}})
+            "adapter": adapter, "version": new.version, "previous": old_version}})
+
+    def _forget_version_info(self, adapter: str, version: str) -> None:
+        try:
+            self.metrics.version_info.remove(adapter, version)
+        except KeyError:
+            pass
 
     def _manifests_since(self, newest: Manifest, served: Manifest | None) -> list[Manifest]:
-        """`newest` and its ancestors back to (not including) the version served before."""
-        chain, manifest = [], newest
-        while manifest and len(chain) < MAX_PARENT_HOPS:
-            if served and manifest.sequence <= served.sequence:
-                break
+        """`newest` and its ancestors back to (not including) the version served before.
+
+        On a first load only `newest` counts (no Redis walk on the request path)."""
+        if served is None:
+            return [newest]
+        chain: list[Manifest] = []
+        manifest: Manifest | None = newest
+        while manifest and len(chain) < MAX_PARENT_HOPS and manifest.sequence > served.sequence:
             chain.append(manifest)
             manifest = self.store.manifest(manifest.adapter, manifest.parent) if manifest.parent else None
         return chain
 
-    # -- updates -------------------------------------------------------------------------
+    # -- updates (watcher thread) ---------------------------------------------------------------
     def refresh(self, adapter: str, version: str | None = None) -> bool:
         """Swap in `version` (default: the head) if newer than what is served; True if swapped."""
-        current = self._current.get(adapter)
+        self._missing.pop(adapter, None)  # announced: it exists now
+        current_version = self._current.get(adapter)
+        current = self._resident.get((adapter, current_version)) if current_version else None
         if current is None:
-            return False  # not requested yet: it loads on first request
+            return False  # not resident: it loads on its next request
         manifest = self.store.manifest(adapter, version) if version else self.store.head(adapter)
         if manifest is None or manifest.sequence <= current.manifest.sequence:
             return False
@@ -158,8 +391,14 @@ class DataPlane:
             log.error("rejected a snapshot", extra={"fields": {"adapter": adapter, "error": str(error)}})
             return False
         self.metrics.swap_duration.observe(time.perf_counter() - started)
-        self._swap(adapter, new)
+        with self._load_lock:  # not concurrently with a first load of the same adapter
+            if self._current.get(adapter) == current_version:
+                self._swap(new)
         return True
+
+    def reconcile(self) -> int:
+        """Compare every resident adapter with its Redis head; returns the number swapped."""
+        return sum(self.refresh(adapter) for adapter in list(self._current))
 
     def watch(self, stop: threading.Event) -> None:
         """Apply announcements until `stop`; reconcile with the Redis heads periodically."""
@@ -170,9 +409,8 @@ class DataPlane:
             try:
                 if announcement is not None:
                     self.refresh(*announcement)
-                if time.monotonic() - last_reconcile >= self.reconcile_seconds:
+                if time.monotonic() - last_reconcile >= self.config.reconcile_seconds:
                     last_reconcile = time.monotonic()
-                    for adapter in list(self._current):
-                        self.refresh(adapter)
+                    self.reconcile()
             except Exception:  # a bad snapshot or a Redis hiccup must not stop the watcher
                 log.exception("update failed; will retry at the next announcement or reconcile")

@@ -1,0 +1,59 @@
+"""One server interceptor maps domain errors to gRPC status codes.
+
+Handlers raise `perennial.errors` exceptions; nothing else in the service picks
+status codes. Anything that is not a domain error is a bug: the reply says
+INTERNAL with a generic message, and the details go to the log only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from perennial.errors import (DeadlineExceeded, InvalidInput, NotFound, NotReady, ResourceExhausted,
+                              Unauthenticated)
+
+log = logging.getLogger("perennial.inference")
+STATUS = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    NotReady: grpc.StatusCode.UNAVAILABLE,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+}
+INTERNAL_MESSAGE = "internal error; the server log has the details"
+
+
+def status_of(error: BaseException | None) -> grpc.StatusCode:
+    """The status code an exception becomes (OK for None)."""
+    if error is None:
+        return grpc.StatusCode.OK
+    for kind, code in STATUS.items():
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class DomainErrorInterceptor(grpc.ServerInterceptor):
+    """Wraps every unary-unary handler: domain error → its status and message; else INTERNAL."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler  # health Watch and reflection streams raise no domain errors
+        behaviour, method = handler.unary_unary, handler_call_details.method
+
+        def guarded(request, context):
+            try:
+                return behaviour(request, context)
+            except tuple(STATUS) as error:
+                context.abort(status_of(error), str(error))
+            except Exception:
+                if context.code() not in (None, grpc.StatusCode.OK):
+                    raise  # the handler aborted with a status of its own
+                log.exception("internal error", extra={"fields": {"method": method}})
+                context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+        return handler._replace(unary_unary=guarded)
