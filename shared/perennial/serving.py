@@ -374,14 +374,19 @@ class DataPlane:
 
     # -- updates (watcher thread) ---------------------------------------------------------------
     def refresh(self, adapter: str, version: str | None = None) -> bool:
-        """Swap in `version` (default: the head) if newer than what is served; True if swapped."""
+        """Serve the adapter's Redis head if it is not what is served; True if swapped.
+
+        The head, not the announced `version`, decides: a replica that falls behind skips
+        straight to the newest head instead of building every version in between, and a
+        rollback (a head with a lower sequence number) is followed too.
+        """
         self._missing.pop(adapter, None)  # announced: it exists now
         current_version = self._current.get(adapter)
         current = self._resident.get((adapter, current_version)) if current_version else None
         if current is None:
             return False  # not resident: it loads on its next request
-        manifest = self.store.manifest(adapter, version) if version else self.store.head(adapter)
-        if manifest is None or manifest.sequence <= current.manifest.sequence:
+        manifest = self.store.head(adapter)
+        if manifest is None or manifest.version == current.manifest.version:
             return False
         started = time.perf_counter()
         try:

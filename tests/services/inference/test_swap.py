@@ -37,8 +37,23 @@ def test_swap_and_pinned_versions(service, learner):
     assert plane.refresh("demo", second.version)
     assert service.infer().get_response().model_version == second.version
     assert service.infer(version=first.version).get_response().model_version == first.version
-    assert not plane.refresh("demo", first.version)  # never swaps backwards
+    assert not plane.refresh("demo", first.version)  # a stale announcement: the head decides
     assert set(plane.resident()) == {("demo", first.version), ("demo", second.version)}
+
+
+def test_a_rollback_is_followed_and_stale_announcements_are_skipped(service, learner):
+    store, plane = service.store, service.plane
+    versions = [publish(store, learner)]
+    service.ready()
+    service.infer()
+    for fox in ("a red fox", "an arctic fox", "a fennec fox"):
+        learner.learn([fox], ["animal"])
+        versions.append(publish(store, learner, parent=versions[-1]))
+    assert plane.refresh("demo", versions[1].version)  # announced v2, but v4 is the head
+    assert service.infer().get_response().model_version == versions[3].version
+    store.rollback("demo", versions[1].version)
+    assert plane.refresh("demo", versions[1].version)
+    assert service.infer().get_response().model_version == versions[1].version
 
 
 def test_watcher_swaps_on_announcement_and_counts_freshness(service, learner):
