@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 DEBIAN_PACKAGES := redis-server wordnet-base prometheus dataset-fashion-mnist
 PROTO_OUT := shared
 
-.PHONY: help setup system venv proto proto-check lock demo test test-unit test-e2e bench-training bench-drift bench-learning chart-sync chart-lint k8s k8s-check clean
+.PHONY: help setup system venv proto proto-check lock demo test test-unit test-e2e bench-training bench-drift bench-learning bench-serving chart-sync chart-lint k8s k8s-check clean
 
 help:
 	@echo "make demo        start broker, Redis, trainer, inference and stream WordNet through them"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench-training  trainer throughput (Kafka vs memory), snapshots, freshness -> docs/BENCHMARKS.md"
 	@echo "make bench-learning  learner x PET quality on WordNet and Fashion-MNIST -> docs/LEARNING.md"
 	@echo "make bench-drift     drift detectors vs river's defaults -> docs/DRIFT.md"
+	@echo "make bench-serving   inference vs KServe vs the in-process compute limit -> docs/BENCHMARKS.md"
 	@echo "make k8s         sync the chart's rules/dashboard copies, regenerate deploy/k8s from helm/perennial"
 	@echo "make chart-lint  helm lint --strict, kubernetes-validate of deploy/k8s, hadolint of the Dockerfiles"
 
@@ -78,6 +79,17 @@ bench-training: setup
 bench-learning: setup
 	$(PIP) install --quiet -c requirements.lock -e ".[dev,bench]"
 	$(PY) -m bench.learning --out docs/LEARNING.md $(BENCH_ARGS)
+
+# Serving: Perennial's inference service vs KServe 0.21 (own venv: .venv-kserve, same model) vs the
+# model in-process; tritonclient load at concurrency 1/8/32, swaps every 100 ms, 1/100/1000 adapters.
+VENV_KSERVE := .venv-kserve
+$(VENV_KSERVE)/.installed: bench/requirements-kserve.txt
+	@test -x $(VENV_KSERVE)/bin/python || $(PYTHON) -m venv $(VENV_KSERVE)
+	$(VENV_KSERVE)/bin/pip install --quiet -r bench/requirements-kserve.txt
+	@touch $@
+
+bench-serving: setup $(VENV_KSERVE)/.installed
+	$(PY) -m bench.serving --doc docs/BENCHMARKS.md $(BENCH_ARGS)
 
 # Kubernetes (helm/perennial, deploy/k8s). The chart embeds copies of the Prometheus rules and the
 # Grafana dashboard (Helm reads files only from inside a chart); chart-sync refreshes them.

@@ -1,270 +1,186 @@
-"""The Learning–Accumulation–Ensemble (LAE) learner on a task-free stream.
+"""Continual learners on a task-free stream, one interface, chosen by configuration.
 
-- Learning: an *online* PET module and the class head train on micro-batches
-  (Adam, constant learning rate).
-- Accumulation: an *offline* PET module is an exponential moving average of the
-  online one after every optimizer step. Only PET weights are averaged; the
-  head is shared.
-- Ensemble: scores are the elementwise max of the two modules' softmaxes,
-  `argmax_c max(softmax(z_on)_c, softmax(z_off)_c)`.
+Every learner has `learn(inputs, labels) -> loss`, `classes`, `examples`, `steps`,
+`predict(inputs)`, `state() -> (tensors, metadata)` and `from_state(...)`;
+`load_predictor(backbone, tensors, metadata)` rebuilds from a snapshot what
+serving needs: an object with `.scores(backbone, inputs) -> [N, C]` and `.classes`.
 
-Class-incremental head: one linear head whose rows grow when a new label first
-appears. On a stream without task boundaries, the loss covers only the classes
-seen in a recent window of examples (absent classes are masked), so learning
-new classes does not push the old ones' logits down.
+Learners (`LearnerConfig.learner`):
+- "lae": Learning–Accumulation–Ensemble with any PET method (perennial.learners.lae);
+- "naive": sequential fine-tuning of PET + head on the stream (the forgetting lower bound);
+- "simplecil": frozen features, running class means, cosine scores;
+- "ranpac": frozen features, random projection + ReLU, ridge head from Gram statistics.
+The default is the best task-free learner measured by `make bench-learning`
+(docs/LEARNING.md).
 """
 
 from __future__ import annotations
 
 import json
-import warnings
+import os
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from perennial.backbone import TextBackbone
-from perennial.pet import LoRAConfig, PETModule, activate, inject
+from perennial.pet import LoRAConfig, PETConfig, config_from_dict
+
+DEFAULT_LEARNER = "ranpac"
+"""The best task-free learner by measurement (docs/LEARNING.md)."""
 
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    """Every knob of the learner, with defaults tuned for a stream of ~10–100 examples/s.
+    """Every knob of every learner, with documented defaults.
 
-    lr: Adam learning rate for the online PET module and the head.
-    ema_decay: offline ← decay·offline + (1−decay)·online after each step. The LAE
-        paper uses 0.9999 with thousands of steps per task; our streams bring new
-        classes every ~100 steps, so the offline module remembers ~1000 steps.
-    loss_window: the loss covers classes seen in the last `loss_window` examples
-        (about one micro-batch: the stream's stand-in for LAE's current-task logits).
+    learner: which learner ("lae", "naive", "simplecil", "ranpac").
+    pet: the PET method and its hyperparameters (LAE and naive only).
+    lr: Adam learning rate for the online PET module and the head (LAE, naive).
+    ema_decay: offline ← decay·offline + (1−decay)·online after each optimizer step.
+        LAE uses 0.9999 with thousands of steps per task; our streams bring new classes
+        every ~10–100 steps (batches of 16), so the offline module averages over
+        ~1/(1−decay) = 1000 steps. Measured on WordNet (12 classes, 3 stages): 0.55
+        accuracy on seen classes vs 0.33 with lr=1e-3, window=256, decay=0.99.
+    ema_warmup: for the first `ema_warmup` steps the offline module copies the online
+        one (nothing worth averaging yet); EMA starts afterwards.
+    loss_window: the loss covers classes seen in the last `loss_window` examples (the
+        stream's stand-in for LAE's current-task logits); absent classes are masked.
     min_loss_classes: the loss always covers at least this many of the most recently
         seen classes (a softmax over one class has no gradient).
-    Defaults measured on the WordNet stream (12 classes, 3 stages): accuracy on seen
-    classes 0.55 vs 0.33 with lr=1e-3, window=256, decay=0.99.
-    seed: seeds parameter initialisation; CPU training is deterministic under it.
+    freeze_steps: after a new class appears, the PET module stays frozen (head-only
+        training) for this many steps, so the new zero-initialised head row does not
+        drag the features (LAE's warm-up after a task boundary).
+    projection_dim: RanPAC's random-projection width M (Gram matrix is M×M float64).
+    ridge_grid: RanPAC's candidate ridge strengths; the one with the lowest squared
+        error on a held-out fifth of the stream's statistics is used.
+    temperature: SimpleCIL's cosine-logit scale for its softmax scores.
+    seed: seeds parameter initialisation and projections; CPU training is deterministic.
     """
 
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    learner: str = DEFAULT_LEARNER
+    pet: PETConfig = field(default_factory=LoRAConfig)
     lr: float = 3e-4
     ema_decay: float = 0.999
+    ema_warmup: int = 0
     loss_window: int = 16
     min_loss_classes: int = 2
+    freeze_steps: int = 0
+    projection_dim: int = 1024
+    ridge_grid: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0, 1e4)
+    temperature: float = 16.0
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.learner not in LEARNERS:
+            raise ValueError(f"learner must be one of {sorted(LEARNERS)}, got {self.learner!r}")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name in ("ema_warmup", "freeze_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.loss_window < 1:
             raise ValueError(f"loss_window must be >= 1, got {self.loss_window}")
         if self.min_loss_classes < 1:
             raise ValueError(f"min_loss_classes must be >= 1, got {self.min_loss_classes}")
+        if self.projection_dim < 1:
+            raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim}")
+        if not self.ridge_grid or min(self.ridge_grid) <= 0:
+            raise ValueError(f"ridge_grid must hold positive values, got {self.ridge_grid}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "pet": self.pet.to_dict()}
 
     @classmethod
     def from_dict(cls, fields: dict) -> LearnerConfig:
-        return cls(**{**fields, "lora": LoRAConfig.from_dict(fields["lora"])})
-
-
-class Ensemble(nn.Module):
-    """What serving needs: online and offline PET modules, the shared head, class names."""
-
-    def __init__(self, online: PETModule, offline: PETModule, head: nn.Linear, classes: list[str]):
-        super().__init__()
-        self.online, self.offline, self.head = online, offline, head
-        self.classes = classes
-
-    def scores(self, backbone: TextBackbone, texts: list[str]) -> torch.Tensor:
-        """[N, C] ensemble scores: the elementwise max of both softmaxes, renormalised.
-
-        Renormalising keeps the argmax and makes each row a distribution for clients.
-        """
-        batch = backbone.tokenize(texts)
-        with activate(self.online):
-            online = F.softmax(self.head(backbone(batch)), dim=-1)
-        with activate(self.offline):
-            offline = F.softmax(self.head(backbone(batch)), dim=-1)
-        best = torch.maximum(online, offline)
-        return best / best.sum(-1, keepdim=True)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return _prefixed({"online": self.online, "offline": self.offline, "head": self.head})
+        fields = dict(fields)
+        if "lora" in fields:  # snapshots from before the PET generalisation
+            fields["pet"] = {"method": "lora", **fields.pop("lora")}
+            fields.setdefault("learner", "lae")
+        fields["pet"] = config_from_dict(fields["pet"])
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        return cls(**fields)
 
     @classmethod
-    def from_tensors(
-        cls, backbone: TextBackbone, config: LoRAConfig, tensors: dict[str, torch.Tensor], classes: list[str]
-    ) -> Ensemble:
-        shapes = inject(backbone.encoder, config)
-        online, offline = PETModule(config, shapes), PETModule(config, shapes)
-        head = _zero_linear(backbone.dim, len(classes))
-        model = cls(online, offline, head, classes)
-        model.load_state_dict({k: v for k, v in tensors.items() if k.split(".")[0] in _PARTS})
-        return model.requires_grad_(False)
+    def from_env(cls, seed: int = 0, environ: dict[str, str] | None = None) -> LearnerConfig:
+        """PERENNIAL_LEARNER (default: the measured best) and PERENNIAL_PET (lora|adapter|prefix,
+        default lora) with every other knob at its default."""
+        environ = os.environ if environ is None else environ
+        learner = environ.get("PERENNIAL_LEARNER", DEFAULT_LEARNER).strip().lower()
+        method = environ.get("PERENNIAL_PET", "lora").strip().lower()
+        from perennial.pet import METHODS
+
+        if method not in METHODS:
+            raise ValueError(f"PERENNIAL_PET must be one of {sorted(METHODS)}, got {method!r}")
+        if learner not in LEARNERS:
+            raise ValueError(f"PERENNIAL_LEARNER must be one of {sorted(LEARNERS)}, got {learner!r}")
+        return cls(learner=learner, pet=METHODS[method].config(), seed=seed)
 
 
-_PARTS = ("online", "offline", "head")
+class Predictor(Protocol):
+    """What serving needs from a snapshot."""
+
+    classes: list[str]
+
+    def scores(self, backbone, inputs) -> torch.Tensor: ...
 
 
-def _zero_linear(dim: int, classes: int) -> nn.Linear:
-    with warnings.catch_warnings():  # a head with no classes yet is expected
-        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
-        head = nn.Linear(dim, classes)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.zero_()
-    return head
+class Learner(Protocol):
+    """What the trainer needs from a learner."""
+
+    classes: list[str]
+    steps: int
+    examples: int
+
+    def learn(self, inputs, labels: list[str]) -> float: ...
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]: ...
 
 
-def _prefixed(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+def _learners() -> dict[str, str]:
     return {
-        f"{prefix}.{name}": tensor.detach().contiguous()
-        for prefix, module in modules.items()
-        for name, tensor in module.state_dict().items()
+        "lae": "perennial.learners.lae:LAELearner",
+        "naive": "perennial.learners.lae:LAELearner",
+        "simplecil": "perennial.learners.analytic:SimpleCIL",
+        "ranpac": "perennial.learners.analytic:RanPAC",
     }
 
 
-class LAELearner:
-    """Online/offline PET modules + growing head, trained one micro-batch at a time."""
+LEARNERS = _learners()
 
-    def __init__(self, backbone: TextBackbone, config: LearnerConfig = LearnerConfig()) -> None:
-        self.backbone = backbone
-        self.config = config
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(config.seed)
-        shapes = inject(backbone.encoder, config.lora)
-        self.online = PETModule(config.lora, shapes)
-        torch.random.set_rng_state(generator_state)
-        self.offline = PETModule(config.lora, shapes).requires_grad_(False)
-        self.offline.load_state_dict(self.online.state_dict())
-        self.head = _zero_linear(backbone.dim, 0)
-        self.classes: list[str] = []
-        self.steps = 0
-        self.examples = 0
-        self._last_seen: dict[int, int] = {}  # class index -> example count when last seen
-        self.optimizer = torch.optim.Adam(
-            [{"params": list(self.online.parameters())}, {"params": list(self.head.parameters())}],
-            lr=config.lr,
-        )
 
-    # -- learning -----------------------------------------------------------------
-    def learn(self, texts: list[str], labels: list[str]) -> float:
-        """One optimizer step on a micro-batch; returns the loss."""
-        if len(texts) != len(labels) or not texts:
-            raise ValueError(f"need equally many texts and labels, got {len(texts)} and {len(labels)}")
-        targets = torch.tensor([self._class_index(label) for label in labels])
-        with activate(self.online):
-            logits = self.head(self.backbone(self.backbone.tokenize(texts)))
-        absent = self._absent_classes(targets.tolist())
-        loss = F.cross_entropy(logits.masked_fill(absent, float("-inf")), targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self._hold_absent_classes(absent)
-        self.optimizer.step()
-        self._accumulate()
-        self.steps += 1
-        self.examples += len(texts)
-        return float(loss.detach())
+def _class(name: str):
+    import importlib
 
-    def _absent_classes(self, targets: list[int]) -> torch.Tensor:
-        """Mask of classes outside the loss: not seen in the last `loss_window` examples
-        and not among the `min_loss_classes` most recently seen (one class alone gives no signal)."""
-        for position, target in enumerate(targets, start=self.examples + 1):
-            self._last_seen[target] = position
-        newest = self.examples + len(targets)
-        by_recency = sorted(self._last_seen, key=self._last_seen.__getitem__, reverse=True)
-        active = set(by_recency[: self.config.min_loss_classes])
-        active.update(c for c, seen in self._last_seen.items() if seen > newest - self.config.loss_window)
-        absent = torch.ones(len(self.classes), dtype=torch.bool)
-        absent[sorted(active)] = False
-        return absent
+    module, _, attribute = LEARNERS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
-    @torch.no_grad()
-    def _hold_absent_classes(self, absent: torch.Tensor) -> None:
-        """Clear Adam's momentum for masked classes so their head rows stay put."""
-        for param in self.head.parameters():
-            state = self.optimizer.state.get(param)
-            if state:
-                state["exp_avg"][absent] = 0.0
 
-    @torch.no_grad()
-    def _accumulate(self) -> None:
-        decay = self.config.ema_decay
-        for offline, online in zip(self.offline.parameters(), self.online.parameters(), strict=True):
-            offline.mul_(decay).add_(online, alpha=1 - decay)
+def build_learner(backbone, config: LearnerConfig | None = None) -> Learner:
+    """A fresh learner of `config.learner` on `backbone`."""
+    config = config or LearnerConfig()
+    return _class(config.learner)(backbone, config)
 
-    def _class_index(self, label: str) -> int:
-        try:
-            return self.classes.index(label)
-        except ValueError:
-            self._grow_head(label)
-            return len(self.classes) - 1
 
-    def _grow_head(self, label: str) -> None:
-        """Add a zero-initialised row for `label`, carrying Adam's state over."""
-        old = self.head
-        new = _zero_linear(self.backbone.dim, old.out_features + 1)
-        with torch.no_grad():
-            new.weight[: old.out_features] = old.weight
-            new.bias[: old.out_features] = old.bias
-        for old_param, new_param in ((old.weight, new.weight), (old.bias, new.bias)):
-            state = self.optimizer.state.pop(old_param, None)
-            if state:
-                for name in ("exp_avg", "exp_avg_sq"):
-                    padding = torch.zeros((1, *state[name].shape[1:]))
-                    state[name] = torch.cat([state[name], padding])
-                self.optimizer.state[new_param] = state
-        self.optimizer.param_groups[1]["params"] = list(new.parameters())
-        self.head = new
-        self.classes.append(label)
+def restore_learner(backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Learner:
+    """The learner a `state()` snapshot came from, ready to continue exactly."""
+    config = LearnerConfig.from_dict(json.loads(metadata["learner"]))
+    return _class(config.learner).from_state(backbone, tensors, metadata)
 
-    # -- prediction and persistence -------------------------------------------------
-    def ensemble(self) -> Ensemble:
-        return Ensemble(self.online, self.offline, self.head, self.classes)
 
-    @torch.no_grad()
-    def predict(self, texts: list[str]) -> list[str]:
-        scores = self.ensemble().scores(self.backbone, texts)
-        return [self.classes[i] for i in scores.argmax(-1).tolist()]
+def load_predictor(backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Predictor:
+    """Serving's single entry point: the predictor in a snapshot, frozen."""
+    config = LearnerConfig.from_dict(json.loads(metadata["learner"]))
+    return _class(config.learner).predictor_from_state(backbone, tensors, metadata)
 
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """Everything needed to resume exactly: tensors and string metadata."""
-        tensors = self.ensemble().tensors()
-        params = [*self.online.parameters(), *self.head.parameters()]
-        for index, param in enumerate(params):
-            for name, value in self.optimizer.state.get(param, {}).items():
-                tensors[f"optimizer.{index}.{name}"] = value.detach().clone().reshape(value.shape)
-        metadata = {
-            "classes": json.dumps(self.classes),
-            "learner": json.dumps(self.config.to_dict()),
-            "steps": str(self.steps),
-            "examples": str(self.examples),
-            "last_seen": json.dumps(sorted(self._last_seen.items())),
-        }
-        return tensors, metadata
 
-    @classmethod
-    def from_state(
-        cls, backbone: TextBackbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
-    ) -> LAELearner:
-        learner = cls(backbone, LearnerConfig.from_dict(json.loads(metadata["learner"])))
-        for label in json.loads(metadata["classes"]):
-            learner._grow_head(label)
-        ensemble = learner.ensemble()
-        ensemble.load_state_dict({k: v for k, v in tensors.items() if k.split(".")[0] in _PARTS})
-        params = [*learner.online.parameters(), *learner.head.parameters()]
-        for index, param in enumerate(params):
-            state = {
-                name.split(".", 2)[2]: value
-                for name, value in tensors.items()
-                if name.startswith(f"optimizer.{index}.")
-            }
-            if state:
-                learner.optimizer.state[param] = state
-        learner.steps = int(metadata["steps"])
-        learner.examples = int(metadata["examples"])
-        learner._last_seen = {c: seen for c, seen in json.loads(metadata["last_seen"])}
-        return learner
+def __getattr__(name: str):
+    # Back-compat names for `from perennial.learner import LAELearner, Ensemble`.
+    if name in ("LAELearner", "Ensemble"):
+        from perennial.learners import lae
+
+        return getattr(lae, name)
+    raise AttributeError(name)

@@ -1,0 +1,1 @@
+"""Continual learners behind the `perennial.learner` interface."""

@@ -1,0 +1,100 @@
+"""SimpleCIL and RanPAC: statistics, the analytic heads, task-free order independence,
+exact state round trip and the serving predictor."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from perennial.learner import LearnerConfig, build_learner, load_predictor, restore_learner
+from perennial.learners.analytic import RanPAC, SimpleCIL
+from perennial.store import from_safetensors, to_safetensors
+
+TEXTS = ["a small dog", "a tall tree", "an old house", "a fast car", "a big cat", "a green fern"]
+LABELS = ["animal", "plant", "artifact", "artifact", "animal", "plant"]
+
+
+def _clusters(dim: int, classes: int = 6, per_class: int = 30, seed: int = 0):
+    """Gaussian class clusters in feature space: a seeded class-incremental stream (2 per stage)."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=generator) * 2
+    features, labels = [], []
+    for c in range(classes):
+        features.append(centres[c] + torch.randn(per_class, dim, generator=generator))
+        labels += [f"class{c}"] * per_class
+    return torch.cat(features), labels
+
+
+@pytest.mark.parametrize("name", ["simplecil", "ranpac"])
+def test_peer_learns_a_seeded_class_incremental_stream_without_forgetting(name, tiny_backbone):
+    learner = build_learner(tiny_backbone, LearnerConfig(learner=name, projection_dim=256))
+    features, labels = _clusters(tiny_backbone.dim)
+    test, test_labels = _clusters(tiny_backbone.dim, seed=0)  # same centres, same noise: in-sample check
+    first_stage = [i for i, y in enumerate(test_labels) if y in ("class0", "class1")]
+    accuracy_after = []
+    for stage in range(3):
+        rows = [i for i, y in enumerate(labels) if y in (f"class{2 * stage}", f"class{2 * stage + 1}")]
+        for start in range(0, len(rows), 8):
+            chosen = rows[start : start + 8]
+            learner.learn_features(features[chosen], [labels[i] for i in chosen])
+        predicted = learner.scores_features(test[first_stage]).argmax(-1)
+        accuracy_after.append(sum(learner.classes[p] == test_labels[i]
+                                  for p, i in zip(predicted.tolist(), first_stage)) / len(first_stage))
+    assert learner.classes == [f"class{c}" for c in range(6)]
+    assert accuracy_after[0] > 0.95 and accuracy_after[-1] > accuracy_after[0] - 0.05, accuracy_after
+
+
+def test_simplecil_scores_are_cosine_to_running_class_means(tiny_backbone):
+    learner = SimpleCIL(tiny_backbone, LearnerConfig(learner="simplecil", temperature=5.0))
+    features = torch.randn(4, tiny_backbone.dim, generator=torch.Generator().manual_seed(1)).double()
+    learner.learn_features(features[:3], ["a", "b", "a"])
+    learner.learn_features(features[3:], ["b"])
+    means = torch.stack([(features[0] + features[2]) / 2, (features[1] + features[3]) / 2])
+    expected = F.softmax(5.0 * F.normalize(features, dim=-1) @ F.normalize(means, dim=-1).T, -1)
+    torch.testing.assert_close(learner.scores_features(features), expected)
+
+
+def test_ranpac_head_is_the_ridge_solution_and_ignores_stream_order(tiny_backbone):
+    config = LearnerConfig(learner="ranpac", projection_dim=64, ridge_grid=(1.0,))
+    features, labels = _clusters(tiny_backbone.dim, classes=3, per_class=10)
+    forward, backward = RanPAC(tiny_backbone, config), RanPAC(tiny_backbone, config)
+    for i in range(0, len(labels), 5):
+        forward.learn_features(features[i : i + 5], labels[i : i + 5])
+    h = torch.relu(features.double() @ forward.projection)
+    y = F.one_hot(torch.tensor([forward.classes.index(label) for label in labels])).double()
+    gram = h.T @ h
+    ridge = 1.0 * float(gram.diagonal().mean()) * 1e-3
+    expected = torch.linalg.solve(gram + ridge * torch.eye(64, dtype=torch.float64), h.T @ y)
+    torch.testing.assert_close(forward.head(), expected)
+    # the same examples in another order (and other micro-batches) give the same predictions
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(2)).tolist()
+    for i in range(0, len(order), 7):
+        chosen = order[i : i + 7]
+        backward.learn_features(features[chosen], [labels[j] for j in chosen])
+    assert backward.scores_features(features).argmax(-1).tolist() == [
+        backward.classes.index(forward.classes[p]) for p in forward.scores_features(features).argmax(-1).tolist()]
+
+
+@pytest.mark.parametrize("name", ["simplecil", "ranpac"])
+def test_state_round_trip_resumes_and_serves(name, tiny_backbone):
+    config = LearnerConfig(learner=name, projection_dim=128)
+    straight, resumed = build_learner(tiny_backbone, config), build_learner(tiny_backbone, config)
+    for learner in (straight, resumed):
+        learner.learn(TEXTS[:4], LABELS[:4])
+    resumed = restore_learner(tiny_backbone, *from_safetensors(to_safetensors(*resumed.state())))
+    for learner in (straight, resumed):
+        learner.learn(TEXTS[4:], LABELS[4:])
+    assert (resumed.classes, resumed.steps, resumed.examples) == (straight.classes, 2, 6)
+    torch.testing.assert_close(resumed.scores(TEXTS), straight.scores(TEXTS), rtol=0, atol=0)
+    predictor = load_predictor(tiny_backbone, *from_safetensors(to_safetensors(*straight.state())))
+    assert predictor.classes == straight.classes
+    scores = predictor.scores(tiny_backbone, TEXTS)
+    assert scores.shape == (6, 3) and scores.dtype == torch.float32
+    torch.testing.assert_close(scores.sum(-1), torch.ones(6))
+    assert predictor.scores(tiny_backbone, TEXTS).argmax(-1).tolist() == straight.scores(TEXTS).argmax(-1).tolist()
+
+
+def test_learner_and_config_must_agree(tiny_backbone):
+    with pytest.raises(ValueError, match="SimpleCIL runs learner 'simplecil', got 'ranpac'"):
+        SimpleCIL(tiny_backbone, LearnerConfig(learner="ranpac"))
+    with pytest.raises(ValueError, match="need equally many inputs and labels, got 1 and 2"):
+        build_learner(tiny_backbone, LearnerConfig(learner="ranpac")).learn(["x"], ["a", "b"])

@@ -1,0 +1,109 @@
+"""Drift detectors: river's API shape, exact detection indices on seeded streams, no alarm when stationary."""
+
+from __future__ import annotations
+
+import doctest
+import random
+
+import numpy as np
+import pytest
+from river import base
+from river.drift import ADWIN
+
+from perennial import drift, forgetting
+from perennial.drift import EmbeddingDrift, ErrorRateDrift, NewClass, NoDrift, PredictionDrift
+
+
+def detections(detector: base.DriftDetector, stream, scores: list[float] | None = None) -> list[int]:
+    """Indices where `detector` fired; the detector's score at each one goes to `scores`."""
+    found = []
+    for index, x in enumerate(stream):
+        detector.update(x)
+        if detector.drift_detected:
+            found.append(index)
+            if scores is not None:
+                scores.append(detector.score)
+    return found
+
+
+@pytest.mark.parametrize("module", [drift, forgetting])
+def test_docstring_examples_run(module) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("detector", [
+    EmbeddingDrift(reference_size=64, window_size=32, alpha=0.01),
+    PredictionDrift(reference_size=64, window_size=32),
+    ErrorRateDrift(ADWIN(delta=0.01), window_size=50),
+    NewClass(known=["a"]),
+])
+def test_river_api_shape(detector: base.DriftDetector) -> None:
+    """Public hyperparameters named like the arguments, clone() rebuilds the private state."""
+    assert isinstance(detector, base.DriftDetector)
+    params = detector._get_params()
+    assert params and all(getattr(detector, name) is not None for name in params)
+    clone = detector.clone()
+    assert clone._get_params().keys() == params.keys() and clone is not detector
+    assert clone.drift_detected is False
+
+
+def gaussian_stream(seed: int, shift: float, before: int = 600, after: int = 600, dim: int = 32):
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.normal(0, 1, (before, dim)), rng.normal(shift, 1, (after, dim))])
+
+
+def test_embedding_drift_exact_index_and_rearms() -> None:
+    detector = EmbeddingDrift(reference_size=200, window_size=100, projections=8, alpha=0.001)
+    stream, scores = gaussian_stream(seed=11, shift=0.3), []
+    assert detections(detector, stream, scores) == [667]  # one alarm: the new regime became the reference
+    assert scores[0] > 0.2 and detector.n_seen == 1200
+
+
+def test_embedding_drift_no_alarm_when_stationary() -> None:
+    detector = EmbeddingDrift(reference_size=200, window_size=100, alpha=0.001)
+    assert detections(detector, gaussian_stream(seed=5, shift=0.0, before=3000, after=0)) == []
+    assert 0 < detector.p_value <= 1
+
+
+def test_embedding_drift_rejects_a_vector_of_another_size() -> None:
+    detector = EmbeddingDrift()
+    detector.update(np.zeros(4))
+    with pytest.raises(ValueError, match="expected vectors of size 4, got 3"):
+        detector.update(np.zeros(3))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"alpha": 2.0}, "alpha must be in"),
+    ({"window_size": 1}, "window_size must be in"),
+])
+def test_invalid_hyperparameters_name_the_value(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        EmbeddingDrift(**kwargs)
+    with pytest.raises(ValueError, match=message):
+        PredictionDrift(**kwargs)
+
+
+def test_prediction_drift_on_a_new_class_and_not_when_stationary() -> None:
+    rng = random.Random(3)
+    stationary = rng.choices("abcd", k=3000)
+    assert detections(PredictionDrift(), stationary) == []
+    with_new_class = rng.choices("abcd", k=700) + rng.choices("abcde", weights=[1, 1, 1, 1, 2], k=500)
+    scores: list[float] = []
+    assert detections(PredictionDrift(), with_new_class, scores) == [749]
+    assert scores[0] > 0.15
+
+
+def test_error_rate_drift_detects_only_a_rise() -> None:
+    rng = random.Random(2)
+    falling = [rng.random() < 0.6 for _ in range(400)] + [rng.random() < 0.1 for _ in range(2000)]
+    assert detections(ErrorRateDrift(), falling) == []
+    rising = falling + [rng.random() < 0.4 for _ in range(400)]
+    detector = ErrorRateDrift()
+    assert detections(detector, rising) == [2479]
+    assert detector.error_rate == pytest.approx(0.4, abs=0.1)
+
+
+def test_new_class_and_the_null_detector() -> None:
+    assert detections(NewClass(), ["a", "b", "a", "c", "c"]) == [0, 1, 3]
+    assert detections(NoDrift(), range(100)) == []
