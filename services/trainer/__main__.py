@@ -16,6 +16,7 @@ from perennial.events import EventPublisher
 from perennial.grpc_security import ServerSecurity
 from perennial.kube import EventRecorder
 from perennial.metrics import TrainerMetrics
+from perennial.monitoring import TrainerDriftMonitor
 from perennial.store import SnapshotStore
 from services.trainer.control import ControlServicer, build_control_server, set_health
 from services.trainer.ingest import Ingest
@@ -39,7 +40,7 @@ def main() -> None:
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", **settings.kafka_security)
     events = EventPublisher(producer.send, settings.events_topic, settings.source,
                             kubernetes=EventRecorder.from_environment())
-    trainer = Trainer(settings, backbone, store, metrics, events)
+    trainer = Trainer(settings, backbone, store, metrics, events, drift=TrainerDriftMonitor.from_env(registry))
     ingest = Ingest(settings, trainer, metrics, producer, events)
 
     security = ServerSecurity.from_env()

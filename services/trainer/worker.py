@@ -39,6 +39,7 @@ from perennial.events import EventPublisher
 from perennial.guardrail import HoldoutReservoir, judge
 from perennial.learner import Learner, LearnerConfig, build_learner, load_predictor, restore_learner
 from perennial.metrics import TrainerMetrics
+from perennial.monitoring import NoMonitor, TrainerDriftMonitor
 from perennial.store import Manifest, SnapshotStore, StaleParent, from_safetensors, to_safetensors
 from services.trainer.settings import TrainerSettings
 
@@ -84,8 +85,10 @@ class Trainer:
         metrics: TrainerMetrics,
         events: EventPublisher,
         learner_config: LearnerConfig | None = None,
+        drift: TrainerDriftMonitor | NoMonitor | None = None,
     ) -> None:
         self.settings = settings
+        self.drift = drift if drift is not None else NoMonitor()  # concept drift, new classes, forgetting
         self.backbone = backbone
         self.store = store
         self.metrics = metrics
@@ -194,6 +197,8 @@ class Trainer:
         state = self.adapters.get(adapter)
         if state is None:
             state = self.adapters[adapter] = self._load(adapter)
+            self.drift.submit_classes(adapter, state.learner.classes)  # known classes are not new arrivals
+            self.metrics.guardrail_holds.labels(adapter)  # the series exists before the first hold
         return state
 
     def _load(self, adapter: str) -> AdapterState:
@@ -230,6 +235,7 @@ class Trainer:
             else:
                 batch.append(record.example)
         if batch:
+            self.drift.before_learning(adapter, state.learner, [e.text for e in batch], [e.label for e in batch])
             started = time.perf_counter()
             loss = state.learner.learn([e.text for e in batch], [e.label for e in batch])
             self.metrics.step_duration.observe(time.perf_counter() - started)
@@ -313,6 +319,7 @@ class Trainer:
         self.store.prune(adapter, self.settings.retain_versions)
         log.info("snapshot published", extra={"fields": {
             "adapter": adapter, "version": manifest.version, "examples": manifest.examples, "head": promote}})
+        self.drift.after_snapshot(adapter, state.learner, state.reservoir.texts)  # forgetting, when due
         return manifest
 
     def _head_labeller(self, adapter: str, head: Manifest) -> Callable[[list[str]], list[str]]:
