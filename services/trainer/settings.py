@@ -26,6 +26,7 @@ class TrainerSettings:
     retain_versions: int = 20
     max_pending: int = 2048  # records buffered before partitions are paused (back-pressure)
     max_record_bytes: int = 1024 * 1024  # larger records are dead-lettered (RecordTooLarge)
+    prequential_every: int = 8  # predict-before-learn (concept drift) on every n-th micro-batch
     seed: int = 0
     control_port: int = 50051
     source: str = field(default_factory=socket.gethostname)  # names this replica in events
@@ -33,11 +34,11 @@ class TrainerSettings:
     kafka_security: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.snapshot_every_examples < 1 or self.retain_versions < 1:
-            raise ConfigError(
-                f"batch_size={self.batch_size}, snapshot_every_examples={self.snapshot_every_examples}, "
-                f"retain_versions={self.retain_versions}: each must be >= 1"
-            )
+        counts = {"batch_size": self.batch_size, "snapshot_every_examples": self.snapshot_every_examples,
+                  "retain_versions": self.retain_versions, "prequential_every": self.prequential_every}
+        bad = {name: value for name, value in counts.items() if value < 1}
+        if bad:
+            raise ConfigError(f"{bad}: each must be >= 1")
 
     @classmethod
     def from_env(cls) -> TrainerSettings:
@@ -56,6 +57,7 @@ class TrainerSettings:
             retain_versions=env("PERENNIAL_RETAIN_VERSIONS", d["retain_versions"].default, int),
             max_pending=env("PERENNIAL_MAX_PENDING", d["max_pending"].default, int),
             max_record_bytes=env("PERENNIAL_MAX_RECORD_BYTES", d["max_record_bytes"].default, int),
+            prequential_every=env("PERENNIAL_PREQUENTIAL_EVERY", d["prequential_every"].default, int),
             seed=env("PERENNIAL_SEED", d["seed"].default, int),
             control_port=env("PERENNIAL_CONTROL_PORT", d["control_port"].default, int),
             source=env("PERENNIAL_POD_NAME", socket.gethostname()),

@@ -235,7 +235,8 @@ class Trainer:
             else:
                 batch.append(record.example)
         if batch:
-            self.drift.before_learning(adapter, state.learner, [e.text for e in batch], [e.label for e in batch])
+            if state.learner.steps % self.settings.prequential_every == 0:  # sampled: it costs a prediction
+                self.drift.before_learning(adapter, state.learner, [e.text for e in batch], [e.label for e in batch])
             started = time.perf_counter()
             loss = state.learner.learn([e.text for e in batch], [e.label for e in batch])
             self.metrics.step_duration.observe(time.perf_counter() - started)
