@@ -65,6 +65,7 @@ class TrainerSettings:
                 every=env("PERENNIAL_HOLDOUT_EVERY", GuardrailConfig.every, int),
                 per_class=env("PERENNIAL_HOLDOUT_PER_CLASS", GuardrailConfig.per_class, int),
                 margin=env("PERENNIAL_GUARDRAIL_MARGIN", GuardrailConfig.margin, float),
+                min_holdout=env("PERENNIAL_GUARDRAIL_MIN_HOLDOUT", GuardrailConfig.min_holdout, int),
             ),
             kafka_security=kafka_security_from_env(),
         )

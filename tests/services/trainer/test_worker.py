@@ -71,7 +71,7 @@ def test_replayed_records_below_the_manifest_are_skipped(make_trainer):
 
 
 def test_guardrail_holds_a_forgetful_candidate_and_force_promote(make_trainer, monkeypatch):
-    trainer, sent = make_trainer(guardrail=GuardrailConfig(every=2, per_class=4, margin=0.0))
+    trainer, sent = make_trainer(guardrail=GuardrailConfig(every=2, per_class=4, margin=0.0, min_holdout=1))
     offset = feed(trainer, ["animal", "plant"] * 8)
     head = trainer.store.head("ad")
     assert head is not None and trainer.store.latest("ad") == head
@@ -137,3 +137,13 @@ def test_pause_stops_learning_until_resumed(make_trainer):
     assert trainer.adapters["ad"].learner.examples == 12
     with pytest.raises(NotFound):
         trainer.set_paused("nobody", True)
+
+
+def test_a_holdout_too_small_to_judge_promotes(make_trainer, monkeypatch):
+    trainer, sent = make_trainer(guardrail=GuardrailConfig(every=2, per_class=4, margin=0.0, min_holdout=100))
+    offset = feed(trainer, ["animal", "plant"] * 8)
+    trainer._head_labeller("ad", trainer.store.head("ad"))
+    monkeypatch.setattr(trainer, "_labeller", lambda predictor: lambda texts: ["artifact"] * len(texts))
+    feed(trainer, ["artifact"] * 8, start=offset)
+    assert trainer.store.head("ad") == trainer.store.latest("ad")  # 8 holdout texts < 100: no verdict
+    assert "held" not in sent.kinds()
