@@ -30,6 +30,7 @@ import torch
 import tritonclient.grpc as triton
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.report import write_section
 from perennial.backbone import TextBackbone
 from perennial.datasets.wordnet import read_noun_glosses
 from perennial.launch import start_inference
@@ -218,7 +219,7 @@ def main() -> None:
         text = section(json.loads(args.render.read_text()))
         print(text)
         if args.doc:
-            write_section(args.doc, text)
+            write_section(args.doc, SECTION, text)
         return
     torch.set_num_threads(THREADS)
     began = time.monotonic()
@@ -279,7 +280,7 @@ def main() -> None:
     text = section(results)
     print(text)
     if args.doc:
-        write_section(args.doc, text)
+        write_section(args.doc, SECTION, text)
 
 
 def swap_test(service, store: SnapshotStore, manifest, tensors: dict, metadata: dict, duration: float,
@@ -445,18 +446,6 @@ def section(results: dict) -> str:
             "", "Raw results: `bench/serving-results.json`; re-render this section with "
             "`python -m bench.serving --render bench/serving-results.json --doc docs/BENCHMARKS.md`."]
     return "\n".join(out)
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) this benchmark's marked section, leaving other sections alone."""
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{SECTION[0]}\n{text.strip()}\n{SECTION[1]}"
-    if SECTION[0] in current:
-        head, rest = current.split(SECTION[0], 1)
-        current = head + block + rest.split(SECTION[1], 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    path.write_text(current)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import tritonclient.grpc as triton
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.report import write_section
 from perennial import codec
 from perennial.backbone import TextBackbone
 from perennial.datasets.wordnet import class_incremental_split, read_noun_glosses
@@ -148,17 +149,6 @@ def freshness(stack: LocalStack, texts, labels, rate: float, seconds: float) -> 
             "p99": delays[min(len(delays) - 1, int(0.99 * len(delays)))]}
 
 
-def write_section(path: Path, text: str) -> None:
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{SECTION[0]}\n{text.strip()}\n{SECTION[1]}"
-    if SECTION[0] in current:
-        head, rest = current.split(SECTION[0], 1)
-        current = head + block + rest.split(SECTION[1], 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    path.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.training", description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=1024)
@@ -200,7 +190,7 @@ with other work during the run, so treat absolute numbers as indicative; the rat
 (`PERENNIAL_BATCH_SIZE=4`, `PERENNIAL_BATCH_WAIT_SECONDS=0.05`, `PERENNIAL_SNAPSHOT_EVERY_SECONDS=0.2`,
 guardrail off) and a client asking the inference service every 20 ms which version answers.
 """
-    write_section(args.out, text)
+    write_section(args.out, SECTION, text)
     print(text)
 
 
