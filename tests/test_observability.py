@@ -109,7 +109,7 @@ def stack(kafka_broker, redis_server, redis_client, tmp_path):
             PERENNIAL_TOPIC=topic, PERENNIAL_DEAD_LETTER_TOPIC=f"{topic}.dlq",
             PERENNIAL_GROUP_ID=f"trainer-{suffix}", PERENNIAL_BATCH_SIZE=16, PERENNIAL_BATCH_WAIT_SECONDS=1,
             PERENNIAL_SNAPSHOT_EVERY_EXAMPLES=32, PERENNIAL_SNAPSHOT_EVERY_SECONDS=2,
-            PERENNIAL_HOLDOUT_EVERY=4, PERENNIAL_FORGETTING_EVERY_SECONDS=0, PERENNIAL_PREQUENTIAL_EVERY=1)
+            PERENNIAL_HOLDOUT_EVERY=4, PERENNIAL_FORGETTING_EVERY_SECONDS=0, PERENNIAL_PREQUENTIAL_BUDGET=1)
         started.append(trainer)
         prometheus = start_prometheus(
             tmp_path / "prometheus",

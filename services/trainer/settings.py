@@ -26,7 +26,7 @@ class TrainerSettings:
     retain_versions: int = 20
     max_pending: int = 2048  # records buffered before partitions are paused (back-pressure)
     max_record_bytes: int = 1024 * 1024  # larger records are dead-lettered (RecordTooLarge)
-    prequential_every: int = 8  # predict-before-learn (concept drift) on every n-th micro-batch
+    prequential_budget: float = 0.1  # share of learning time spent predicting before learning (drift)
     seed: int = 0
     control_port: int = 50051
     source: str = field(default_factory=socket.gethostname)  # names this replica in events
@@ -35,10 +35,12 @@ class TrainerSettings:
 
     def __post_init__(self) -> None:
         counts = {"batch_size": self.batch_size, "snapshot_every_examples": self.snapshot_every_examples,
-                  "retain_versions": self.retain_versions, "prequential_every": self.prequential_every}
+                  "retain_versions": self.retain_versions}
         bad = {name: value for name, value in counts.items() if value < 1}
         if bad:
             raise ConfigError(f"{bad}: each must be >= 1")
+        if self.prequential_budget < 0:
+            raise ConfigError(f"prequential_budget={self.prequential_budget}: must be >= 0 (0 turns it off)")
 
     @classmethod
     def from_env(cls) -> TrainerSettings:
@@ -57,7 +59,7 @@ class TrainerSettings:
             retain_versions=env("PERENNIAL_RETAIN_VERSIONS", d["retain_versions"].default, int),
             max_pending=env("PERENNIAL_MAX_PENDING", d["max_pending"].default, int),
             max_record_bytes=env("PERENNIAL_MAX_RECORD_BYTES", d["max_record_bytes"].default, int),
-            prequential_every=env("PERENNIAL_PREQUENTIAL_EVERY", d["prequential_every"].default, int),
+            prequential_budget=env("PERENNIAL_PREQUENTIAL_BUDGET", d["prequential_budget"].default, float),
             seed=env("PERENNIAL_SEED", d["seed"].default, int),
             control_port=env("PERENNIAL_CONTROL_PORT", d["control_port"].default, int),
             source=env("PERENNIAL_POD_NAME", socket.gethostname()),

@@ -105,6 +105,7 @@ class Trainer:
         self._since_snapshot = 0
         self._snapshot_failed = False
         self._stopped = False  # the training thread has finished
+        self._learn_seconds = self._prequential_seconds = 0.0
         self._stopped_lock = threading.Lock()
 
     # -- called from other threads --------------------------------------------------------
@@ -235,11 +236,15 @@ class Trainer:
             else:
                 batch.append(record.example)
         if batch:
-            if state.learner.steps % self.settings.prequential_every == 0:  # sampled: it costs a prediction
+            if self._prequential_due():  # predict-before-learn costs a prediction: keep it within budget
+                started = time.perf_counter()
                 self.drift.before_learning(adapter, state.learner, [e.text for e in batch], [e.label for e in batch])
+                self._prequential_seconds += time.perf_counter() - started
             started = time.perf_counter()
             loss = state.learner.learn([e.text for e in batch], [e.label for e in batch])
-            self.metrics.step_duration.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self._learn_seconds += elapsed
+            self.metrics.step_duration.observe(elapsed)
             self.metrics.loss.labels(adapter).set(loss)
             self.metrics.examples.labels(adapter).inc(len(batch))
             self.metrics.classes.labels(adapter).set(len(state.learner.classes))
@@ -249,6 +254,13 @@ class Trainer:
         self._since_snapshot += len(records)
         if self._since_snapshot >= self.settings.snapshot_every_examples:
             self.snapshot_all()
+
+    def _prequential_due(self) -> bool:
+        """Whether this micro-batch gets a prequential evaluation (the concept-drift signal):
+        always at budget >= 1, never at 0, otherwise while its time stays within `budget` of
+        the learning time (cheap for LAE, rationed for analytic heads that solve to predict)."""
+        budget = self.settings.prequential_budget
+        return budget >= 1 or (budget > 0 and self._prequential_seconds <= budget * self._learn_seconds)
 
     def _hold_out(self, state: AdapterState, example: Example, count: int) -> None:
         while True:  # the holdout must be written before the offset moves past it

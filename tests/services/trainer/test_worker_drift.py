@@ -22,7 +22,7 @@ TEXTS = {"animal": ["a small dog", "a big cat", "a red fox", "a grey wolf"],
 
 def test_prequential_new_classes_and_forgetting_reach_the_metrics(redis_client, tiny_backbone) -> None:
     registry = CollectorRegistry()
-    settings = TrainerSettings(kafka_bootstrap="unused:9092", redis_url="unused", batch_size=4, prequential_every=1,
+    settings = TrainerSettings(kafka_bootstrap="unused:9092", redis_url="unused", batch_size=4, prequential_budget=1.0,
                                snapshot_every_examples=8, snapshot_every_seconds=3600, batch_wait_seconds=3600,
                                guardrail=GuardrailConfig(every=2, per_class=4, margin=1.0))
     monitor = TrainerDriftMonitor(TrainerDriftMetrics(registry), forgetting_every_seconds=0)
