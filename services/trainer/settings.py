@@ -26,7 +26,7 @@ class TrainerSettings:
     retain_versions: int = 20
     max_pending: int = 2048  # records buffered before partitions are paused (back-pressure)
     max_record_bytes: int = 1024 * 1024  # larger records are dead-lettered (RecordTooLarge)
-    prequential_budget: float = 0.1  # share of learning time spent predicting before learning (drift)
+    prequential_budget: float = 0.05  # share of learning time spent predicting before learning (drift)
     seed: int = 0
     control_port: int = 50051
     source: str = field(default_factory=socket.gethostname)  # names this replica in events
