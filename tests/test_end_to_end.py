@@ -14,7 +14,6 @@ import pytest
 import redis
 import tritonclient.grpc as triton
 from kafka import KafkaConsumer, KafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from perennial import codec
@@ -22,28 +21,10 @@ from perennial.datasets.wordnet import class_incremental_split, read_noun_glosse
 from perennial.launch import start_inference, start_trainer
 from perennial.localstack import create_topics
 from perennial.store import SnapshotStore
+from tests.helpers import metric, wait_for
 
 pytestmark = pytest.mark.e2e
 ADAPTER = "wordnet"
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
-    """Poll `condition` until it returns a truthy value; fail with `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def metric(service, name: str, labels: dict | None = None) -> float:
-    for family in text_string_to_metric_families(service.scrape()):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
-                return sample.value
-    return 0.0
 
 
 @pytest.fixture
@@ -135,9 +116,9 @@ def test_stream_learn_snapshot_hot_swap_and_serve(stream, split):
     accuracy = np.mean([p == g.label for p, g in zip(predicted, test)])
     assert accuracy > 0.5, f"accuracy on seen classes {accuracy:.2f} (chance 0.25)"
 
-    assert metric(trainer, "perennial_trainer_examples_consumed_total", {"adapter": ADAPTER}) == total
-    assert metric(inference, "perennial_inference_freshness_seconds_count", {"adapter": ADAPTER}) >= total
-    assert metric(inference, "perennial_inference_requests_total", {"adapter": ADAPTER, "code": "OK"}) > 0
+    assert metric(trainer, "perennial_trainer_examples_consumed_total", adapter=ADAPTER) == total
+    assert metric(inference, "perennial_inference_freshness_seconds_count", adapter=ADAPTER) >= total
+    assert metric(inference, "perennial_inference_requests_total", adapter=ADAPTER, code="OK") > 0
 
     dead = KafkaConsumer(f"{stream['topic']}.dlq", bootstrap_servers=trainer_bootstrap(stream),
                          auto_offset_reset="earliest", consumer_timeout_ms=5000)
@@ -157,7 +138,7 @@ def test_trainer_killed_and_restarted_resumes_from_the_manifest(stream, split):
                 "PERENNIAL_BATCH_WAIT_SECONDS": 3600}
     first = stream["trainer"](**settings)
     stream["produce"](train[:80])  # 5 batches: snapshots after 32 and 64, 16 applied but unsnapshotted
-    wait_for(lambda: metric(first, "perennial_trainer_examples_consumed_total", {"adapter": ADAPTER}) == 80,
+    wait_for(lambda: metric(first, "perennial_trainer_examples_consumed_total", adapter=ADAPTER) == 80,
              120, "the first trainer to apply 80 examples")
     head = store.head(ADAPTER)
     assert head.examples == 64 and head.offsets == {f"{stream['topic']}:0": 64}
@@ -169,7 +150,7 @@ def test_trainer_killed_and_restarted_resumes_from_the_manifest(stream, split):
     head = store.head(ADAPTER)
     assert head.offsets == {f"{stream['topic']}:0": len(train)}
     # the restarted trainer applied exactly the examples the last manifest did not contain
-    applied = metric(second, "perennial_trainer_examples_consumed_total", {"adapter": ADAPTER})
+    applied = metric(second, "perennial_trainer_examples_consumed_total", adapter=ADAPTER)
     assert applied == len(train) - 64
     sequences = [store.manifest(ADAPTER, v).examples for v in store.versions(ADAPTER)]
     assert sequences == [32, 64, 96, 128]

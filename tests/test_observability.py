@@ -29,6 +29,7 @@ from perennial.launch import start_inference, start_trainer
 from perennial.localstack import create_topics
 from perennial.promserver import PrometheusServer, start_prometheus
 from perennial.store import SnapshotStore
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,17 +39,6 @@ ADAPTER = "wordnet"
 # Small detector windows: a few hundred queries make a reference and a test window.
 MONITOR = {"PERENNIAL_DRIFT_INPUT_REFERENCE": 64, "PERENNIAL_DRIFT_INPUT_WINDOW": 32,
            "PERENNIAL_DRIFT_PREDICTION_REFERENCE": 64, "PERENNIAL_DRIFT_PREDICTION_WINDOW": 32}
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
-    """Poll `condition` until it returns a truthy value; fail with `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def verb_glosses(limit: int, seed: int = 3) -> list[str]:

@@ -21,14 +21,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from perennial import __version__
+from perennial import __version__, grpc_errors
 from perennial.errors import InvalidInput, NotFound, NotReady
+from perennial.grpc_errors import DomainErrorInterceptor, status_of
 from perennial.grpc_security import ServerSecurity
 from perennial.metrics import InferenceMetrics
 from perennial.monitoring import NoMonitor
 from perennial.serving import DataPlane, Prediction, predict
 from services.inference.batching import Batcher, BatchingConfig
-from services.inference.interceptors import DomainErrorInterceptor, status_of
 from services.inference.tensors import (decode_bytes, decode_fp32, element_count, encode_bytes, encode_fp32,
                                         typed_fp32)
 
@@ -252,8 +252,4 @@ def build_server(servicer: InferenceServicer, health_servicer: health.HealthServ
 
 
 def set_health(health_servicer: health.HealthServicer, serving: bool) -> None:
-    status = (health_pb2.HealthCheckResponse.SERVING if serving
-              else health_pb2.HealthCheckResponse.NOT_SERVING)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, status)
-
+    grpc_errors.set_health(health_servicer, SERVICE_NAME, serving)

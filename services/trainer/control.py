@@ -1,47 +1,28 @@
 """gRPC control API `perennial.v1.Trainer`: protobuf ↔ trainer commands, nothing else.
 
 Every call that reads or changes adapter state runs on the training thread
-(`Trainer.submit`), between steps.
+(`Trainer.submit`), between steps. Domain errors become status codes in the shared
+`perennial.grpc_errors.DomainErrorInterceptor`, as in the inference service.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from perennial.errors import InvalidInput, NotFound
+from perennial import grpc_errors
+from perennial.errors import InvalidInput, NotFound, NotReady
+from perennial.grpc_errors import DomainErrorInterceptor
 from perennial.store import Manifest
 from perennial.v1 import trainer_pb2, trainer_pb2_grpc
 from services.trainer.ingest import Ingest
 from services.trainer.worker import AdapterState, Trainer
 
-log = logging.getLogger("perennial.trainer")
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
 COMMAND_TIMEOUT_SECONDS = 120.0
-_STATUS = {InvalidInput: grpc.StatusCode.INVALID_ARGUMENT, NotFound: grpc.StatusCode.NOT_FOUND}
-
-
-def _domain_errors(method):
-    @functools.wraps(method)
-    def wrapper(self, request, context):
-        try:
-            return method(self, request, context)
-        except (InvalidInput, NotFound) as error:
-            context.abort(_STATUS[type(error)], str(error))
-        except futures.TimeoutError:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the trainer is busy; retry")
-        except Exception:
-            log.exception("internal error", extra={"fields": {"method": method.__name__}})
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; the trainer log has the details")
-
-    return wrapper
-
-
 def version_info(manifest: Manifest, head: str | None = None, candidate: str | None = None) -> trainer_pb2.VersionInfo:
     info = trainer_pb2.VersionInfo(
         version=manifest.version, parent=manifest.parent or "", sequence=manifest.sequence,
@@ -58,7 +39,10 @@ class ControlServicer(trainer_pb2_grpc.TrainerServicer):
         self.ingest = ingest
 
     def _run(self, command):
-        return self.trainer.submit(command).result(timeout=COMMAND_TIMEOUT_SECONDS)
+        try:
+            return self.trainer.submit(command).result(timeout=COMMAND_TIMEOUT_SECONDS)
+        except futures.TimeoutError as error:
+            raise NotReady("the trainer is busy; retry") from error
 
     def _adapter(self, name: str) -> str:
         if not name:
@@ -74,7 +58,6 @@ class ControlServicer(trainer_pb2_grpc.TrainerServicer):
             held_reason=state.held_reason,
         )
 
-    @_domain_errors
     def GetStatus(self, request, context):
         def status():
             names = [request.adapter] if request.adapter else sorted(self.trainer.adapters)
@@ -82,7 +65,6 @@ class ControlServicer(trainer_pb2_grpc.TrainerServicer):
 
         return trainer_pb2.GetStatusResponse(adapters=self._run(status), partitions=self.ingest.assigned())
 
-    @_domain_errors
     def ListVersions(self, request, context):
         adapter, store = self._adapter(request.adapter), self.trainer.store
         head, latest = store.head(adapter), store.latest(adapter)
@@ -98,27 +80,22 @@ class ControlServicer(trainer_pb2_grpc.TrainerServicer):
         return trainer_pb2.VersionResponse(version=version_info(
             manifest, head.version if head else None, latest.version if latest else None))
 
-    @_domain_errors
     def Snapshot(self, request, context):
         adapter = self._adapter(request.adapter)
         return self._version(adapter, self._run(lambda: self.trainer.snapshot_now(adapter)))
 
-    @_domain_errors
     def Promote(self, request, context):
         adapter = self._adapter(request.adapter)
         return self._version(adapter, self._run(lambda: self.trainer.promote(adapter, request.version)))
 
-    @_domain_errors
     def Rollback(self, request, context):
         adapter = self._adapter(request.adapter)
         return self._version(adapter, self._run(lambda: self.trainer.rollback(adapter, request.version)))
 
-    @_domain_errors
     def Pause(self, request, context):
         adapter = self._adapter(request.adapter)
         return self._run(lambda: self._status(adapter, self.trainer.set_paused(adapter, True)))
 
-    @_domain_errors
     def Resume(self, request, context):
         adapter = self._adapter(request.adapter)
         return self._run(lambda: self._status(adapter, self.trainer.set_paused(adapter, False)))
@@ -127,7 +104,7 @@ class ControlServicer(trainer_pb2_grpc.TrainerServicer):
 def build_control_server(servicer: ControlServicer, health_servicer: health.HealthServicer, *,
                          interceptors=(), workers: int = 4) -> grpc.Server:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="control"),
-                         interceptors=list(interceptors))
+                         interceptors=[*interceptors, DomainErrorInterceptor()])
     trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -137,6 +114,4 @@ def build_control_server(servicer: ControlServicer, health_servicer: health.Heal
 
 
 def set_health(health_servicer: health.HealthServicer, serving: bool) -> None:
-    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, status)
+    grpc_errors.set_health(health_servicer, SERVICE_NAME, serving)

@@ -11,7 +11,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from perennial.serving import ServingConfig
 from services.inference.batching import BatchingConfig
-from services.inference.interceptors import INTERNAL_MESSAGE
+from perennial.grpc_errors import INTERNAL_MESSAGE
 from services.inference.server import ServerConfig
 from services.inference.tensors import encode_bytes
 

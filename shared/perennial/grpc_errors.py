@@ -1,6 +1,7 @@
-"""One server interceptor maps domain errors to gRPC status codes.
+"""gRPC plumbing both services share: one interceptor maps domain errors to status
+codes, and one function sets the standard health status.
 
-Handlers raise `perennial.errors` exceptions; nothing else in the service picks
+Handlers raise `perennial.errors` exceptions; nothing else in a service picks
 status codes. Anything that is not a domain error is a bug: the reply says
 INTERNAL with a generic message, and the details go to the log only.
 """
@@ -10,11 +11,12 @@ from __future__ import annotations
 import logging
 
 import grpc
+from grpc_health.v1 import health, health_pb2
 
 from perennial.errors import (DeadlineExceeded, InvalidInput, NotFound, NotReady, ResourceExhausted,
                               Unauthenticated)
 
-log = logging.getLogger("perennial.inference")
+log = logging.getLogger("perennial.grpc")
 STATUS = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
@@ -57,3 +59,10 @@ class DomainErrorInterceptor(grpc.ServerInterceptor):
                 context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
         return handler._replace(unary_unary=guarded)
+
+
+def set_health(health_servicer: health.HealthServicer, service_name: str, serving: bool) -> None:
+    """Report SERVING or NOT_SERVING for the server as a whole ("") and for `service_name`."""
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", service_name):
+        health_servicer.set(name, status)
