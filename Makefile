@@ -37,9 +37,11 @@ system:
 venv: $(VENV)/.installed
 
 # The lock pins every transitive dependency; torch==2.13.0 is in it, so pip takes the CPU build.
-$(VENV)/.installed: pyproject.toml requirements.lock
+# The development tooling (dev/: local stack, launcher, demo, data sets) is its own package,
+# installed here beside the project and never into a service image.
+$(VENV)/.installed: pyproject.toml dev/pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -c requirements.lock -e ".[dev]"
+	$(PIP) install --quiet -c requirements.lock -e ".[dev]" -e ./dev
 	@touch $@
 
 proto: venv
@@ -55,7 +57,7 @@ lock: venv
 	$(PIP) freeze --exclude-editable | sed "s/^torch==\(.*\)+cpu/torch==\1/" | sort > requirements.lock
 
 demo: setup
-	$(PY) -m perennial.demo $(DEMO_ARGS)
+	$(PY) -m perennial_dev.demo $(DEMO_ARGS)
 
 test: setup proto-check
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -69,7 +71,7 @@ test-e2e: setup
 # Drift detectors vs river's defaults on annotated change points, NOAA rainfall and MiniLM
 # embedding streams: writes docs/DRIFT.md and docs/drift/*.png.
 bench-drift: setup
-	$(PIP) install --quiet -c requirements.lock -e ".[dev,bench]"
+	$(PIP) install --quiet -c requirements.lock -e ".[dev,bench]" -e ./dev
 	$(PY) -m bench.drift --out docs/DRIFT.md --plots docs/drift
 
 # Learning quality of every learner × PET (WordNet + MiniLM, Fashion-MNIST + EfficientNet-Lite0): docs/LEARNING.md.
@@ -77,7 +79,7 @@ bench-training: setup
 	$(PY) -m bench.training --out docs/BENCHMARKS.md $(BENCH_ARGS)
 
 bench-learning: setup
-	$(PIP) install --quiet -c requirements.lock -e ".[dev,bench]"
+	$(PIP) install --quiet -c requirements.lock -e ".[dev,bench]" -e ./dev
 	$(PY) -m bench.learning --out docs/LEARNING.md $(BENCH_ARGS)
 
 # Serving: Perennial's inference service vs KServe 0.21 (own venv: .venv-kserve, same model) vs the

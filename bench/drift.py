@@ -126,8 +126,8 @@ def wordnet_series(per_stage: int = 600, classes_per_stage: int = 4) -> list[Ser
     import torch
 
     from perennial.backbone import TextBackbone
-    from perennial.datasets.wordnet import read_noun_glosses
-    from perennial.monitoring import frozen_token_embedder
+    from perennial_dev.datasets.wordnet import read_noun_glosses
+    from services.inference.monitor import frozen_token_embedder
 
     rng = np.random.default_rng(SEED)
     by_class: dict[str, list[str]] = {}
@@ -400,8 +400,9 @@ def measure_overhead() -> dict[str, float]:
     from prometheus_client import CollectorRegistry
 
     from perennial.backbone import TextBackbone
-    from perennial.datasets.wordnet import read_noun_glosses
-    from perennial.monitoring import InferenceDriftMetrics, InferenceDriftMonitor, frozen_token_embedder
+    from perennial_dev.datasets.wordnet import read_noun_glosses
+    from services.inference.metrics import InferenceDriftMetrics
+    from services.inference.monitor import InferenceDriftMonitor, frozen_token_embedder
 
     texts = [g.text for g in read_noun_glosses()[:4000]]
     registry = CollectorRegistry()

@@ -26,7 +26,7 @@ from kserve import InferOutput, InferRequest, InferResponse  # noqa: E402
 from safetensors.torch import load as load_safetensors  # noqa: E402
 
 from perennial.backbone import TextBackbone  # noqa: E402
-from perennial.learner import load_predictor  # noqa: E402
+from perennial.learners import load_predictor  # noqa: E402
 
 
 class LAEModel(kserve.Model):

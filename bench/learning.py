@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from perennial import evaluation
-from perennial.learner import LearnerConfig, build_learner
+from perennial.learners import LearnerConfig, build_learner
 from perennial.pet import AdapterConfig, LoRAConfig, PrefixConfig
 
-log = logging.getLogger("bench.learning")
+log = logging.getLogger(__name__)
 
 TEXT_PETS = {
     "lora": LoRAConfig(rank=5),
@@ -76,7 +76,7 @@ class Run:
 
 
 def text_stream(seed: int, train_per_class: int, test_per_class: int) -> Stream:
-    from perennial.datasets.wordnet import class_incremental_split, read_noun_glosses
+    from perennial_dev.datasets.wordnet import class_incremental_split, read_noun_glosses
 
     split = class_incremental_split(read_noun_glosses(), num_classes=24, classes_per_stage=4,
                                     train_per_class=train_per_class, test_per_class=test_per_class, seed=seed)
@@ -89,7 +89,7 @@ def text_stream(seed: int, train_per_class: int, test_per_class: int) -> Stream:
 
 
 def image_stream(seed: int, train_per_class: int, test_per_class: int) -> Stream:
-    from perennial.datasets.fashion_mnist import class_incremental_images
+    from perennial_dev.datasets.fashion_mnist import class_incremental_images
 
     split = class_incremental_images(classes_per_stage=2, train_per_class=train_per_class,
                                      test_per_class=test_per_class, seed=seed)

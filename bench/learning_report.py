@@ -20,7 +20,7 @@ LABELS = {"lae": "LAE", "naive": "naive fine-tuning", "joint": "joint (upper bou
 
 METHOD_NOTES = """## How the learners are configured
 
-All learners run with the defaults of `perennial.learner.LearnerConfig` (what the trainer
+All learners run with the defaults of `perennial.learners.LearnerConfig` (what the trainer
 uses), on the stream as the trainer sees it: micro-batches, no task ids.
 
 - **LAE** (`learner=lae`): online PET + one growing head trained with Adam (lr 3e-4);
@@ -218,7 +218,7 @@ def write_report(args, results: dict, elapsed: float, command: str) -> None:
     out: Path = args.out
     plot_dir = out.parent / "learning"
     sections, raw = [], {}
-    from perennial.learner import DEFAULT_LEARNER
+    from perennial.learners import DEFAULT_LEARNER
 
     for domain, runs in results.items():
         if not runs:

@@ -32,12 +32,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.report import write_section
 from perennial.backbone import TextBackbone
-from perennial.datasets.wordnet import read_noun_glosses
-from perennial.launch import start_inference
-from perennial.learner import LearnerConfig, build_learner
-from perennial.localstack import ManagedProcess, free_port, start_redis
+from perennial_dev.datasets.wordnet import read_noun_glosses
+from perennial_dev.launch import start_inference
+from perennial.learners import LearnerConfig, build_learner
+from perennial_dev.localstack import ManagedProcess, free_port, start_redis
 from perennial.pet import LoRAConfig
-from perennial.serving import ServedVersion, load_model, predict, predict_grouped
+from services.inference.model import ServedVersion, load_model, predict, predict_grouped
 from perennial.store import SnapshotStore, from_safetensors, to_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]

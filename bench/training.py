@@ -34,10 +34,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.report import write_section
 from perennial import codec
 from perennial.backbone import TextBackbone
-from perennial.datasets.wordnet import class_incremental_split, read_noun_glosses
-from perennial.launch import Service, start_inference, start_trainer
-from perennial.learner import LearnerConfig, build_learner
-from perennial.localstack import LocalStack, create_topics
+from perennial_dev.datasets.wordnet import class_incremental_split, read_noun_glosses
+from perennial_dev.launch import Service, start_inference, start_trainer
+from perennial.learners import LearnerConfig, build_learner
+from perennial_dev.localstack import LocalStack, create_topics
 from perennial.store import SnapshotStore
 
 ADAPTER = "bench"

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from perennial.backbone import TextBackbone, default_model_path
 
-from perennial.localstack import KafkaBroker, RedisServer, start_kafka, start_redis
+from perennial_dev.localstack import KafkaBroker, RedisServer, start_kafka, start_redis
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from perennial.launch import Service
+from perennial_dev.launch import Service
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.1):

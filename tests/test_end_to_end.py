@@ -17,9 +17,9 @@ from kafka import KafkaConsumer, KafkaProducer
 from tritonclient.utils import InferenceServerException
 
 from perennial import codec
-from perennial.datasets.wordnet import class_incremental_split, read_noun_glosses
-from perennial.launch import start_inference, start_trainer
-from perennial.localstack import create_topics
+from perennial_dev.datasets.wordnet import class_incremental_split, read_noun_glosses
+from perennial_dev.launch import start_inference, start_trainer
+from perennial_dev.localstack import create_topics
 from perennial.store import SnapshotStore
 from tests.helpers import metric, wait_for
 

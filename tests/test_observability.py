@@ -24,10 +24,10 @@ import tritonclient.grpc as triton
 from kafka import KafkaProducer
 
 from perennial import codec
-from perennial.datasets.wordnet import WORDNET_DIR, class_incremental_split, read_noun_glosses
-from perennial.launch import start_inference, start_trainer
-from perennial.localstack import create_topics
-from perennial.promserver import PrometheusServer, start_prometheus
+from perennial_dev.datasets.wordnet import WORDNET_DIR, class_incremental_split, read_noun_glosses
+from perennial_dev.launch import start_inference, start_trainer
+from perennial_dev.localstack import create_topics
+from perennial_dev.promserver import PrometheusServer, start_prometheus
 from perennial.store import SnapshotStore
 from tests.helpers import wait_for
 

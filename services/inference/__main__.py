@@ -13,14 +13,14 @@ from perennial import runtime
 from perennial.backbone import TextBackbone
 from perennial.config import env
 from perennial.grpc_security import ServerSecurity
-from perennial.metrics import InferenceMetrics
-from perennial.monitoring import InferenceDriftMonitor
-from perennial.serving import DataPlane, ServingConfig
+from services.inference.metrics import InferenceMetrics
+from services.inference.monitor import InferenceDriftMonitor
+from services.inference.plane import DataPlane, ServingConfig
 from perennial.store import SnapshotStore
 from services.inference.batching import BatchingConfig
 from services.inference.server import InferenceServicer, ServerConfig, build_server, set_health
 
-log = logging.getLogger("perennial.inference")
+log = logging.getLogger(__name__)
 
 
 def main() -> None:

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from perennial.errors import DeadlineExceeded, NotReady, ResourceExhausted
-from perennial.metrics import InferenceMetrics
+from services.inference.metrics import InferenceMetrics
 
-log = logging.getLogger("perennial.inference")
+log = logging.getLogger(__name__)
 Key = TypeVar("Key")
 Result = TypeVar("Result")
 

@@ -25,14 +25,15 @@ from perennial import __version__, grpc_errors
 from perennial.errors import InvalidInput, NotFound, NotReady
 from perennial.grpc_errors import DomainErrorInterceptor, status_of
 from perennial.grpc_security import ServerSecurity
-from perennial.metrics import InferenceMetrics
+from services.inference.metrics import InferenceMetrics
 from perennial.monitoring import NoMonitor
-from perennial.serving import DataPlane, Prediction, predict
+from services.inference.model import Prediction, predict
+from services.inference.plane import DataPlane
 from services.inference.batching import Batcher, BatchingConfig
 from services.inference.tensors import (decode_bytes, decode_fp32, element_count, encode_bytes, encode_fp32,
                                         typed_fp32)
 
-log = logging.getLogger("perennial.inference")
+log = logging.getLogger(__name__)
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 TEXT_INPUT = "text"
 IMAGE_INPUT = "image"

@@ -12,18 +12,18 @@ from kafka import KafkaProducer
 from perennial import device, redis_connect, runtime
 from perennial.backbone import TextBackbone
 from perennial.config import env
-from perennial.events import EventPublisher
+from services.trainer.events import EventPublisher
 from perennial.grpc_security import ServerSecurity
-from perennial.kube import EventRecorder
-from perennial.metrics import TrainerMetrics
-from perennial.monitoring import TrainerDriftMonitor
+from services.trainer.kube_events import EventRecorder
+from services.trainer.metrics import TrainerMetrics
+from services.trainer.monitor import TrainerDriftMonitor
 from perennial.store import SnapshotStore
 from services.trainer.control import ControlServicer, build_control_server, set_health
 from services.trainer.ingest import Ingest
 from services.trainer.settings import TrainerSettings
 from services.trainer.worker import Trainer
 
-log = logging.getLogger("perennial.trainer")
+log = logging.getLogger(__name__)
 
 
 def main() -> None:

@@ -16,12 +16,12 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from perennial import codec
-from perennial.events import EventPublisher
-from perennial.metrics import TrainerMetrics
+from services.trainer.events import EventPublisher
+from services.trainer.metrics import TrainerMetrics
 from services.trainer.settings import TrainerSettings
 from services.trainer.worker import Incoming, Trainer
 
-log = logging.getLogger("perennial.trainer")
+log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 1000  # kafka-python 3.0.12 may discard a group join whose poll times out
 # between JoinGroup and SyncGroup; short polls make that 3 s penalty common. poll() returns
 # as soon as records arrive, so a long timeout costs no latency.

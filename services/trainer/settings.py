@@ -6,7 +6,7 @@ import socket
 from dataclasses import dataclass, field
 
 from perennial.config import ConfigError, env
-from perennial.guardrail import GuardrailConfig
+from services.trainer.guardrail import GuardrailConfig
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 

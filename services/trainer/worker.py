@@ -35,15 +35,16 @@ import torch
 from perennial.backbone import TextBackbone
 from perennial.codec import Example
 from perennial.errors import InvalidInput, NotFound
-from perennial.events import EventPublisher
-from perennial.guardrail import HoldoutReservoir, judge
-from perennial.learner import Learner, LearnerConfig, build_learner, load_predictor, restore_learner
-from perennial.metrics import TrainerMetrics
-from perennial.monitoring import NoMonitor, TrainerDriftMonitor
+from services.trainer.events import EventPublisher
+from services.trainer.guardrail import HoldoutReservoir, judge
+from perennial.learners import Learner, LearnerConfig, build_learner, load_predictor, restore_learner
+from services.trainer.metrics import TrainerMetrics
+from perennial.monitoring import NoMonitor
+from services.trainer.monitor import TrainerDriftMonitor
 from perennial.store import Manifest, SnapshotStore, StaleParent, from_safetensors, to_safetensors
 from services.trainer.settings import TrainerSettings
 
-log = logging.getLogger("perennial.trainer")
+log = logging.getLogger(__name__)
 RETRY_SECONDS = 2.0  # after a failed snapshot (Redis away), try again this often
 
 

@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2
 from perennial.errors import (DeadlineExceeded, InvalidInput, NotFound, NotReady, ResourceExhausted,
                               Unauthenticated)
 
-log = logging.getLogger("perennial.grpc")
+log = logging.getLogger(__name__)
 STATUS = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,

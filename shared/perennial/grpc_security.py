@@ -35,7 +35,7 @@ import grpc
 
 from perennial.config import ConfigError, env
 
-log = logging.getLogger("perennial.security")
+log = logging.getLogger(__name__)
 
 #: Method prefixes that never need a token: health probes and reflection.
 OPEN_METHOD_PREFIXES = (

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from perennial import logs
 from perennial.config import env
 
-log = logging.getLogger("perennial")
+log = logging.getLogger(__name__)
 
 
 def start(service: str) -> tuple[CollectorRegistry, threading.Event]:

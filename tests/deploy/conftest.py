@@ -3,7 +3,7 @@ records the requests the kubernetes client sends.
 
 No API server can run on our machines. This endpoint is not one: it stores every request
 (method, path, query, headers, JSON body) and answers with documents the test registers,
-so tests can assert the exact requests `perennial.kube` builds, over real TLS with the
+so tests can assert the exact requests `services.trainer.kube_events` builds, over real TLS with the
 in-cluster token and CA files, and how it reads the answers.
 """
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import yaml
 from prometheus_client import CollectorRegistry
 
-from perennial.metrics import InferenceMetrics, TrainerMetrics
-from perennial.monitoring import InferenceDriftMetrics, TrainerDriftMetrics
+from services.inference.metrics import InferenceMetrics
+from services.trainer.metrics import TrainerMetrics
+from services.inference.metrics import InferenceDriftMetrics
+from services.trainer.metrics import TrainerDriftMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "perennial.json"

@@ -1,4 +1,4 @@
-"""perennial.kube: the requests the kubernetes client builds, and the skip path outside a cluster.
+"""services.trainer.kube_events: the requests the kubernetes client builds, and the skip path outside a cluster.
 
 The requests go over real HTTPS to a loopback endpoint that records them (tests/deploy/conftest.py),
 with the in-cluster token and CA files a pod would have. No API server runs here.
@@ -10,16 +10,10 @@ import logging
 from datetime import datetime, timezone
 
 from kubernetes import client
-from perennial.kube import (
-    EventReason,
-    EventRecorder,
-    PodRef,
-    build_event,
-    in_cluster_api,
-    list_release_pods,
-    parse_adapter_versions,
-)
-from perennial.metrics import InferenceMetrics
+from perennial.cli.pods import list_release_pods, parse_adapter_versions
+from perennial.kube import in_cluster_api
+from services.trainer.kube_events import EventReason, EventRecorder, PodRef, build_event
+from services.inference.metrics import InferenceMetrics
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 EVENTS = "/api/v1/namespaces/ml/events"
@@ -103,14 +97,14 @@ def test_repeated_event_patches_the_count(api_endpoint) -> None:
 def test_api_errors_are_logged_not_raised(api_endpoint, caplog) -> None:
     api_endpoint.route("POST", EVENTS, 403, {"kind": "Status", "code": 403, "reason": "Forbidden"})
     recorder = _recorder(api_endpoint)
-    with caplog.at_level(logging.WARNING, logger="perennial.kube"):
+    with caplog.at_level(logging.WARNING, logger="services.trainer.kube_events"):
         recorder.record(EventReason.GUARDRAIL_HELD, "held")
         assert recorder.flush()
     assert "kubernetes event not recorded" in caplog.text
 
 
 def test_outside_a_cluster_recording_is_skipped_with_one_log_line(caplog) -> None:
-    with caplog.at_level(logging.INFO, logger="perennial.kube"):
+    with caplog.at_level(logging.INFO, logger="services.trainer.kube_events"):
         recorder = EventRecorder.from_environment(
             {"PERENNIAL_POD_NAME": "p", "PERENNIAL_POD_NAMESPACE": "ns"}
         )

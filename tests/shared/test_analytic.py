@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perennial.learner import LearnerConfig, build_learner, load_predictor, restore_learner
+from perennial.learners import LearnerConfig, build_learner, load_predictor, restore_learner
 from perennial.learners.analytic import RanPAC, SimpleCIL
 from perennial.store import from_safetensors, to_safetensors
 

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from perennial import evaluation
-from perennial.datasets.wordnet import class_incremental_split, read_noun_glosses
-from perennial.learner import DEFAULT_LEARNER, LearnerConfig, build_learner, load_predictor, restore_learner
+from perennial_dev.datasets.wordnet import class_incremental_split, read_noun_glosses
+from perennial.learners import DEFAULT_LEARNER, LearnerConfig, build_learner, load_predictor, restore_learner
 from perennial.learners.lae import LAELearner
 from perennial.pet import AdapterConfig, LoRAConfig, PrefixConfig
 from perennial.store import from_safetensors, to_safetensors
@@ -163,9 +163,6 @@ def test_config_from_env_and_dict_round_trip():
     assert LearnerConfig.from_env(environ={}).learner == DEFAULT_LEARNER
     with pytest.raises(ValueError, match="PERENNIAL_PET must be one of .* got 'bitfit'"):
         LearnerConfig.from_env(environ={"PERENNIAL_PET": "bitfit"})
-    legacy = {"lora": {"rank": 2, "target_modules": ["key"], "layers": [0], "init_scale": 1.0, "method": "lora"},
-              "lr": 1e-3, "ema_decay": 0.9, "loss_window": 4, "min_loss_classes": 2, "seed": 0}
-    assert LearnerConfig.from_dict(legacy).pet == LoRAConfig(rank=2, target_modules=("key",), layers=(0,))
 
 
 def _stream_accuracy_matrix(learner, split):

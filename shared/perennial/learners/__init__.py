@@ -1,1 +1,78 @@
-"""Continual learners behind the `perennial.learner` interface."""
+"""Continual learners on a task-free stream, one interface, chosen by configuration.
+
+Every learner has `learn(inputs, labels) -> loss`, `classes`, `examples`, `steps`,
+`predict(inputs)`, `state() -> (tensors, metadata)` and `from_state(...)`;
+`load_predictor(backbone, tensors, metadata)` rebuilds from a snapshot what
+serving needs: an object with `.scores(backbone, inputs) -> [N, C]` and `.classes`.
+The learners and their knobs: `perennial.learners.config`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol
+
+import torch
+
+from perennial.learners.analytic import RanPAC, SimpleCIL
+from perennial.learners.config import DEFAULT_LEARNER, LearnerConfig
+from perennial.learners.lae import Ensemble, LAELearner
+
+__all__ = [
+    "DEFAULT_LEARNER",
+    "LEARNERS",
+    "Ensemble",
+    "LAELearner",
+    "Learner",
+    "LearnerConfig",
+    "Predictor",
+    "RanPAC",
+    "SimpleCIL",
+    "build_learner",
+    "load_predictor",
+    "restore_learner",
+]
+
+LEARNERS = {"lae": LAELearner, "naive": LAELearner, "simplecil": SimpleCIL, "ranpac": RanPAC}
+
+
+class Predictor(Protocol):
+    """What serving needs from a snapshot."""
+
+    classes: list[str]
+
+    def scores(self, backbone, inputs) -> torch.Tensor: ...
+
+
+class Learner(Protocol):
+    """What the trainer needs from a learner."""
+
+    classes: list[str]
+    steps: int
+    examples: int
+
+    def learn(self, inputs, labels: list[str]) -> float: ...
+
+    def predict(self, inputs) -> list[str]: ...
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]: ...
+
+
+def build_learner(backbone, config: LearnerConfig | None = None) -> Learner:
+    """A fresh learner of `config.learner` on `backbone`."""
+    config = config or LearnerConfig()
+    return LEARNERS[config.learner](backbone, config)
+
+
+def _config(metadata: dict[str, str]) -> LearnerConfig:
+    return LearnerConfig.from_dict(json.loads(metadata["learner"]))
+
+
+def restore_learner(backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Learner:
+    """The learner a `state()` snapshot came from, ready to continue exactly."""
+    return LEARNERS[_config(metadata).learner].from_state(backbone, tensors, metadata)
+
+
+def load_predictor(backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Predictor:
+    """Serving's single entry point: the predictor in a snapshot, frozen."""
+    return LEARNERS[_config(metadata).learner].predictor_from_state(backbone, tensors, metadata)

@@ -26,7 +26,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from perennial.learner import LearnerConfig
+from perennial.learners.config import LearnerConfig
 from perennial.pet import activate
 
 _HELD_OUT_EVERY = 5  # every fifth example's statistics validate the ridge strength

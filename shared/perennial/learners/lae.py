@@ -26,10 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perennial.learner import LearnerConfig
+from perennial.learners.config import LearnerConfig
 from perennial.pet import PETConfig, PETModule, activate, create_module, inject
 
 _PARTS = ("online", "offline", "head")
+
+
+def ensemble_probabilities(online: torch.Tensor, offline: torch.Tensor) -> torch.Tensor:
+    """LAE's ensemble rule on two modules' logits [N, C]: the elementwise max of the two
+    softmaxes, renormalised (the argmax is unchanged; each row is a distribution for clients)."""
+    best = torch.maximum(F.softmax(online, dim=-1), F.softmax(offline, dim=-1))
+    return best / best.sum(-1, keepdim=True)
 
 
 class Ensemble(nn.Module):
@@ -44,19 +51,15 @@ class Ensemble(nn.Module):
         self.classes = classes
 
     def scores(self, backbone, inputs) -> torch.Tensor:
-        """[N, C] ensemble scores: the elementwise max of both softmaxes, renormalised.
-
-        Renormalising keeps the argmax and makes each row a distribution for clients.
-        """
+        """[N, C] ensemble scores (`ensemble_probabilities`), or the online softmax (naive)."""
         batch = backbone.prepare(inputs)
         with activate(self.online):
-            online = F.softmax(self.head(backbone(batch)), dim=-1)
+            online = self.head(backbone(batch))
         if self.offline is None:
-            return online
+            return F.softmax(online, dim=-1)
         with activate(self.offline):
-            offline = F.softmax(self.head(backbone(batch)), dim=-1)
-        best = torch.maximum(online, offline)
-        return best / best.sum(-1, keepdim=True)
+            offline = self.head(backbone(batch))
+        return ensemble_probabilities(online, offline)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         parts = {"online": self.online, "head": self.head}

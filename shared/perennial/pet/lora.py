@@ -10,6 +10,7 @@ unchanged; `scale` is learnable and starts at 1.0. Targets are `nn.Linear` layer
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,11 +37,6 @@ class LoRAConfig(PETConfig):
             raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
         if not self.target_modules:
             raise ValueError("LoRA target_modules is empty; name at least one linear layer")
-
-    @classmethod
-    def from_dict(cls, fields: dict) -> LoRAConfig:
-        fields = {k: v for k, v in fields.items() if k != "method"}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
 def _is_pointwise(layer: nn.Module) -> bool:
@@ -95,6 +91,51 @@ class LoRAModule(PETModule):
         if x.dim() == 4:  # NCHW: a linear map over channels
             return self.scale[key] * torch.einsum("nchw,rc,or->nohw", x, a, b)
         return self.scale[key] * (x @ a.T @ b.T)
+
+
+class RowwiseLoRA:
+    """Stands in for the active LoRA module: row i of the batch gets `modules[i]`'s update.
+
+    Distinct modules are stacked once per batch (ranks padded with zeros, the scale
+    folded into B); each adapted layer then does two batched matmuls.
+    """
+
+    def __init__(self, modules: Sequence[torch.nn.Module]) -> None:
+        position: dict[int, int] = {}
+        unique: list = []
+        for module in modules:
+            if id(module) not in position:
+                position[id(module)] = len(unique)
+                unique.append(module)
+        self.config = unique[0].config  # method "lora": the LoRA wrappers consult this module
+        self.scale = {key: None for module in unique for key in module.lora_a}  # adapted layers
+        self._index = torch.tensor([position[id(module)] for module in modules])
+        self._unique = unique
+        self._stacks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _stack(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if key not in self._stacks:
+            present = [m for m in self._unique if key in m.lora_a]
+            rank = max(m.lora_a[key].shape[0] for m in present)
+            fan_out, fan_in = present[0].lora_b[key].shape[0], present[0].lora_a[key].shape[1]
+            a = torch.zeros(len(self._unique), rank, fan_in)
+            b = torch.zeros(len(self._unique), fan_out, rank)
+            for index, module in enumerate(self._unique):
+                if key in module.lora_a:
+                    r = module.lora_a[key].shape[0]
+                    a[index, :r] = module.lora_a[key]
+                    b[index, :, :r] = module.lora_b[key] * module.scale[key]
+            if len(self._unique) == 1:  # one module: broadcast instead of gathering per row
+                self._stacks[key] = (a[0].T, b[0].T)
+            else:
+                self._stacks[key] = (a[self._index].transpose(1, 2), b[self._index].transpose(1, 2))
+        return self._stacks[key]
+
+    def delta(self, path: str, x: torch.Tensor) -> torch.Tensor:
+        a, b = self._stack(key_of(path))  # [N, in, r], [N, r, out] (or unbatched)
+        if a.dim() == 2:
+            return x @ a @ b
+        return torch.bmm(torch.bmm(x, a), b)
 
 
 METHODS["lora"] = Method(LoRAConfig, LoRAModule, _fits, LoRALinear, _shape)

@@ -15,12 +15,12 @@ from grpc_health.v1 import health
 from prometheus_client import CollectorRegistry
 
 from perennial.grpc_security import ServerSecurity
-from perennial.learner import LearnerConfig
+from perennial.learners import LearnerConfig
 from perennial.learners.lae import LAELearner
-from perennial.localstack import free_port
-from perennial.metrics import InferenceMetrics
+from perennial_dev.localstack import free_port
+from services.inference.metrics import InferenceMetrics
 from perennial.pet import LoRAConfig
-from perennial.serving import DataPlane, ServingConfig
+from services.inference.plane import DataPlane, ServingConfig
 from perennial.store import Manifest, SnapshotStore, to_safetensors
 from services.inference.batching import Batcher, BatchingConfig
 from services.inference.server import InferenceServicer, ServerConfig, build_server, set_health

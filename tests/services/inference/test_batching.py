@@ -12,8 +12,8 @@ import torch
 from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from perennial.metrics import InferenceMetrics
-from perennial.serving import predict, predict_grouped
+from services.inference.metrics import InferenceMetrics
+from services.inference.model import predict, predict_grouped
 from services.inference.batching import Batcher, BatchingConfig
 from services.inference.tensors import decode_bytes, encode_bytes
 

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from perennial.serving import ServingConfig
+from services.inference.plane import ServingConfig
 from services.inference.batching import BatchingConfig
 from perennial.grpc_errors import INTERNAL_MESSAGE
 from services.inference.server import ServerConfig

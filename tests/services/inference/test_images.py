@@ -10,7 +10,7 @@ import torch
 import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from perennial.learner import LearnerConfig, build_learner
+from perennial.learners import LearnerConfig, build_learner
 from perennial.pet import LoRAConfig
 from perennial.store import to_safetensors
 

@@ -125,7 +125,8 @@ def test_request_metrics_by_adapter_and_code(service, learner):
 
 
 def test_answered_requests_feed_the_drift_monitor(service, learner, tiny_backbone):
-    from perennial.monitoring import InferenceDriftMetrics, InferenceDriftMonitor, frozen_token_embedder
+    from services.inference.metrics import InferenceDriftMetrics
+    from services.inference.monitor import InferenceDriftMonitor, frozen_token_embedder
 
     publish(service.store, learner)
     service.ready()

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from perennial.serving import ServingConfig
+from services.inference.plane import ServingConfig
 from services.inference.tensors import encode_bytes
 
 from .conftest import TEXTS, make_learner, publish

@@ -8,8 +8,8 @@ import pytest
 from kafka import KafkaProducer
 
 from perennial import codec
-from perennial.launch import Service, start_trainer
-from perennial.localstack import create_topics
+from perennial_dev.launch import Service, start_trainer
+from perennial_dev.localstack import create_topics
 
 # Deterministic CPU training: size-cut batches, snapshots by count only, no holdout.
 DETERMINISTIC = {"PERENNIAL_BATCH_SIZE": 8, "PERENNIAL_BATCH_WAIT_SECONDS": "inf",

@@ -7,10 +7,10 @@ from prometheus_client import CollectorRegistry
 
 from perennial.codec import Example
 from perennial.errors import InvalidInput, NotFound
-from perennial.events import EventPublisher
-from perennial.guardrail import GuardrailConfig
-from perennial.learner import LearnerConfig
-from perennial.metrics import TrainerMetrics
+from services.trainer.events import EventPublisher
+from services.trainer.guardrail import GuardrailConfig
+from perennial.learners import LearnerConfig
+from services.trainer.metrics import TrainerMetrics
 from perennial.pet import LoRAConfig
 from perennial.store import SnapshotStore, StaleParent
 from perennial.v1 import events_pb2

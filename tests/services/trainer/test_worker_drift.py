@@ -5,11 +5,12 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from perennial.codec import Example
-from perennial.events import EventPublisher
-from perennial.guardrail import GuardrailConfig
-from perennial.learner import LearnerConfig
-from perennial.metrics import TrainerMetrics
-from perennial.monitoring import TrainerDriftMetrics, TrainerDriftMonitor
+from services.trainer.events import EventPublisher
+from services.trainer.guardrail import GuardrailConfig
+from perennial.learners import LearnerConfig
+from services.trainer.metrics import TrainerMetrics
+from services.trainer.metrics import TrainerDriftMetrics
+from services.trainer.monitor import TrainerDriftMonitor
 from perennial.pet import LoRAConfig
 from perennial.store import SnapshotStore
 from services.trainer.settings import TrainerSettings

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from perennial.localstack import ManagedProcess, free_port
+from perennial_dev.localstack import ManagedProcess, free_port
 
 STARTUP_SECONDS = 120.0  # loading the backbone on a busy 2-core machine
 

@@ -7,7 +7,7 @@ class-incremental order. A client queries the inference service over gRPC with
 held-out glosses while the stream runs; the terminal shows live progress and
 ends with a summary. Ctrl-C or the end of the stream stops every process.
 
-    python -m perennial.demo --help
+    python -m perennial_dev.demo --help
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from rich.table import Table
 from tritonclient.utils import InferenceServerException
 
 from perennial import codec
-from perennial.datasets.wordnet import ClassIncrementalSplit, Gloss, class_incremental_split, read_noun_glosses
-from perennial.launch import Service, start_inference, start_trainer
-from perennial.localstack import LocalStack
+from perennial_dev.datasets.wordnet import ClassIncrementalSplit, Gloss, class_incremental_split, read_noun_glosses
+from perennial_dev.launch import Service, start_inference, start_trainer
+from perennial_dev.localstack import LocalStack
 from perennial.store import SnapshotStore
 
 ADAPTER = "wordnet"
@@ -45,7 +45,7 @@ MALFORMED = (b"\x08\x96\x01not a protobuf", b'{"adapter": "wordnet", "text": "an
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m perennial.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m perennial_dev.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--classes", type=int, default=24, help="supersenses to stream (max 24)")
     parser.add_argument("--classes-per-stage", type=int, default=4, help="new classes per arrival stage")
     parser.add_argument("--train-per-class", type=int, default=40, help="streamed glosses per class")

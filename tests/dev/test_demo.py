@@ -5,7 +5,7 @@ import math
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from perennial.demo import histogram_quantile
+from perennial_dev.demo import histogram_quantile
 
 
 def _samples(values):

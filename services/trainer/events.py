@@ -7,10 +7,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from perennial.kube import EventReason, EventRecorder
+from services.trainer.kube_events import EventReason, EventRecorder
 from perennial.v1 import events_pb2
 
-log = logging.getLogger("perennial.events")
+log = logging.getLogger(__name__)
 
 
 class EventPublisher:
@@ -19,7 +19,7 @@ class EventPublisher:
     Dead letters are sampled: at most one event per reason every `dead_letter_every`
     seconds, carrying how many dead letters it stands for. Promotions, holds and
     rollbacks are also recorded as Kubernetes Events on the trainer's Pod when
-    `kubernetes` is an enabled `perennial.kube.EventRecorder`.
+    `kubernetes` is an enabled `services.trainer.kube_events.EventRecorder`.
     """
 
     def __init__(self, send: Callable[..., object], topic: str, source: str,

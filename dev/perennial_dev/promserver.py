@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from perennial.localstack import ManagedProcess, free_port
+from perennial_dev.localstack import ManagedProcess, free_port
 
 STARTUP_SECONDS = 60.0
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from perennial.backbone import ImageBackbone
-from perennial.datasets.fashion_mnist import CLASSES, class_incremental_images, read_fashion_mnist
+from perennial_dev.datasets.fashion_mnist import CLASSES, class_incremental_images, read_fashion_mnist
 
 
 def test_reads_the_official_test_split():

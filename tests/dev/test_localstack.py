@@ -18,8 +18,8 @@ import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from perennial import localstack
-from perennial.localstack import (
+from perennial_dev import localstack
+from perennial_dev.localstack import (
     FAST_GROUP_CONSUMER_CONFIG,
     KafkaBroker,
     LocalStack,
@@ -117,7 +117,7 @@ def _consume(
     first_batch: float | None = None
     while len(records) < count and time.monotonic() < deadline:
         # Long polls: a short poll timeout can make kafka-python redo a group join
-        # (see the perennial.localstack docstring); poll returns when records arrive.
+        # (see the perennial_dev.localstack docstring); poll returns when records arrive.
         for batch in consumer.poll(timeout_ms=1000).values():
             if batch and first_batch is None:
                 first_batch = time.monotonic() - start
@@ -192,7 +192,7 @@ def test_tansu_auto_creates_unknown_topics_with_default_partitions(
     with KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap) as admin:
         (described,) = admin.describe_topics([topic])
     assert described["error_code"] == 0
-    # If this changes, update the module docstring of perennial.localstack.
+    # If this changes, update the module docstring of perennial_dev.localstack.
     assert len(described["partitions"]) == 4
 
 
@@ -251,7 +251,7 @@ def test_kill_is_sigkill(tmp_path: Path) -> None:
 _FORGETFUL_PARENT = """
 import sys
 from pathlib import Path
-from perennial.localstack import ManagedProcess
+from perennial_dev.localstack import ManagedProcess
 child = ManagedProcess([sys.executable, "-c", "import time; time.sleep(120)"], Path(sys.argv[1]))
 print(child.pid, flush=True)
 raise SystemExit("crashed without stopping the child")

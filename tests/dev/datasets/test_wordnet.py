@@ -1,4 +1,4 @@
-"""Tests for perennial.datasets.wordnet against the real wordnet-base files."""
+"""Tests for perennial_dev.datasets.wordnet against the real wordnet-base files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from perennial.datasets.wordnet import (
+from perennial_dev.datasets.wordnet import (
     NOUN_LEXNAMES,
     TOPS_LABEL,
     WORDNET_DIR,

@@ -1,7 +1,7 @@
-"""The inference data plane: many adapters on one frozen backbone, hot-swapped, batched.
+"""The inference data plane: many adapters on one frozen backbone, hot-swapped.
 
-Transport-agnostic: the gRPC servicer converts protobuf to these calls and the
-batcher (`services.inference.batching`) groups requests into `predict` calls.
+Transport-agnostic: the gRPC servicer converts protobuf to these calls, and the
+batcher (`services.inference.batching`) groups requests into `model.predict` calls.
 
 - **Versions are immutable.** A `ServedVersion` is one adapter version's model; the
   resident set is an LRU keyed by `(adapter, version)` and bounded by a memory
@@ -15,34 +15,22 @@ batcher (`services.inference.batching`) groups requests into `predict` calls.
 - **Updates**: on an announcement the watcher thread fetches, verifies sha256 and
   builds the new version, then swaps; a periodic check of the Redis heads covers
   a missed pub/sub message. A failed verification keeps the old version.
-- **Model calls live in two functions**, `load_model` and `predict` — the one place
-  to change when the learner offers another predictor. `predict` runs a batch that
-  mixes adapters as ONE backbone forward: each row carries its own LoRA weights
-  (`RowwiseLoRA`), online and offline rows side by side (measured faster than
-  grouping by adapter: docs/BENCHMARKS.md). Models that are not LoRA ensembles fall
-  back to one `scores` call per version.
 """
-
 from __future__ import annotations
 
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
 
 from perennial.backbone import TextBackbone
 from perennial.errors import InvalidInput, NotFound
-from perennial.learner import Predictor, load_predictor
-from perennial.metrics import InferenceMetrics
-from perennial.pet import activate
-from perennial.store import IntegrityError, Manifest, SnapshotStore, from_safetensors
+from perennial.store import IntegrityError, Manifest, SnapshotStore
+from services.inference.metrics import InferenceMetrics
+from services.inference.model import Prediction, ServedVersion, load_model, model_bytes, predict
 
-log = logging.getLogger("perennial.inference")
+log = logging.getLogger(__name__)
 MAX_PARENT_HOPS = 64  # manifests walked back to account freshness of skipped versions
 MISSING_SECONDS = 1.0  # "adapter has no snapshot" is remembered this long (unknown names cannot flood Redis)
 MAX_MISSING = 10_000
@@ -71,155 +59,6 @@ class ServingConfig:
             raise ValueError(f"reconcile_seconds must be > 0, got {self.reconcile_seconds}")
 
 
-@dataclass(frozen=True, eq=False)
-class ServedVersion:
-    """One immutable adapter version, ready to run."""
-
-    manifest: Manifest
-    model: Predictor
-    nbytes: int
-
-    @property
-    def adapter(self) -> str:
-        return self.manifest.adapter
-
-    @property
-    def version(self) -> str:
-        return self.manifest.version
-
-    @property
-    def classes(self) -> list[str]:
-        return self.model.classes
-
-
-@dataclass(frozen=True)
-class Prediction:
-    served: ServedVersion
-    scores: torch.Tensor  # [N, C]
-
-    @property
-    def labels(self) -> list[str]:
-        return [self.served.classes[i] for i in self.scores.argmax(-1).tolist()]
-
-
-# -- the model: load and run (the one place that knows the learner's types) ----------------------
-def load_model(backbone, blob: bytes, manifest: Manifest) -> Predictor:
-    """Build an adapter version's predictor from its verified safetensors blob."""
-    tensors, metadata = from_safetensors(blob)
-    return load_predictor(backbone, tensors, metadata)
-
-
-def predict(backbone, work: Sequence[tuple[ServedVersion, list]]) -> list[torch.Tensor]:
-    """Scores [n_i, C_i] for each (version, inputs) item, in one backbone forward when possible."""
-    with torch.inference_mode():
-        if isinstance(backbone, TextBackbone) and all(_is_lora_ensemble(s.model) for s, _ in work):
-            return _predict_rowwise(backbone, work)
-        return predict_grouped(backbone, work)
-
-
-def predict_grouped(backbone, work: Sequence[tuple[ServedVersion, list]]) -> list[torch.Tensor]:
-    """One `scores` call per distinct version (the general path; also what `predict` is measured against)."""
-    with torch.inference_mode():
-        by_version: dict[tuple, list[int]] = {}  # same version and same row shape (images) run together
-        for index, (served, rows) in enumerate(work):
-            shape = tuple(rows[0].shape) if isinstance(rows[0], torch.Tensor) else None
-            by_version.setdefault((id(served), shape), []).append(index)
-        results: list[torch.Tensor] = [torch.empty(0)] * len(work)
-        for indices in by_version.values():
-            inputs = [row for i in indices for row in work[i][1]]
-            scores = work[indices[0]][0].model.scores(backbone, inputs)
-            start = 0
-            for i in indices:
-                results[i] = scores[start : start + len(work[i][1])]
-                start += len(work[i][1])
-        return results
-
-
-def _is_lora_module(module: object) -> bool:
-    return getattr(getattr(module, "config", None), "method", None) == "lora" and hasattr(module, "lora_a")
-
-
-def _is_lora_ensemble(model: object) -> bool:
-    """An LAE ensemble of two LoRA modules and a linear head (max-of-softmax scores)."""
-    return (_is_lora_module(getattr(model, "online", None)) and _is_lora_module(getattr(model, "offline", None))
-            and isinstance(getattr(model, "head", None), torch.nn.Linear))
-
-
-def _predict_rowwise(backbone: TextBackbone, work: Sequence[tuple[ServedVersion, list[str]]]) -> list[torch.Tensor]:
-    """Every item's online and offline rows in ONE forward; then each version's head and ensemble."""
-    texts = [text for _, item in work for text in item]
-    batch = backbone.tokenize(texts)
-    doubled = {name: torch.cat([tensor, tensor]) for name, tensor in batch.items()}
-    rows = [served for served, item in work for _ in item]
-    modules = [served.model.online for served in rows] + [served.model.offline for served in rows]
-    with activate(RowwiseLoRA(modules)):  # type: ignore[arg-type]
-        pooled = backbone(doubled)
-    online, offline = pooled[: len(texts)], pooled[len(texts) :]
-    results, start = [], 0
-    for served, item in work:
-        stop = start + len(item)
-        head = served.model.head
-        best = torch.maximum(F.softmax(head(online[start:stop]), -1), F.softmax(head(offline[start:stop]), -1))
-        results.append(best / best.sum(-1, keepdim=True))
-        start = stop
-    return results
-
-
-class RowwiseLoRA:
-    """Stands in for the active LoRA module: row i of the batch gets `modules[i]`'s update.
-
-    Distinct modules are stacked once per batch (ranks padded with zeros, the scale
-    folded into B); each adapted layer then does two batched matmuls.
-    """
-
-    def __init__(self, modules: Sequence[torch.nn.Module]) -> None:
-        position: dict[int, int] = {}
-        unique: list = []
-        for module in modules:
-            if id(module) not in position:
-                position[id(module)] = len(unique)
-                unique.append(module)
-        self.config = unique[0].config  # method "lora": the LoRA wrappers consult this module
-        self.scale = {key: None for module in unique for key in module.lora_a}  # adapted layers
-        self._index = torch.tensor([position[id(module)] for module in modules])
-        self._unique = unique
-        self._stacks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def _stack(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if key not in self._stacks:
-            present = [m for m in self._unique if key in m.lora_a]
-            rank = max(m.lora_a[key].shape[0] for m in present)
-            fan_out, fan_in = present[0].lora_b[key].shape[0], present[0].lora_a[key].shape[1]
-            a = torch.zeros(len(self._unique), rank, fan_in)
-            b = torch.zeros(len(self._unique), fan_out, rank)
-            for index, module in enumerate(self._unique):
-                if key in module.lora_a:
-                    r = module.lora_a[key].shape[0]
-                    a[index, :r] = module.lora_a[key]
-                    b[index, :, :r] = module.lora_b[key] * module.scale[key]
-            if len(self._unique) == 1:  # one module: broadcast instead of gathering per row
-                self._stacks[key] = (a[0].T, b[0].T)
-            else:
-                self._stacks[key] = (a[self._index].transpose(1, 2), b[self._index].transpose(1, 2))
-        return self._stacks[key]
-
-    def delta(self, path: str, x: torch.Tensor) -> torch.Tensor:
-        a, b = self._stack(path.replace(".", "__"))  # [N, in, r], [N, r, out] (or unbatched)
-        if a.dim() == 2:
-            return x @ a @ b
-        return torch.bmm(torch.bmm(x, a), b)
-
-
-def model_bytes(model: object) -> int:
-    """Bytes of a predictor's tensors (its parameters and buffers if it is a module)."""
-    if isinstance(model, torch.nn.Module):
-        tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    else:
-        tensors = {id(t): t for t in vars(model).values() if isinstance(t, torch.Tensor)}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
-# -- the data plane ---------------------------------------------------------------------------------
 class DataPlane:
     def __init__(self, backbone: TextBackbone, store: SnapshotStore, metrics: InferenceMetrics,
                  config: ServingConfig = ServingConfig()) -> None:
@@ -302,7 +141,7 @@ class DataPlane:
             manifest, blob = self.store.fetch(adapter, version)
         except KeyError as error:
             raise NotFound(f"{error.args[0]}; it may never have existed or was deleted") from error
-        model = load_model(self.backbone, blob, manifest)
+        model = load_model(self.backbone, blob)
         return ServedVersion(manifest, model, model_bytes(model))
 
     def _admit(self, served: ServedVersion, current: bool = False) -> None:

@@ -89,7 +89,7 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
 
 
 def _pods(release: str, namespace: str) -> str:
-    from perennial.kube import list_release_pods
+    from perennial.cli.pods import list_release_pods
 
     pods = list_release_pods(release, namespace)
     if not pods:

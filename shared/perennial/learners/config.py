@@ -1,9 +1,4 @@
-"""Continual learners on a task-free stream, one interface, chosen by configuration.
-
-Every learner has `learn(inputs, labels) -> loss`, `classes`, `examples`, `steps`,
-`predict(inputs)`, `state() -> (tensors, metadata)` and `from_state(...)`;
-`load_predictor(backbone, tensors, metadata)` rebuilds from a snapshot what
-serving needs: an object with `.scores(backbone, inputs) -> [N, C]` and `.classes`.
+"""The configuration every learner takes, and the names of the learners.
 
 Learners (`LearnerConfig.learner`):
 - "lae": Learning–Accumulation–Ensemble with any PET method (perennial.learners.lae);
@@ -16,15 +11,12 @@ The default is the best task-free learner measured by `make bench-learning`
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
 
-import torch
+from perennial.pet import METHODS, LoRAConfig, PETConfig, config_from_dict
 
-from perennial.pet import LoRAConfig, PETConfig, config_from_dict
-
+LEARNER_NAMES = ("lae", "naive", "simplecil", "ranpac")
 DEFAULT_LEARNER = "ranpac"
 """The best task-free learner by measurement (docs/LEARNING.md)."""
 
@@ -71,8 +63,8 @@ class LearnerConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.learner not in LEARNERS:
-            raise ValueError(f"learner must be one of {sorted(LEARNERS)}, got {self.learner!r}")
+        if self.learner not in LEARNER_NAMES:
+            raise ValueError(f"learner must be one of {sorted(LEARNER_NAMES)}, got {self.learner!r}")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
         if not 0 <= self.ema_decay < 1:
@@ -97,9 +89,6 @@ class LearnerConfig:
     @classmethod
     def from_dict(cls, fields: dict) -> LearnerConfig:
         fields = dict(fields)
-        if "lora" in fields:  # snapshots from before the PET generalisation
-            fields["pet"] = {"method": "lora", **fields.pop("lora")}
-            fields.setdefault("learner", "lae")
         fields["pet"] = config_from_dict(fields["pet"])
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
         return cls(**fields)
@@ -111,76 +100,8 @@ class LearnerConfig:
         environ = os.environ if environ is None else environ
         learner = environ.get("PERENNIAL_LEARNER", DEFAULT_LEARNER).strip().lower()
         method = environ.get("PERENNIAL_PET", "lora").strip().lower()
-        from perennial.pet import METHODS
-
         if method not in METHODS:
             raise ValueError(f"PERENNIAL_PET must be one of {sorted(METHODS)}, got {method!r}")
-        if learner not in LEARNERS:
-            raise ValueError(f"PERENNIAL_LEARNER must be one of {sorted(LEARNERS)}, got {learner!r}")
+        if learner not in LEARNER_NAMES:
+            raise ValueError(f"PERENNIAL_LEARNER must be one of {sorted(LEARNER_NAMES)}, got {learner!r}")
         return cls(learner=learner, pet=METHODS[method].config(), seed=seed)
-
-
-class Predictor(Protocol):
-    """What serving needs from a snapshot."""
-
-    classes: list[str]
-
-    def scores(self, backbone, inputs) -> torch.Tensor: ...
-
-
-class Learner(Protocol):
-    """What the trainer needs from a learner."""
-
-    classes: list[str]
-    steps: int
-    examples: int
-
-    def learn(self, inputs, labels: list[str]) -> float: ...
-
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]: ...
-
-
-def _learners() -> dict[str, str]:
-    return {
-        "lae": "perennial.learners.lae:LAELearner",
-        "naive": "perennial.learners.lae:LAELearner",
-        "simplecil": "perennial.learners.analytic:SimpleCIL",
-        "ranpac": "perennial.learners.analytic:RanPAC",
-    }
-
-
-LEARNERS = _learners()
-
-
-def _class(name: str):
-    import importlib
-
-    module, _, attribute = LEARNERS[name].partition(":")
-    return getattr(importlib.import_module(module), attribute)
-
-
-def build_learner(backbone, config: LearnerConfig | None = None) -> Learner:
-    """A fresh learner of `config.learner` on `backbone`."""
-    config = config or LearnerConfig()
-    return _class(config.learner)(backbone, config)
-
-
-def restore_learner(backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Learner:
-    """The learner a `state()` snapshot came from, ready to continue exactly."""
-    config = LearnerConfig.from_dict(json.loads(metadata["learner"]))
-    return _class(config.learner).from_state(backbone, tensors, metadata)
-
-
-def load_predictor(backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Predictor:
-    """Serving's single entry point: the predictor in a snapshot, frozen."""
-    config = LearnerConfig.from_dict(json.loads(metadata["learner"]))
-    return _class(config.learner).predictor_from_state(backbone, tensors, metadata)
-
-
-def __getattr__(name: str):
-    # Back-compat names for `from perennial.learner import LAELearner, Ensemble`.
-    if name in ("LAELearner", "Ensemble"):
-        from perennial.learners import lae
-
-        return getattr(lae, name)
-    raise AttributeError(name)

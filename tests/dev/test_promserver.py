@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
-from perennial.localstack import free_port
-from perennial.monitoring import InferenceDriftMetrics, InferenceDriftMonitor, MonitorConfig
-from perennial.promserver import PrometheusServer, start_prometheus
+from perennial_dev.localstack import free_port
+from services.inference.metrics import InferenceDriftMetrics
+from services.inference.monitor import InferenceDriftMonitor, MonitorConfig
+from perennial_dev.promserver import PrometheusServer, start_prometheus
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules.yml"
 

@@ -1,0 +1,152 @@
+"""Input and prediction drift of the inference service, computed off the request path.
+
+Per adapter, input drift (`EmbeddingDrift`) on a frozen representation of each
+request text and prediction drift (`PredictionDrift`) on its predicted class.
+Input drift uses the *frozen* token embeddings of the backbone, mean-pooled: the
+served model's pooled embedding moves whenever a new adapter version is swapped
+in (LoRA sits inside the encoder), which would read as input drift with no change
+in the inputs; the frozen table costs one lookup per token, not a forward pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from prometheus_client import CollectorRegistry
+from river import base
+
+from perennial.config import env
+from perennial.drift import EmbeddingDrift, PredictionDrift
+from perennial.monitoring import BackgroundWorker
+from services.inference.metrics import InferenceDriftMetrics
+
+log = logging.getLogger(__name__)
+Embedder = Callable[[list[str]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Knobs of a drift monitor.
+
+    queue_size: batches waiting for the background thread; more are dropped (counted).
+    input_reference / input_window / input_alpha: `EmbeddingDrift` windows and false-alarm rate.
+    prediction_reference / prediction_window / prediction_alpha: the same for `PredictionDrift`.
+    """
+
+    queue_size: int = 1024
+    input_reference: int = 256
+    input_window: int = 128
+    input_alpha: float = 0.001
+    prediction_reference: int = 500
+    prediction_window: int = 200
+    prediction_alpha: float = 0.001
+
+    def __post_init__(self) -> None:
+        for name in ("queue_size", "input_reference", "input_window", "prediction_reference",
+                     "prediction_window"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"{name} must be >= 2, got {getattr(self, name)}")
+        for name in ("input_alpha", "prediction_alpha"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+
+    @classmethod
+    def from_env(cls) -> MonitorConfig:
+        """`PERENNIAL_DRIFT_<FIELD>` (e.g. PERENNIAL_DRIFT_INPUT_WINDOW) overrides each default."""
+        values = {}
+        for name, default in asdict(cls()).items():
+            values[name] = env(f"PERENNIAL_DRIFT_{name.upper()}", default, type(default))
+        return cls(**values)
+
+
+def frozen_token_embedder(backbone) -> Embedder:
+    """Texts → mean of the backbone's frozen input token embeddings (no PET, no forward pass).
+
+    Uses its own copy of the tokenizer: a fast tokenizer shared with request threads
+    can fail with "Already borrowed" when called from two threads at once.
+    """
+    tokenizer = copy.deepcopy(backbone.tokenizer)
+    table = backbone.encoder.get_input_embeddings().weight.detach()
+    max_length = backbone.max_length
+
+    def embed(texts: list[str]) -> np.ndarray:
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        mask = batch["attention_mask"].unsqueeze(-1).to(table.dtype)
+        with torch.no_grad():
+            vectors = (table[batch["input_ids"]] * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return vectors.numpy()
+
+    return embed
+
+
+@dataclass
+class _InferenceState:
+    input: base.DriftDetector
+    prediction: base.DriftDetector
+
+
+class InferenceDriftMonitor:
+    """Input and prediction drift per adapter; `submit` is all the request path pays."""
+
+    SIGNALS = ("input", "prediction")
+
+    def __init__(self, metrics: InferenceDriftMetrics, embed: Embedder,
+                 config: MonitorConfig = MonitorConfig()) -> None:
+        self.metrics = metrics
+        self.embed = embed
+        self.config = config
+        self._states: dict[str, _InferenceState] = {}
+        self._worker = BackgroundWorker("drift-inference", config.queue_size,
+                               lambda adapter: metrics.dropped.labels(adapter).inc())
+
+    @classmethod
+    def from_env(cls, registry: CollectorRegistry, backbone) -> InferenceDriftMonitor:
+        """The service's monitor: frozen token embeddings of `backbone`, `MonitorConfig.from_env()`."""
+        return cls(InferenceDriftMetrics(registry), frozen_token_embedder(backbone), MonitorConfig.from_env())
+
+    def submit(self, adapter: str, texts: Sequence[str], labels: Sequence[str]) -> bool:
+        """Queue one answered batch (texts and predicted labels); False if dropped."""
+        return self._worker.submit(adapter, self._update, list(texts), list(labels))
+
+    def drain(self, timeout: float | None = None) -> bool:
+        return self._worker.drain(timeout)
+
+    def _state(self, adapter: str) -> _InferenceState:
+        state = self._states.get(adapter)
+        if state is None:
+            c = self.config
+            state = self._states[adapter] = _InferenceState(
+                EmbeddingDrift(reference_size=c.input_reference, window_size=c.input_window,
+                               alpha=c.input_alpha),
+                PredictionDrift(reference_size=c.prediction_reference, window_size=c.prediction_window,
+                                alpha=c.prediction_alpha),
+            )
+            for signal in self.SIGNALS:  # series exist from the start, so increase() sees the first 0→1
+                self.metrics.detections.labels(adapter, signal)
+                self.metrics.score.labels(adapter, signal).set(0.0)
+                self.metrics.p_value.labels(adapter, signal).set(1.0)
+            self.metrics.dropped.labels(adapter)
+        return state
+
+    def _update(self, adapter: str, texts: list[str], labels: list[str]) -> None:
+        started = time.perf_counter()
+        state = self._state(adapter)
+        for vector, label in zip(self.embed(texts), labels, strict=True):
+            for signal, detector, x in (("input", state.input, vector), ("prediction", state.prediction, label)):
+                detector.update(x)
+                if detector.drift_detected:
+                    self.metrics.detections.labels(adapter, signal).inc()
+                    log.warning("drift detected", extra={"fields": {
+                        "adapter": adapter, "signal": signal, "score": getattr(detector, "score", None)}})
+        for signal, detector in (("input", state.input), ("prediction", state.prediction)):
+            if hasattr(detector, "score"):
+                self.metrics.score.labels(adapter, signal).set(detector.score)
+                self.metrics.p_value.labels(adapter, signal).set(detector.p_value)
+        self.metrics.observations.labels(adapter).inc(len(texts))
+        self.metrics.update_duration.observe(time.perf_counter() - started)

@@ -1,0 +1,95 @@
+"""Inference drift monitor: input and prediction drift off the request path, metrics from a fresh registry."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.inference.metrics import InferenceDriftMetrics
+from services.inference.monitor import InferenceDriftMonitor, MonitorConfig, frozen_token_embedder
+
+SMALL = MonitorConfig(input_reference=64, input_window=32, prediction_reference=64, prediction_window=32)
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def one_hot_embedder(dim: int = 8):
+    """Text "k:<i>" → a noisy vector around coordinate i (a stand-in input distribution)."""
+    rng = np.random.default_rng(0)
+
+    def embed(texts: list[str]) -> np.ndarray:
+        vectors = rng.normal(0, 0.3, (len(texts), dim))
+        for row, text in enumerate(texts):
+            vectors[row, int(text.split(":")[1]) % dim] += 1.0
+        return vectors
+
+    return embed
+
+
+def test_inference_monitor_detects_input_and_prediction_drift_after_the_change() -> None:
+    registry = CollectorRegistry()
+    monitor = InferenceDriftMonitor(InferenceDriftMetrics(registry), one_hot_embedder(), SMALL)
+    rng = random.Random(0)
+    for _ in range(40):  # 320 texts from sources 0..3, predictions a/b
+        ids = [rng.randrange(4) for _ in range(8)]
+        assert monitor.submit("news", [f"k:{i}" for i in ids], ["a" if i < 2 else "b" for i in ids])
+    assert monitor.drain(timeout=30)
+    for signal in ("input", "prediction"):
+        assert value(registry, "perennial_inference_drift_detections_total", adapter="news", signal=signal) == 0
+    for _ in range(20):  # sources 4..7, a new predicted class c
+        ids = [4 + rng.randrange(4) for _ in range(8)]
+        monitor.submit("news", [f"k:{i}" for i in ids], ["c"] * 8)
+    assert monitor.drain(timeout=30)
+    for signal in ("input", "prediction"):
+        assert value(registry, "perennial_inference_drift_detections_total", adapter="news", signal=signal) >= 1
+    assert value(registry, "perennial_inference_drift_observations_total", adapter="news") == 480
+    assert value(registry, "perennial_inference_drift_update_duration_seconds_count") == 60
+
+
+def test_a_full_queue_drops_and_counts_without_blocking() -> None:
+    registry = CollectorRegistry()
+    release, started = threading.Event(), threading.Event()
+
+    def blocked(texts: list[str]) -> np.ndarray:
+        started.set()
+        release.wait(30)
+        return np.zeros((len(texts), 4))
+
+    monitor = InferenceDriftMonitor(InferenceDriftMetrics(registry), blocked, MonitorConfig(queue_size=2))
+    assert monitor.submit("a", ["x"], ["p"])
+    assert started.wait(30)  # the worker holds the first batch; two more fit in the queue
+    accepted = [monitor.submit("a", ["x"], ["p"]) for _ in range(5)]
+    assert accepted == [True, True, False, False, False]
+    assert value(registry, "perennial_inference_drift_dropped_batches_total", adapter="a") == 3
+    release.set()
+    assert monitor.drain(timeout=30)
+    assert value(registry, "perennial_inference_drift_observations_total", adapter="a") == 3
+
+
+def test_frozen_token_embedder_ignores_the_adapter(tiny_backbone) -> None:
+    embed = frozen_token_embedder(tiny_backbone)
+    vectors = embed(["a cat", "a much longer sentence about dogs"])
+    assert vectors.shape == (2, tiny_backbone.dim)
+    assert np.isfinite(vectors).all() and not np.allclose(vectors[0], vectors[1])
+    np.testing.assert_array_equal(embed(["a cat"])[0], vectors[0])
+
+
+def test_monitor_config_names_the_bad_value() -> None:
+    with pytest.raises(ValueError, match="input_alpha must be in \\(0, 1\\), got 0"):
+        MonitorConfig(input_alpha=0)
+
+
+def test_monitor_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERENNIAL_DRIFT_INPUT_WINDOW", "48")
+    monkeypatch.setenv("PERENNIAL_DRIFT_PREDICTION_ALPHA", "0.01")
+    config = MonitorConfig.from_env()
+    assert (config.input_window, config.prediction_alpha, config.queue_size) == (48, 0.01, 1024)
+    monkeypatch.setenv("PERENNIAL_DRIFT_QUEUE_SIZE", "many")
+    with pytest.raises(ValueError, match="PERENNIAL_DRIFT_QUEUE_SIZE='many' is invalid"):
+        MonitorConfig.from_env()
