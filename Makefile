@@ -7,11 +7,12 @@ PIP := $(VENV)/bin/pip
 DEBIAN_PACKAGES := redis-server wordnet-base prometheus dataset-fashion-mnist
 PROTO_OUT := shared
 
-.PHONY: help setup system venv proto proto-check lock demo test test-unit test-e2e bench-training bench-drift bench-learning bench-serving chart-sync chart-lint k8s k8s-check clean
+.PHONY: help setup system venv proto proto-check lint lock demo test test-unit test-e2e bench-training bench-drift bench-learning bench-serving chart-sync chart-lint k8s k8s-check clean
 
 help:
 	@echo "make demo        start broker, Redis, trainer, inference and stream WordNet through them"
 	@echo "make test        install what is missing, check generated code, run the whole suite"
+	@echo "make lint        ruff check + ruff format --check (part of make test)"
 	@echo "make proto       regenerate the protobuf code in $(PROTO_OUT)/perennial/v1"
 	@echo "make lock        refresh requirements.lock from the current environment"
 	@echo "make bench-training  trainer throughput (Kafka vs memory), snapshots, freshness -> docs/BENCHMARKS.md"
@@ -59,7 +60,12 @@ lock: venv
 demo: setup
 	$(PY) -m perennial_dev.demo $(DEMO_ARGS)
 
-test: setup proto-check
+# The quality gate: lint (pyflakes, bugbear, import order, docstrings) and formatting.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup proto-check lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup

@@ -45,6 +45,8 @@ SEED = 7
 
 @dataclass
 class Series:
+    """One scored series: values and its annotated change points."""
+
     name: str
     values: np.ndarray  # [n, d]
     change_points: list[int]
@@ -56,6 +58,8 @@ class Series:
 
 @dataclass
 class Score:
+    """A detector's alarms on one series, and the delays of the changes it caught."""
+
     alarms: list[int]
     delays: list[int] = field(default_factory=list)
     false_alarms: int = 0
@@ -93,7 +97,9 @@ def change_point_series() -> list[Series]:
             rows = rows[::sampling]
         values = np.array([[float(y[k]) for k in keys] if keys else [float(y)] for _, y in rows])
         points = _merge(p for annotator in dataset.annotations.values() for p in annotator)
-        series.append(Series(cls.__name__, values, [p for p in points if 0 < p < len(values)], "real"))
+        series.append(
+            Series(cls.__name__, values, [p for p in points if 0 < p < len(values)], "real")
+        )
     return series
 
 
@@ -114,11 +120,23 @@ def noaa_series() -> list[Series]:
     errors_array = np.array(errors)[:, None]
     smoothed = np.convolve(errors_array[:, 0], np.ones(365) / 365, mode="same")[:, None]
     return [
-        Series("NOAA features", features, [12000], "real",
-               "8 standardised weather features, daily, 50 years (seasonal)", horizon=365),
-        Series("NOAA prequential error", errors_array, [12000], "binary",
-               "errors of an online logistic regression predicting rain (plot: 1-year mean)", smoothed,
-               horizon=365),
+        Series(
+            "NOAA features",
+            features,
+            [12000],
+            "real",
+            "8 standardised weather features, daily, 50 years (seasonal)",
+            horizon=365,
+        ),
+        Series(
+            "NOAA prequential error",
+            errors_array,
+            [12000],
+            "binary",
+            "errors of an online logistic regression predicting rain (plot: 1-year mean)",
+            smoothed,
+            horizon=365,
+        ),
     ]
 
 
@@ -148,17 +166,34 @@ def wordnet_series(per_stage: int = 600, classes_per_stage: int = 4) -> list[Ser
 
     def pooled(texts: list[str]) -> np.ndarray:
         with torch.inference_mode():
-            return np.concatenate([backbone(backbone.tokenize(texts[i:i + 64])).numpy()
-                                   for i in range(0, len(texts), 64)])
+            return np.concatenate(
+                [
+                    backbone(backbone.tokenize(texts[i : i + 64])).numpy()
+                    for i in range(0, len(texts), 64)
+                ]
+            )
 
     out = []
     for embed, label in ((frozen, "frozen token embeddings"), (pooled, "MiniLM pooled")):
-        out.append(Series(f"WordNet new classes ({label})", embed(incremental),
-                          [per_stage, 2 * per_stage], "embedding",
-                          f"{classes_per_stage} classes, +{classes_per_stage} new at each change point",
-                          horizon=per_stage // 2))
-        out.append(Series(f"WordNet stationary ({label})", embed(stationary), [], "embedding",
-                          f"{classes_per_stage} classes throughout: every alarm is false"))
+        out.append(
+            Series(
+                f"WordNet new classes ({label})",
+                embed(incremental),
+                [per_stage, 2 * per_stage],
+                "embedding",
+                f"{classes_per_stage} classes, +{classes_per_stage} new at each change point",
+                horizon=per_stage // 2,
+            )
+        )
+        out.append(
+            Series(
+                f"WordNet stationary ({label})",
+                embed(stationary),
+                [],
+                "embedding",
+                f"{classes_per_stage} classes throughout: every alarm is false",
+            )
+        )
     return out
 
 
@@ -171,7 +206,12 @@ RIVER: dict[str, Callable[[], base.DriftDetector]] = {
     "HDDM_W": binary.HDDMW,
 }
 OURS = "ours"
-SHORT = {"reference_size": 60, "window_size": 20, "check_every": 5, "alpha": 0.001}  # series < 2000 points
+SHORT = {
+    "reference_size": 60,
+    "window_size": 20,
+    "check_every": 5,
+    "alpha": 0.001,
+}  # series < 2000 points
 
 
 def _ours(series: Series) -> base.DriftDetector:
@@ -226,7 +266,9 @@ def score(series: Series, alarms: list[int]) -> Score:
     matched: set[int] = set()
     points = series.change_points
     for k, point in enumerate(points):
-        end = min(points[k + 1] if k + 1 < len(points) else len(series.values), point + series.horizon)
+        end = min(
+            points[k + 1] if k + 1 < len(points) else len(series.values), point + series.horizon
+        )
         hits = [a for a in alarms if point - MARGIN <= a < end and a not in matched]
         if hits:
             matched.add(hits[0])
@@ -266,6 +308,7 @@ CHOICES = """## Why these detectors
 - The detectors are river `DriftDetector`s (same `update` / `drift_detected` / `clone()` API), so
   river's own detectors drop in wherever ours are used."""
 
+
 def plot(series: Series, scores: dict[str, Score], path: Path) -> None:
     import matplotlib
 
@@ -275,8 +318,9 @@ def plot(series: Series, scores: dict[str, Score], path: Path) -> None:
     shown = series.plot_values if series.plot_values is not None else series.values
     if series.kind == "embedding":
         shown = _prepared(series, "ADWIN")[:, :3]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 2]})
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(11, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+    )
     z = (shown - shown.mean(0)) / np.where(shown.std(0) > 0, shown.std(0), 1)
     top.plot(z, linewidth=0.7)
     top.set_title(series.name)
@@ -285,8 +329,13 @@ def plot(series: Series, scores: dict[str, Score], path: Path) -> None:
         for point in series.change_points:
             ax.axvline(point, color="black", linestyle="--", linewidth=0.8)
     for row, (name, s) in enumerate(scores.items()):
-        bottom.scatter(s.alarms, [row] * len(s.alarms), marker="|", s=120,
-                       color="tab:red" if name == OURS else "tab:blue")
+        bottom.scatter(
+            s.alarms,
+            [row] * len(s.alarms),
+            marker="|",
+            s=120,
+            color="tab:red" if name == OURS else "tab:blue",
+        )
     bottom.set_yticks(range(len(scores)), list(scores))
     bottom.set_ylim(-0.7, len(scores) - 0.3)
     bottom.set_xlabel("index (dashed: annotated change points)")
@@ -299,8 +348,14 @@ def _median(values: list[int]) -> str:
     return f"{statistics.median(values):.0f}" if values else "–"
 
 
-def report(results: dict[str, dict[str, Score]], all_series: list[Series], plots: Path, out: Path,
-           overhead: dict[str, float], seconds: float) -> None:
+def report(
+    results: dict[str, dict[str, Score]],
+    all_series: list[Series],
+    plots: Path,
+    out: Path,
+    overhead: dict[str, float],
+    seconds: float,
+) -> None:
     detectors = [*RIVER, OURS]
     lines = [
         "# Drift detection benchmark",
@@ -331,17 +386,25 @@ def report(results: dict[str, dict[str, Score]], all_series: list[Series], plots
             f"| {d} | {sum(len(x.delays) for x in all_scores)}/{total} | "
             f"{sum(x.false_alarms for x in all_scores)} | {_median([y for x in all_scores for y in x.delays])} | "
             f"{sum(x.false_alarms for x in river_scores)} | "
-            f"{_median([y for x in river_scores for y in x.delays])} |")
+            f"{_median([y for x in river_scores for y in x.delays])} |"
+        )
     lines += ["", *goal_check(results, all_series, river_names)]
-    lines += ["", "## Per series", "",
-              "Each cell: detected/change points · false alarms · median delay.", "",
-              "| series | points | " + " | ".join(detectors) + " |",
-              "| --- | --- | " + " | ".join("---" for _ in detectors) + " |"]
+    lines += [
+        "",
+        "## Per series",
+        "",
+        "Each cell: detected/change points · false alarms · median delay.",
+        "",
+        "| series | points | " + " | ".join(detectors) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in detectors) + " |",
+    ]
     for s in all_series:
         cells = []
         for d in detectors:
             x = results[s.name][d]
-            cells.append(f"{len(x.delays)}/{len(s.change_points)} · {x.false_alarms} · {_median(x.delays)}")
+            cells.append(
+                f"{len(x.delays)}/{len(s.change_points)} · {x.false_alarms} · {_median(x.delays)}"
+            )
         lines.append(f"| {s.name} | {len(s.values)} | " + " | ".join(cells) + " |")
     lines += ["", *CHOICES.splitlines()]
     lines += ["", "## Plots", ""]
@@ -369,26 +432,38 @@ def report(results: dict[str, dict[str, Score]], all_series: list[Series], plots
     out.write_text("\n".join(lines))
 
 
-def goal_check(results: dict[str, dict[str, Score]], all_series: list[Series], river_names: set[str]) -> list[str]:
+def goal_check(
+    results: dict[str, dict[str, Score]], all_series: list[Series], river_names: set[str]
+) -> list[str]:
     """The issue's goal, computed against each river default: fewer false alarms at no longer median delay."""
-    lines = ["## Goal: fewer false alarms than the best river default, at no longer median delay", "",
-             "Which river default is \"best\" depends on the trade-off, so ours is compared with each:", "",
-             "| series | river default | its detections · false alarms · median delay | ours | fewer false alarms | delay no longer | both |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "## Goal: fewer false alarms than the best river default, at no longer median delay",
+        "",
+        'Which river default is "best" depends on the trade-off, so ours is compared with each:',
+        "",
+        "| series | river default | its detections · false alarms · median delay | ours | fewer false alarms | delay no longer | both |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for title, names in (("river's annotated", river_names), ("all", {s.name for s in all_series})):
-        def totals(d: str) -> tuple[int, int, float]:
+
+        def totals(d: str, names=names) -> tuple[int, int, float]:
             scores = [results[n][d] for n in names]
             delays = [y for x in scores for y in x.delays]
-            return (sum(len(x.delays) for x in scores), sum(x.false_alarms for x in scores),
-                    statistics.median(delays) if delays else float("inf"))
+            return (
+                sum(len(x.delays) for x in scores),
+                sum(x.false_alarms for x in scores),
+                statistics.median(delays) if delays else float("inf"),
+            )
 
         ours = totals(OURS)
         for d in RIVER:
             other = totals(d)
             fewer, faster = ours[1] < other[1], ours[2] <= other[2]
-            lines.append(f"| {title} | {d} | {other[0]} · {other[1]} · {other[2]:.0f} | "
-                         f"{ours[0]} · {ours[1]} · {ours[2]:.0f} | {'yes' if fewer else 'no'} | "
-                         f"{'yes' if faster else 'no'} | {'**yes**' if fewer and faster else 'no'} |")
+            lines.append(
+                f"| {title} | {d} | {other[0]} · {other[1]} · {other[2]:.0f} | "
+                f"{ours[0]} · {ours[1]} · {ours[2]:.0f} | {'yes' if fewer else 'no'} | "
+                f"{'yes' if faster else 'no'} | {'**yes**' if fewer and faster else 'no'} |"
+            )
     return lines
 
 
@@ -406,8 +481,10 @@ def measure_overhead() -> dict[str, float]:
 
     texts = [g.text for g in read_noun_glosses()[:4000]]
     registry = CollectorRegistry()
-    monitor = InferenceDriftMonitor(InferenceDriftMetrics(registry), frozen_token_embedder(TextBackbone.load()))
-    batches = [texts[i:i + 8] for i in range(0, len(texts), 8)]
+    monitor = InferenceDriftMonitor(
+        InferenceDriftMetrics(registry), frozen_token_embedder(TextBackbone.load())
+    )
+    batches = [texts[i : i + 8] for i in range(0, len(texts), 8)]
     submit = []
     started = time.perf_counter()
     for batch in batches:
@@ -443,8 +520,14 @@ def main() -> None:
             results[s.name][d] = score(s, alarms_of(s, d))
             results[s.name][d].seconds = time.perf_counter() - t
         plot(s, results[s.name], args.plots / f"{_slug(s.name)}.png")
-        print(s.name, {d: (len(x.delays), x.false_alarms, _median(x.delays)) for d, x in results[s.name].items()},
-              flush=True)
+        print(
+            s.name,
+            {
+                d: (len(x.delays), x.false_alarms, _median(x.delays))
+                for d, x in results[s.name].items()
+            },
+            flush=True,
+        )
     overhead = measure_overhead()
     print(overhead)
     report(results, all_series, args.plots, args.out, overhead, time.perf_counter() - started)

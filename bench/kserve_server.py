@@ -30,6 +30,8 @@ from perennial.learners import load_predictor  # noqa: E402
 
 
 class LAEModel(kserve.Model):
+    """A KServe model serving one Perennial snapshot, as a KServe user would write it."""
+
     def __init__(self, name: str, snapshot: Path) -> None:
         super().__init__(name)
         self.snapshot = snapshot
@@ -50,12 +52,16 @@ class LAEModel(kserve.Model):
         texts = [item.decode("utf-8") for item in payload.inputs[0].as_numpy().ravel()]
         with torch.inference_mode():
             scores = self.predictor.scores(self.backbone, texts).numpy()
-        labels = np.array([self.predictor.classes[i].encode() for i in scores.argmax(-1)], dtype=np.object_)
+        labels = np.array(
+            [self.predictor.classes[i].encode() for i in scores.argmax(-1)], dtype=np.object_
+        )
         probabilities = InferOutput("probabilities", list(scores.shape), "FP32")
         probabilities.set_data_from_numpy(scores)
         label = InferOutput("label", [len(labels)], "BYTES")
         label.set_data_from_numpy(labels)
-        return InferResponse(response_id=payload.id, model_name=self.name, infer_outputs=[probabilities, label])
+        return InferResponse(
+            response_id=payload.id, model_name=self.name, infer_outputs=[probabilities, label]
+        )
 
 
 def main() -> None:
@@ -67,8 +73,12 @@ def main() -> None:
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     model = LAEModel(args.model, args.snapshot)
-    kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=True,
-                       enable_latency_logging=False).start([model])
+    kserve.ModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        enable_grpc=True,
+        enable_latency_logging=False,
+    ).start([model])
 
 
 if __name__ == "__main__":

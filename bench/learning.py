@@ -64,6 +64,8 @@ class Stream:
 
 @dataclass
 class Run:
+    """One learner on one class order: the accuracy matrix and its costs."""
+
     learner: str
     pet: str
     order: int
@@ -78,11 +80,19 @@ class Run:
 def text_stream(seed: int, train_per_class: int, test_per_class: int) -> Stream:
     from perennial_dev.datasets.wordnet import class_incremental_split, read_noun_glosses
 
-    split = class_incremental_split(read_noun_glosses(), num_classes=24, classes_per_stage=4,
-                                    train_per_class=train_per_class, test_per_class=test_per_class, seed=seed)
+    split = class_incremental_split(
+        read_noun_glosses(),
+        num_classes=24,
+        classes_per_stage=4,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        seed=seed,
+    )
     stages = [list(s) for s in split.stages]
     return Stream(
-        stages, [g.text for g in split.train], [g.label for g in split.train],
+        stages,
+        [g.text for g in split.train],
+        [g.label for g in split.train],
         [[g.text for c in s for g in split.test[c]] for s in stages],
         [[g.label for c in s for g in split.test[c]] for s in stages],
     )
@@ -91,11 +101,17 @@ def text_stream(seed: int, train_per_class: int, test_per_class: int) -> Stream:
 def image_stream(seed: int, train_per_class: int, test_per_class: int) -> Stream:
     from perennial_dev.datasets.fashion_mnist import class_incremental_images
 
-    split = class_incremental_images(classes_per_stage=2, train_per_class=train_per_class,
-                                     test_per_class=test_per_class, seed=seed)
+    split = class_incremental_images(
+        classes_per_stage=2,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        seed=seed,
+    )
     stages = [list(s) for s in split.stages]
     return Stream(
-        stages, [x for x, _ in split.train], [y for _, y in split.train],
+        stages,
+        [x for x, _ in split.train],
+        [y for _, y in split.train],
         [[x for c in s for x in split.test[c]] for s in stages],
         [[c for c in s for _ in split.test[c]] for s in stages],
     )
@@ -103,7 +119,7 @@ def image_stream(seed: int, train_per_class: int, test_per_class: int) -> Stream
 
 def _stage_ends(stream: Stream) -> list[int]:
     ends, seen, position = [], set(), 0
-    for t, stage in enumerate(stream.stages):
+    for stage in stream.stages:
         seen |= set(stage)
         while position < len(stream.train_labels) and stream.train_labels[position] in seen:
             position += 1
@@ -122,7 +138,9 @@ def _predict(learner, inputs, batch: int) -> list[str]:
     return out
 
 
-def run_stream(learner, stream: Stream, batch_size: int, eval_batch: int, cached=None) -> tuple[list, float]:
+def run_stream(
+    learner, stream: Stream, batch_size: int, eval_batch: int, cached=None
+) -> tuple[list, float]:
     """Feed the stream; after each stage, R[t, i] for i ≤ t (0 for groups not yet seen)."""
     stages = len(stream.stages)
     matrix = [[0.0] * stages for _ in range(stages)]
@@ -159,16 +177,22 @@ def run_joint(learner, stream: Stream, batch_size: int, epochs: int, eval_batch:
         rng.shuffle(order)
         for first in range(0, len(order), batch_size):
             chosen = order[first : first + batch_size]
-            learner.learn([stream.train_inputs[i] for i in chosen], [stream.train_labels[i] for i in chosen])
+            learner.learn(
+                [stream.train_inputs[i] for i in chosen], [stream.train_labels[i] for i in chosen]
+            )
     seconds = time.perf_counter() - began
     stages = len(stream.stages)
     matrix = [[float("nan")] * stages for _ in range(stages)]
-    matrix[-1] = [_accuracy(_predict(learner, stream.test_inputs[i], eval_batch), stream.test_labels[i])
-                  for i in range(stages)]
+    matrix[-1] = [
+        _accuracy(_predict(learner, stream.test_inputs[i], eval_batch), stream.test_labels[i])
+        for i in range(stages)
+    ]
     return matrix, seconds
 
 
-def joint_head_only(features: torch.Tensor, labels: list[str], stream: Stream, cached, epochs: int, seed: int):
+def joint_head_only(
+    features: torch.Tensor, labels: list[str], stream: Stream, cached, epochs: int, seed: int
+):
     """Joint training of a linear head on frozen features (the upper bound with no PET)."""
     classes = list(dict.fromkeys(labels))
     targets = torch.tensor([classes.index(y) for y in labels])
@@ -186,63 +210,134 @@ def joint_head_only(features: torch.Tensor, labels: list[str], stream: Stream, c
     stages = len(stream.stages)
     matrix = [[float("nan")] * stages for _ in range(stages)]
     with torch.no_grad():
-        matrix[-1] = [_accuracy([classes[j] for j in head(cached["test"][i].float()).argmax(-1).tolist()],
-                                stream.test_labels[i]) for i in range(stages)]
+        matrix[-1] = [
+            _accuracy(
+                [classes[j] for j in head(cached["test"][i].float()).argmax(-1).tolist()],
+                stream.test_labels[i],
+            )
+            for i in range(stages)
+        ]
     return matrix, seconds, sum(p.numel() for p in head.parameters())
 
 
 @torch.no_grad()
 def encode(backbone, inputs: list, batch: int) -> torch.Tensor:
-    return torch.cat([backbone(backbone.prepare(inputs[i : i + batch])) for i in range(0, len(inputs), batch)])
+    return torch.cat(
+        [backbone(backbone.prepare(inputs[i : i + batch])) for i in range(0, len(inputs), batch)]
+    )
 
 
-def bench_domain(name: str, backbone, make_stream, pets: dict, args, runs: list[Run], checkpoint) -> None:
+def bench_domain(
+    name: str, backbone, make_stream, pets: dict, args, runs: list[Run], checkpoint
+) -> None:
     """Every learner × PET on every class order of one domain; `checkpoint()` after each order."""
     for order in range(args.orders):
         stream = make_stream(order)
         log.info("%s order %d: classes %s", name, order, stream.stages)
         began = time.perf_counter()
-        cached = {"train": encode(backbone, stream.train_inputs, args.eval_batch),
-                  "test": [encode(backbone, group, args.eval_batch) for group in stream.test_inputs]}
-        log.info("%s order %d: encoded %d examples in %.0fs", name, order,
-                 len(stream.train_inputs) + sum(map(len, stream.test_inputs)), time.perf_counter() - began)
+        cached = {
+            "train": encode(backbone, stream.train_inputs, args.eval_batch),
+            "test": [encode(backbone, group, args.eval_batch) for group in stream.test_inputs],
+        }
+        log.info(
+            "%s order %d: encoded %d examples in %.0fs",
+            name,
+            order,
+            len(stream.train_inputs) + sum(map(len, stream.test_inputs)),
+            time.perf_counter() - began,
+        )
         total = len(stream.train_labels)
         for learner_name in ("simplecil", "ranpac"):
             learner = build_learner(backbone, LearnerConfig(learner=learner_name, seed=order))
             matrix, seconds = run_stream(learner, stream, args.batch_size, args.eval_batch, cached)
-            runs.append(Run(learner_name, "none", order, matrix, seconds, total, learner.trainable_parameters,
-                            extra={"ridge": getattr(learner, "ridge", None)}))
+            runs.append(
+                Run(
+                    learner_name,
+                    "none",
+                    order,
+                    matrix,
+                    seconds,
+                    total,
+                    learner.trainable_parameters,
+                    extra={"ridge": getattr(learner, "ridge", None)},
+                )
+            )
             _progress(name, runs[-1])
-        matrix, seconds, params = joint_head_only(cached["train"], stream.train_labels, stream, cached,
-                                                  args.joint_epochs * 10, order)
-        runs.append(Run("joint", "none", order, matrix, seconds, total * args.joint_epochs * 10, params, True))
+        matrix, seconds, params = joint_head_only(
+            cached["train"], stream.train_labels, stream, cached, args.joint_epochs * 10, order
+        )
+        runs.append(
+            Run(
+                "joint",
+                "none",
+                order,
+                matrix,
+                seconds,
+                total * args.joint_epochs * 10,
+                params,
+                True,
+            )
+        )
         _progress(name, runs[-1])
         for pet_name, pet in pets.items():
             for learner_name in ("lae", "naive"):
                 config = LearnerConfig(learner=learner_name, pet=pet, seed=order)
                 learner = build_learner(backbone, config)
                 matrix, seconds = run_stream(learner, stream, args.batch_size, args.eval_batch)
-                runs.append(Run(learner_name, pet_name, order, matrix, seconds, total, learner.trainable_parameters))
+                runs.append(
+                    Run(
+                        learner_name,
+                        pet_name,
+                        order,
+                        matrix,
+                        seconds,
+                        total,
+                        learner.trainable_parameters,
+                    )
+                )
                 _progress(name, runs[-1])
             learner = build_learner(backbone, LearnerConfig(learner="naive", pet=pet, seed=order))
-            matrix, seconds = run_joint(learner, stream, args.batch_size, args.joint_epochs, args.eval_batch, order)
-            runs.append(Run("joint", pet_name, order, matrix, seconds, total * args.joint_epochs,
-                            learner.trainable_parameters, True))
+            matrix, seconds = run_joint(
+                learner, stream, args.batch_size, args.joint_epochs, args.eval_batch, order
+            )
+            runs.append(
+                Run(
+                    "joint",
+                    pet_name,
+                    order,
+                    matrix,
+                    seconds,
+                    total * args.joint_epochs,
+                    learner.trainable_parameters,
+                    True,
+                )
+            )
             _progress(name, runs[-1])
         checkpoint()
 
 
 def _progress(domain: str, run: Run) -> None:
     final = evaluation.seen_accuracy(np.nan_to_num(run.matrix))[-1]
-    log.info("%s order %d %-9s %-7s final %.3f  %.1f ex/s", domain, run.order, run.learner, run.pet, final,
-             run.examples / max(run.train_seconds, 1e-9))
+    log.info(
+        "%s order %d %-9s %-7s final %.3f  %.1f ex/s",
+        domain,
+        run.order,
+        run.learner,
+        run.pet,
+        final,
+        run.examples / max(run.train_seconds, 1e-9),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/LEARNING.md"))
     parser.add_argument("--orders", type=int, default=3)
-    parser.add_argument("--text-train", type=int, default=24, help="training examples per text class")
+    parser.add_argument(
+        "--text-train", type=int, default=24, help="training examples per text class"
+    )
     parser.add_argument("--text-test", type=int, default=10, help="test examples per text class")
     parser.add_argument("--image-train", type=int, default=40, help="training images per class")
     parser.add_argument("--image-test", type=int, default=30, help="test images per class")
@@ -251,14 +346,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-batch", type=int, default=64)
     parser.add_argument("--joint-epochs", type=int, default=2)
     parser.add_argument("--domains", default="text,image")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("PERENNIAL_TORCH_THREADS", "2")))
-    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
-                        help="only rewrite the report (text, goals, plots) from a results.json of an earlier run")
-    parser.add_argument("--elapsed-minutes", type=float, help="with --render: the earlier run's duration")
+    parser.add_argument(
+        "--threads", type=int, default=int(os.environ.get("PERENNIAL_TORCH_THREADS", "2"))
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="only rewrite the report (text, goals, plots) from a results.json of an earlier run",
+    )
+    parser.add_argument(
+        "--elapsed-minutes", type=float, help="with --render: the earlier run's duration"
+    )
     args = parser.parse_args(argv)
     if args.render:
         return render(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
     torch.set_num_threads(args.threads)
     started = time.time()
     results: dict[str, list[Run]] = {}
@@ -274,12 +379,25 @@ def main(argv: list[str] | None = None) -> int:
         runs: list[Run] = []
         results[domain] = runs
         if domain == "text":
-            bench_domain("text", TextBackbone.load(), lambda s: text_stream(s, args.text_train, args.text_test),
-                         TEXT_PETS, args, runs, checkpoint)
+            bench_domain(
+                "text",
+                TextBackbone.load(),
+                lambda s: text_stream(s, args.text_train, args.text_test),
+                TEXT_PETS,
+                args,
+                runs,
+                checkpoint,
+            )
         elif domain == "image":
-            bench_domain("image", ImageBackbone.load(image_size=args.image_size),
-                         lambda s: image_stream(s, args.image_train, args.image_test), IMAGE_PETS, args, runs,
-                         checkpoint)
+            bench_domain(
+                "image",
+                ImageBackbone.load(image_size=args.image_size),
+                lambda s: image_stream(s, args.image_train, args.image_test),
+                IMAGE_PETS,
+                args,
+                runs,
+                checkpoint,
+            )
         else:
             parser.error(f"unknown domain {domain!r}")
     elapsed = time.time() - started
@@ -293,15 +411,28 @@ def render(args) -> int:
 
     raw = json.loads(args.render.read_text())
     meta = raw.pop("meta", {})
-    order = sorted(raw, key=lambda domain: ("text", "image").index(domain) if domain in ("text", "image") else 2)
+    order = sorted(
+        raw,
+        key=lambda domain: ("text", "image").index(domain) if domain in ("text", "image") else 2,
+    )
     results = {domain: [Run(**run) for run in raw[domain]["runs"]] for domain in order}
     elapsed = meta.get("elapsed_seconds", (args.elapsed_minutes or 0) * 60)
     for name, value in meta.get("args", {}).items():  # the set-up of the run that made the results
-        if name in ("orders", "text_train", "text_test", "image_train", "image_test", "image_size",
-                    "batch_size", "joint_epochs", "threads"):
+        if name in (
+            "orders",
+            "text_train",
+            "text_test",
+            "image_train",
+            "image_test",
+            "image_size",
+            "batch_size",
+            "joint_epochs",
+            "threads",
+        ):
             setattr(args, name, int(value))
-    args.written = meta.get("written") or dt.datetime.fromtimestamp(args.render.stat().st_mtime, dt.UTC).strftime(
-        "%Y-%m-%d %H:%M UTC")
+    args.written = meta.get("written") or dt.datetime.fromtimestamp(
+        args.render.stat().st_mtime, dt.UTC
+    ).strftime("%Y-%m-%d %H:%M UTC")
     write_report(args, results, elapsed, meta.get("command", "make bench-learning"))
     return 0
 

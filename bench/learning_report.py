@@ -14,8 +14,13 @@ import numpy as np
 
 from perennial import evaluation
 
-LABELS = {"lae": "LAE", "naive": "naive fine-tuning", "joint": "joint (upper bound)",
-          "simplecil": "SimpleCIL", "ranpac": "RanPAC"}
+LABELS = {
+    "lae": "LAE",
+    "naive": "naive fine-tuning",
+    "joint": "joint (upper bound)",
+    "simplecil": "SimpleCIL",
+    "ranpac": "RanPAC",
+}
 
 
 METHOD_NOTES = """## How the learners are configured
@@ -117,13 +122,18 @@ def _cell(values: list[float], scale: float = 100.0) -> str:
 
 
 def table(runs) -> tuple[str, dict]:
-    rows = ["| learner | PET | final acc. (%) | avg. incr. acc. (%) | forgetting (pts) | BWT (pts) "
-            "| train ex/s | trainable params |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| learner | PET | final acc. (%) | avg. incr. acc. (%) | forgetting (pts) | BWT (pts) "
+        "| train ex/s | trainable params |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     numbers = {}
     for (learner, pet), group in sorted(_groups(runs).items(), key=lambda kv: (kv[0][1], kv[0][0])):
         metrics = [_metrics(run) for run in group]
-        pick = lambda key: [m[key] for m in metrics if key in m]  # noqa: E731
+
+        def pick(key: str, metrics=metrics) -> list[float]:
+            return [m[key] for m in metrics if key in m]
+
         speed = [run.examples / max(run.train_seconds, 1e-9) for run in group]
         numbers[f"{learner}/{pet}"] = {k: float(np.mean(pick(k))) for k in metrics[0]}
         rows.append(
@@ -136,21 +146,32 @@ def table(runs) -> tuple[str, dict]:
 
 def goals(domain: str, numbers: dict, default: str) -> list[str]:
     """The issue's goals, checked against this run's means (accuracy in %, forgetting in points)."""
-    pct = lambda key, metric: 100 * numbers[key][metric] if key in numbers and metric in numbers[key] else None  # noqa: E731
-    streaming = {k: v for k, v in numbers.items() if not k.startswith("joint/") and "forgetting" in v}
+
+    def pct(key: str, metric: str) -> float | None:
+        return 100 * numbers[key][metric] if key in numbers and metric in numbers[key] else None
+
+    streaming = {
+        k: v for k, v in numbers.items() if not k.startswith("joint/") and "forgetting" in v
+    }
     best = max(streaming, key=lambda k: streaming[k]["final_accuracy"])
-    lines = [f"Best task-free learner by final accuracy: **{best}** "
-             f"({pct(best, 'final_accuracy'):.1f}%, forgetting {pct(best, 'forgetting'):.1f} points)."]
+    lines = [
+        f"Best task-free learner by final accuracy: **{best}** "
+        f"({pct(best, 'final_accuracy'):.1f}%, forgetting {pct(best, 'forgetting'):.1f} points)."
+    ]
     for key in sorted(streaming, key=lambda k: -streaming[k]["final_accuracy"]):
         learner, pet = key.split("/")
         joint, naive = pct(f"joint/{pet}", "final_accuracy"), pct(f"naive/{pet}", "final_accuracy")
         if naive is None:  # analytic learners: compare with the best naive fine-tuning
-            naive = max((pct(k, "final_accuracy") for k in numbers if k.startswith("naive/")), default=None)
+            naive = max(
+                (pct(k, "final_accuracy") for k in numbers if k.startswith("naive/")), default=None
+            )
         final, forgot = pct(key, "final_accuracy"), pct(key, "forgetting")
         parts = [f"forgetting {forgot:.1f} ≤ 5: {'yes' if forgot <= 5 else 'no'}"]
         if joint is not None:
-            parts.append(f"joint/{pet} − final = {joint - final:+.1f} points (goal ≤ 3: "
-                         f"{'yes' if joint - final <= 3 else 'no'})")
+            parts.append(
+                f"joint/{pet} − final = {joint - final:+.1f} points (goal ≤ 3: "
+                f"{'yes' if joint - final <= 3 else 'no'})"
+            )
         if naive is not None:
             parts.append(f"final − naive = {final - naive:+.1f} points")
         marker = " (default)" if learner == default else ""
@@ -177,12 +198,19 @@ def plots(domain: str, runs, directory: Path) -> list[str]:
         ax.imshow(mean, vmin=0, vmax=100, cmap="viridis")
         for (t, i), value in np.ndenumerate(mean):
             if not np.isnan(value):
-                ax.text(i, t, f"{value:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if value < 60 else "black")
+                ax.text(
+                    i,
+                    t,
+                    f"{value:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value < 60 else "black",
+                )
         ax.set_title(f"{LABELS.get(key[0], key[0])} / {key[1]}", fontsize=9)
         ax.set_xlabel("class group i")
         ax.set_ylabel("after stage t")
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.suptitle(f"{domain}: accuracy matrix R[t, i] (%), mean over orders")
     fig.tight_layout()
@@ -194,8 +222,15 @@ def plots(domain: str, runs, directory: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key in names:
         seen = np.array([evaluation.seen_accuracy(r.matrix) for r in streaming[key]]) * 100
-        ax.errorbar(np.arange(1, seen.shape[1] + 1), seen.mean(0), yerr=seen.std(0), capsize=2,
-                    label=f"{LABELS.get(key[0], key[0])} / {key[1]}", marker="o", markersize=3)
+        ax.errorbar(
+            np.arange(1, seen.shape[1] + 1),
+            seen.mean(0),
+            yerr=seen.std(0),
+            capsize=2,
+            label=f"{LABELS.get(key[0], key[0])} / {key[1]}",
+            marker="o",
+            markersize=3,
+        )
     for key, group in _groups(runs).items():
         if group[0].final_only:
             final = np.mean([np.mean(r.matrix[-1]) for r in group]) * 100
@@ -227,8 +262,13 @@ def write_report(args, results: dict, elapsed: float, command: str) -> None:
         files = plots(domain, runs, plot_dir)
         raw[domain] = {"summary": numbers, "runs": [asdict(r) for r in runs]}
         sections.append((domain, text, files, goals(domain, numbers, DEFAULT_LEARNER)))
-    raw["meta"] = {"elapsed_seconds": elapsed, "command": command, "args": {k: str(v) for k, v in vars(args).items()},
-                   "written": getattr(args, "written", None) or f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"}
+    raw["meta"] = {
+        "elapsed_seconds": elapsed,
+        "command": command,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "written": getattr(args, "written", None)
+        or f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+    }
     (plot_dir / "results.json").write_text(json.dumps(raw, indent=1, sort_keys=True, default=str))
     body = [
         "# Learning quality",
@@ -250,7 +290,14 @@ def write_report(args, results: dict, elapsed: float, command: str) -> None:
         "",
     ]
     for domain, text, files, checks in sections:
-        body += [f"## {domain}", "", text, "", "Goals (default learner and every task-free learner):", ""]
+        body += [
+            f"## {domain}",
+            "",
+            text,
+            "",
+            "Goals (default learner and every task-free learner):",
+            "",
+        ]
         body += checks + [""]
         body += [f"![{f}](learning/{f})" for f in files] + [""]
     out.write_text("\n".join(body) + "\n" + METHOD_NOTES + FINDINGS)

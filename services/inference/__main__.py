@@ -13,11 +13,11 @@ from perennial import runtime
 from perennial.backbone import TextBackbone
 from perennial.config import env
 from perennial.grpc_security import ServerSecurity
+from perennial.store import SnapshotStore
+from services.inference.batching import BatchingConfig
 from services.inference.metrics import InferenceMetrics
 from services.inference.monitor import InferenceDriftMonitor
 from services.inference.plane import DataPlane, ServingConfig
-from perennial.store import SnapshotStore
-from services.inference.batching import BatchingConfig
 from services.inference.server import InferenceServicer, ServerConfig, build_server, set_health
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,10 @@ def main() -> None:
         max_rows=batching.max_batch_size,
         reconcile_seconds=env("PERENNIAL_RECONCILE_SECONDS", 10.0, float),
     )
-    server_config = ServerConfig(workers=env("PERENNIAL_GRPC_WORKERS", 128, int),
-                                 max_message_bytes=env("PERENNIAL_MAX_MESSAGE_BYTES", 16 << 20, int))
+    server_config = ServerConfig(
+        workers=env("PERENNIAL_GRPC_WORKERS", 128, int),
+        max_message_bytes=env("PERENNIAL_MAX_MESSAGE_BYTES", 16 << 20, int),
+    )
     security = ServerSecurity.from_env()
     registry, stop = runtime.start("inference")
     metrics = InferenceMetrics(registry)

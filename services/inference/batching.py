@@ -46,7 +46,9 @@ class BatchingConfig:
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.max_queue_delay_seconds < 0:
-            raise ValueError(f"max_queue_delay_seconds must be >= 0, got {self.max_queue_delay_seconds}")
+            raise ValueError(
+                f"max_queue_delay_seconds must be >= 0, got {self.max_queue_delay_seconds}"
+            )
         if self.max_queue_size < 1:
             raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
 
@@ -69,8 +71,12 @@ class Job(Generic[Key]):
 class Batcher(Generic[Key, Result]):
     """Runs `run([(key, rows), ...]) -> [result, ...]` on batches of submitted jobs."""
 
-    def __init__(self, run: Callable[[Sequence[tuple[Key, list]]], list[Result]], config: BatchingConfig,
-                 metrics: InferenceMetrics) -> None:
+    def __init__(
+        self,
+        run: Callable[[Sequence[tuple[Key, list]]], list[Result]],
+        config: BatchingConfig,
+        metrics: InferenceMetrics,
+    ) -> None:
         self.config = config
         self.metrics = metrics
         self._run = run
@@ -87,14 +93,18 @@ class Batcher(Generic[Key, Result]):
     def submit(self, key: Key, rows: list, deadline: float | None = None) -> Job:
         """Queue rows for `key`; the job's future gets the result. Raises if full or stopping."""
         if len(rows) > self.config.max_batch_size:
-            raise ResourceExhausted(f"{len(rows)} rows exceed the max batch size {self.config.max_batch_size}")
+            raise ResourceExhausted(
+                f"{len(rows)} rows exceed the max batch size {self.config.max_batch_size}"
+            )
         job = Job(key, rows, deadline)
         with self._condition:
             if self._stopping:
                 raise NotReady("the server is draining; retry on another replica")
             if len(self._queue) >= self.config.max_queue_size:
-                raise ResourceExhausted(f"the request queue is full ({self.config.max_queue_size} requests); "
-                                        "retry with backoff or add replicas")
+                raise ResourceExhausted(
+                    f"the request queue is full ({self.config.max_queue_size} requests); "
+                    "retry with backoff or add replicas"
+                )
             self._queue.append(job)
             self._rows += len(rows)
             self.metrics.queue_rows.set(self._rows)
@@ -108,8 +118,10 @@ class Batcher(Generic[Key, Result]):
             return job.future.result(timeout)
         except FutureTimeout:
             job.cancelled = True
-            raise DeadlineExceeded("the deadline passed while the request waited for the model; "
-                                   "raise the client timeout or reduce load") from None
+            raise DeadlineExceeded(
+                "the deadline passed while the request waited for the model; "
+                "raise the client timeout or reduce load"
+            ) from None
 
     def stop(self, timeout: float | None = None) -> None:
         """Reject new jobs, finish the queued ones, end the thread."""
@@ -147,8 +159,11 @@ class Batcher(Generic[Key, Result]):
             live = []
             for job in batch:
                 if job.cancelled or job.expired(now):
-                    job.future.set_exception(DeadlineExceeded(
-                        "the deadline passed before the request reached the model; the work was skipped"))
+                    job.future.set_exception(
+                        DeadlineExceeded(
+                            "the deadline passed before the request reached the model; the work was skipped"
+                        )
+                    )
                 else:
                     live.append(job)
                     self.metrics.queue_duration.observe(now - job.enqueued)

@@ -46,6 +46,8 @@ class ServedVersion:
 
 @dataclass(frozen=True)
 class Prediction:
+    """A batch's scores and the version that produced them."""
+
     served: ServedVersion
     scores: torch.Tensor  # [N, C]
 
@@ -71,7 +73,9 @@ def predict(backbone, work: Sequence[tuple[ServedVersion, list]]) -> list[torch.
 def predict_grouped(backbone, work: Sequence[tuple[ServedVersion, list]]) -> list[torch.Tensor]:
     """One `scores` call per distinct version (the general path; also what `predict` is measured against)."""
     with torch.inference_mode():
-        by_version: dict[tuple, list[int]] = {}  # same version and same row shape (images) run together
+        by_version: dict[
+            tuple, list[int]
+        ] = {}  # same version and same row shape (images) run together
         for index, (served, rows) in enumerate(work):
             shape = tuple(rows[0].shape) if isinstance(rows[0], torch.Tensor) else None
             by_version.setdefault((id(served), shape), []).append(index)
@@ -87,16 +91,23 @@ def predict_grouped(backbone, work: Sequence[tuple[ServedVersion, list]]) -> lis
 
 
 def _is_lora_module(module: object) -> bool:
-    return getattr(getattr(module, "config", None), "method", None) == "lora" and hasattr(module, "lora_a")
+    return getattr(getattr(module, "config", None), "method", None) == "lora" and hasattr(
+        module, "lora_a"
+    )
 
 
 def _is_lora_ensemble(model: object) -> bool:
     """An LAE ensemble of two LoRA modules and a linear head (max-of-softmax scores)."""
-    return (_is_lora_module(getattr(model, "online", None)) and _is_lora_module(getattr(model, "offline", None))
-            and isinstance(getattr(model, "head", None), torch.nn.Linear))
+    return (
+        _is_lora_module(getattr(model, "online", None))
+        and _is_lora_module(getattr(model, "offline", None))
+        and isinstance(getattr(model, "head", None), torch.nn.Linear)
+    )
 
 
-def _predict_rowwise(backbone: TextBackbone, work: Sequence[tuple[ServedVersion, list[str]]]) -> list[torch.Tensor]:
+def _predict_rowwise(
+    backbone: TextBackbone, work: Sequence[tuple[ServedVersion, list[str]]]
+) -> list[torch.Tensor]:
     """Every item's online and offline rows in ONE forward; then each version's head and ensemble."""
     texts = [text for _, item in work for text in item]
     batch = backbone.tokenize(texts)

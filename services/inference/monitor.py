@@ -48,8 +48,13 @@ class MonitorConfig:
     prediction_alpha: float = 0.001
 
     def __post_init__(self) -> None:
-        for name in ("queue_size", "input_reference", "input_window", "prediction_reference",
-                     "prediction_window"):
+        for name in (
+            "queue_size",
+            "input_reference",
+            "input_window",
+            "prediction_reference",
+            "prediction_window",
+        ):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2, got {getattr(self, name)}")
         for name in ("input_alpha", "prediction_alpha"):
@@ -76,7 +81,9 @@ def frozen_token_embedder(backbone) -> Embedder:
     max_length = backbone.max_length
 
     def embed(texts: list[str]) -> np.ndarray:
-        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        batch = tokenizer(
+            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
         mask = batch["attention_mask"].unsqueeze(-1).to(table.dtype)
         with torch.no_grad():
             vectors = (table[batch["input_ids"]] * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -96,19 +103,30 @@ class InferenceDriftMonitor:
 
     SIGNALS = ("input", "prediction")
 
-    def __init__(self, metrics: InferenceDriftMetrics, embed: Embedder,
-                 config: MonitorConfig = MonitorConfig()) -> None:
+    def __init__(
+        self,
+        metrics: InferenceDriftMetrics,
+        embed: Embedder,
+        config: MonitorConfig = MonitorConfig(),
+    ) -> None:
         self.metrics = metrics
         self.embed = embed
         self.config = config
         self._states: dict[str, _InferenceState] = {}
-        self._worker = BackgroundWorker("drift-inference", config.queue_size,
-                               lambda adapter: metrics.dropped.labels(adapter).inc())
+        self._worker = BackgroundWorker(
+            "drift-inference",
+            config.queue_size,
+            lambda adapter: metrics.dropped.labels(adapter).inc(),
+        )
 
     @classmethod
     def from_env(cls, registry: CollectorRegistry, backbone) -> InferenceDriftMonitor:
         """The service's monitor: frozen token embeddings of `backbone`, `MonitorConfig.from_env()`."""
-        return cls(InferenceDriftMetrics(registry), frozen_token_embedder(backbone), MonitorConfig.from_env())
+        return cls(
+            InferenceDriftMetrics(registry),
+            frozen_token_embedder(backbone),
+            MonitorConfig.from_env(),
+        )
 
     def submit(self, adapter: str, texts: Sequence[str], labels: Sequence[str]) -> bool:
         """Queue one answered batch (texts and predicted labels); False if dropped."""
@@ -122,12 +140,20 @@ class InferenceDriftMonitor:
         if state is None:
             c = self.config
             state = self._states[adapter] = _InferenceState(
-                EmbeddingDrift(reference_size=c.input_reference, window_size=c.input_window,
-                               alpha=c.input_alpha),
-                PredictionDrift(reference_size=c.prediction_reference, window_size=c.prediction_window,
-                                alpha=c.prediction_alpha),
+                EmbeddingDrift(
+                    reference_size=c.input_reference,
+                    window_size=c.input_window,
+                    alpha=c.input_alpha,
+                ),
+                PredictionDrift(
+                    reference_size=c.prediction_reference,
+                    window_size=c.prediction_window,
+                    alpha=c.prediction_alpha,
+                ),
             )
-            for signal in self.SIGNALS:  # series exist from the start, so increase() sees the first 0→1
+            for (
+                signal
+            ) in self.SIGNALS:  # series exist from the start, so increase() sees the first 0→1
                 self.metrics.detections.labels(adapter, signal)
                 self.metrics.score.labels(adapter, signal).set(0.0)
                 self.metrics.p_value.labels(adapter, signal).set(1.0)
@@ -138,12 +164,23 @@ class InferenceDriftMonitor:
         started = time.perf_counter()
         state = self._state(adapter)
         for vector, label in zip(self.embed(texts), labels, strict=True):
-            for signal, detector, x in (("input", state.input, vector), ("prediction", state.prediction, label)):
+            for signal, detector, x in (
+                ("input", state.input, vector),
+                ("prediction", state.prediction, label),
+            ):
                 detector.update(x)
                 if detector.drift_detected:
                     self.metrics.detections.labels(adapter, signal).inc()
-                    log.warning("drift detected", extra={"fields": {
-                        "adapter": adapter, "signal": signal, "score": getattr(detector, "score", None)}})
+                    log.warning(
+                        "drift detected",
+                        extra={
+                            "fields": {
+                                "adapter": adapter,
+                                "signal": signal,
+                                "score": getattr(detector, "score", None),
+                            }
+                        },
+                    )
         for signal, detector in (("input", state.input), ("prediction", state.prediction)):
             if hasattr(detector, "score"):
                 self.metrics.score.labels(adapter, signal).set(detector.score)

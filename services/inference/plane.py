@@ -16,6 +16,7 @@ batcher (`services.inference.batching`) groups requests into `model.predict` cal
   builds the new version, then swaps; a periodic check of the Redis heads covers
   a missed pub/sub message. A failed verification keeps the old version.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,7 +33,9 @@ from services.inference.model import Prediction, ServedVersion, load_model, mode
 
 log = logging.getLogger(__name__)
 MAX_PARENT_HOPS = 64  # manifests walked back to account freshness of skipped versions
-MISSING_SECONDS = 1.0  # "adapter has no snapshot" is remembered this long (unknown names cannot flood Redis)
+MISSING_SECONDS = (
+    1.0  # "adapter has no snapshot" is remembered this long (unknown names cannot flood Redis)
+)
 MAX_MISSING = 10_000
 
 
@@ -60,8 +63,15 @@ class ServingConfig:
 
 
 class DataPlane:
-    def __init__(self, backbone: TextBackbone, store: SnapshotStore, metrics: InferenceMetrics,
-                 config: ServingConfig = ServingConfig()) -> None:
+    """Adapter versions resident on one backbone: lookup, load, LRU eviction, hot swap."""
+
+    def __init__(
+        self,
+        backbone: TextBackbone,
+        store: SnapshotStore,
+        metrics: InferenceMetrics,
+        config: ServingConfig = ServingConfig(),
+    ) -> None:
         self.backbone = backbone
         self.store = store
         self.metrics = metrics
@@ -69,9 +79,13 @@ class DataPlane:
         self._resident: OrderedDict[tuple[str, str], ServedVersion] = OrderedDict()  # LRU order
         self._current: dict[str, str] = {}  # adapter -> version answered when none is named
         self._bytes = 0
-        self._lock = threading.Lock()  # guards _resident, _current, _bytes (cheap, never held across I/O)
+        self._lock = (
+            threading.Lock()
+        )  # guards _resident, _current, _bytes (cheap, never held across I/O)
         self._load_lock = threading.Lock()  # one load from Redis at a time
-        self._missing: dict[str, float] = {}  # adapter -> monotonic time until which it is known absent
+        self._missing: dict[
+            str, float
+        ] = {}  # adapter -> monotonic time until which it is known absent
 
     # -- requests ----------------------------------------------------------------------------
     def validate(self, rows: list) -> None:
@@ -79,15 +93,19 @@ class DataPlane:
         if not rows:
             raise InvalidInput("the input is empty; send at least one row")
         if len(rows) > self.config.max_rows:
-            raise InvalidInput(f"request has {len(rows)} rows; the limit is {self.config.max_rows}: split it")
+            raise InvalidInput(
+                f"request has {len(rows)} rows; the limit is {self.config.max_rows}: split it"
+            )
         for index, text in enumerate(rows):
             if not isinstance(text, str):
                 continue
             if not text.strip():
                 raise InvalidInput(f"input 'text' element {index} is empty or blank")
             if len(text) > self.config.max_text_chars:
-                raise InvalidInput(f"input 'text' element {index} has {len(text)} characters; "
-                                   f"the limit is {self.config.max_text_chars}")
+                raise InvalidInput(
+                    f"input 'text' element {index} has {len(text)} characters; "
+                    f"the limit is {self.config.max_text_chars}"
+                )
 
     def get(self, adapter: str, version: str = "") -> ServedVersion:
         """The version to answer with (`version` empty: the current head), loading it if needed."""
@@ -189,8 +207,10 @@ class DataPlane:
         if old_version:
             self._forget_version_info(adapter, old_version)
         self.metrics.version_info.labels(adapter, new.version).set(1)
-        log.info("serving version", extra={"fields": {
-            "adapter": adapter, "version": new.version, "previous": old_version}})
+        log.info(
+            "serving version",
+            extra={"fields": {"adapter": adapter, "version": new.version, "previous": old_version}},
+        )
 
     def _forget_version_info(self, adapter: str, version: str) -> None:
         try:
@@ -208,7 +228,9 @@ class DataPlane:
         manifest: Manifest | None = newest
         while manifest and len(chain) < MAX_PARENT_HOPS and manifest.sequence > served.sequence:
             chain.append(manifest)
-            manifest = self.store.manifest(manifest.adapter, manifest.parent) if manifest.parent else None
+            manifest = (
+                self.store.manifest(manifest.adapter, manifest.parent) if manifest.parent else None
+            )
         return chain
 
     # -- updates (watcher thread) ---------------------------------------------------------------
@@ -232,7 +254,9 @@ class DataPlane:
             new = self._build(adapter, manifest.version)
         except IntegrityError as error:
             self.metrics.verification_failures.labels(adapter).inc()
-            log.error("rejected a snapshot", extra={"fields": {"adapter": adapter, "error": str(error)}})
+            log.error(
+                "rejected a snapshot", extra={"fields": {"adapter": adapter, "error": str(error)}}
+            )
             return False
         self.metrics.swap_duration.observe(time.perf_counter() - started)
         with self._load_lock:  # not concurrently with a first load of the same adapter

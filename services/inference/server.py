@@ -25,13 +25,19 @@ from perennial import __version__, grpc_errors
 from perennial.errors import InvalidInput, NotFound, NotReady
 from perennial.grpc_errors import DomainErrorInterceptor, status_of
 from perennial.grpc_security import ServerSecurity
-from services.inference.metrics import InferenceMetrics
 from perennial.monitoring import NoMonitor
+from services.inference.batching import Batcher, BatchingConfig
+from services.inference.metrics import InferenceMetrics
 from services.inference.model import Prediction, predict
 from services.inference.plane import DataPlane
-from services.inference.batching import Batcher, BatchingConfig
-from services.inference.tensors import (decode_bytes, decode_fp32, element_count, encode_bytes, encode_fp32,
-                                        typed_fp32)
+from services.inference.tensors import (
+    decode_bytes,
+    decode_fp32,
+    element_count,
+    encode_bytes,
+    encode_fp32,
+    typed_fp32,
+)
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -39,14 +45,17 @@ TEXT_INPUT = "text"
 IMAGE_INPUT = "image"
 OUTPUTS = ("probabilities", "label", "classes")
 NO_DEADLINE_SECONDS = 365 * 24 * 3600.0
-OTHER_ADAPTER = "_other"  # metric label of requests for adapters that are not resident (bounded labels)
+OTHER_ADAPTER = (
+    "_other"  # metric label of requests for adapters that are not resident (bounded labels)
+)
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """Open Inference Protocol handlers; NOT ready until `attach` gives it a data plane."""
 
-    def __init__(self, metrics: InferenceMetrics, batching: BatchingConfig = BatchingConfig(),
-                 monitor=None) -> None:
+    def __init__(
+        self, metrics: InferenceMetrics, batching: BatchingConfig = BatchingConfig(), monitor=None
+    ) -> None:
         self.metrics = metrics
         self.batching = batching
         self.monitor = monitor or NoMonitor()  # drift: `submit` only queues, off the request path
@@ -56,7 +65,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def attach(self, plane: DataPlane) -> None:
         """Start batching on `plane`; from now on the server is ready."""
-        self.batcher = Batcher(functools.partial(predict, plane.backbone), self.batching, self.metrics).start()
+        self.batcher = Batcher(
+            functools.partial(predict, plane.backbone), self.batching, self.metrics
+        ).start()
         self.plane = plane
 
     @property
@@ -75,7 +86,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.ServerReadyResponse(ready=self.ready)
 
     def ServerMetadata(self, request, context):
-        return service_pb2.ServerMetadataResponse(name="perennial", version=__version__, extensions=[])
+        return service_pb2.ServerMetadataResponse(
+            name="perennial", version=__version__, extensions=[]
+        )
 
     def ModelReady(self, request, context):
         try:
@@ -91,8 +104,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             name=request.name,
             versions=[served.version],
             platform="perennial_lae",
-            inputs=[tensor(name=name, datatype=datatype, shape=shape)
-                    for name, datatype, shape in [input_spec(self._plane().backbone)]],
+            inputs=[
+                tensor(name=name, datatype=datatype, shape=shape)
+                for name, datatype, shape in [input_spec(self._plane().backbone)]
+            ],
             outputs=[
                 tensor(name="probabilities", datatype="FP32", shape=[-1, len(served.classes)]),
                 tensor(name="label", datatype="BYTES", shape=[-1]),
@@ -108,11 +123,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             error = raised
             raise
         finally:
-            resident = self.plane is not None and self.plane.current_version(request.model_name) is not None
+            resident = (
+                self.plane is not None
+                and self.plane.current_version(request.model_name) is not None
+            )
             adapter = request.model_name if resident else OTHER_ADAPTER
             code = status_of(error).name
             self.metrics.requests.labels(adapter, code).inc()
-            self.metrics.request_duration.labels(adapter, code).observe(time.perf_counter() - started)
+            self.metrics.request_duration.labels(adapter, code).observe(
+                time.perf_counter() - started
+            )
 
     def _infer(self, request, context):
         plane = self._plane()
@@ -133,7 +153,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             self.monitor.submit(served.adapter, texts, prediction.labels)
         return _response(request, prediction, wanted)
 
-    def drain(self, server: grpc.Server, health_servicer: health.HealthServicer, grace: float) -> None:
+    def drain(
+        self, server: grpc.Server, health_servicer: health.HealthServicer, grace: float
+    ) -> None:
         """SIGTERM: NOT_SERVING, refuse new requests, let in-flight ones finish, stop."""
         self.draining = True
         set_health(health_servicer, False)
@@ -144,8 +166,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 def _response(request, prediction: Prediction, wanted: list[str]):
     version = prediction.served.version
-    response = service_pb2.ModelInferResponse(model_name=request.model_name, model_version=version,
-                                              id=request.id)
+    response = service_pb2.ModelInferResponse(
+        model_name=request.model_name, model_version=version, id=request.id
+    )
     response.parameters["adapter_version"].string_param = version
     for name in wanted:
         if name == "probabilities":
@@ -182,17 +205,23 @@ def _inputs(request, spec: tuple[str, str, list[int]]) -> list:
         raise InvalidInput(f"input is named {tensor.name!r}; name it {name!r}")
     if tensor.datatype != datatype:
         kind = "text: send BYTES (UTF-8)" if datatype == "BYTES" else "images: send FP32"
-        raise InvalidInput(f"input {name!r} has datatype {tensor.datatype}; this model takes {kind}")
+        raise InvalidInput(
+            f"input {name!r} has datatype {tensor.datatype}; this model takes {kind}"
+        )
     if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
-        raise InvalidInput(f"{len(request.raw_input_contents)} raw_input_contents for "
-                           f"{len(request.inputs)} inputs; send one per input")
+        raise InvalidInput(
+            f"{len(request.raw_input_contents)} raw_input_contents for "
+            f"{len(request.inputs)} inputs; send one per input"
+        )
     return _texts(request, tensor) if datatype == "BYTES" else _images(request, tensor)
 
 
 def _images(request, tensor) -> list[torch.Tensor]:
     shape = list(tensor.shape)
     if len(shape) not in (3, 4):
-        raise InvalidInput(f"input {IMAGE_INPUT!r} has shape {shape}; send [N, H, W] or [N, C, H, W]")
+        raise InvalidInput(
+            f"input {IMAGE_INPUT!r} has shape {shape}; send [N, H, W] or [N, C, H, W]"
+        )
     if request.raw_input_contents:
         array = decode_fp32(request.raw_input_contents[0], shape)
     else:
@@ -204,7 +233,9 @@ def _images(request, tensor) -> list[torch.Tensor]:
 
 def _texts(request, tensor) -> list[str]:
     if len(tensor.shape) != 1:
-        raise InvalidInput(f"input {TEXT_INPUT!r} has shape {list(tensor.shape)}; send a 1-D shape [N]")
+        raise InvalidInput(
+            f"input {TEXT_INPUT!r} has shape {list(tensor.shape)}; send a 1-D shape [N]"
+        )
     count = element_count(tensor.shape)
     if request.raw_input_contents:
         items = decode_bytes(request.raw_input_contents[0], count)
@@ -233,22 +264,33 @@ class ServerConfig:
             raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
 
 
-def build_server(servicer: InferenceServicer, health_servicer: health.HealthServicer,
-                 config: ServerConfig = ServerConfig(), security: ServerSecurity = ServerSecurity()) -> grpc.Server:
+def build_server(
+    servicer: InferenceServicer,
+    health_servicer: health.HealthServicer,
+    config: ServerConfig = ServerConfig(),
+    security: ServerSecurity = ServerSecurity(),
+) -> grpc.Server:
     """A gRPC server with the inference, health and reflection services; add a port with
     `security.add_port(server, address)`."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
         interceptors=[*security.interceptors(), DomainErrorInterceptor()],
-        options=[("grpc.max_receive_message_length", config.max_message_bytes),
-                 ("grpc.max_send_message_length", config.max_message_bytes)],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ],
         maximum_concurrent_rpcs=config.workers,
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
     return server
 
 

@@ -25,7 +25,9 @@ def decode_bytes(raw: bytes, count: int) -> list[bytes]:
         (size,) = struct.unpack_from("<I", raw, position)
         position += 4
         if position + size > len(raw):
-            raise InvalidInput(f"BYTES tensor is truncated: element {len(items)} claims {size} bytes")
+            raise InvalidInput(
+                f"BYTES tensor is truncated: element {len(items)} claims {size} bytes"
+            )
         items.append(raw[position : position + size])
         position += size
     if len(items) != count:
@@ -37,7 +39,9 @@ def decode_fp32(raw: bytes, shape: list[int]) -> np.ndarray:
     """A raw FP32 tensor as a float32 array of `shape`."""
     count = element_count(shape)
     if len(raw) != 4 * count:
-        raise InvalidInput(f"FP32 tensor has {len(raw)} bytes but shape {list(shape)} needs {4 * count}")
+        raise InvalidInput(
+            f"FP32 tensor has {len(raw)} bytes but shape {list(shape)} needs {4 * count}"
+        )
     return np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
 
 
@@ -45,7 +49,9 @@ def typed_fp32(values, shape: list[int]) -> np.ndarray:
     """Typed `fp32_contents` as a float32 array of `shape`."""
     count = element_count(shape)
     if len(values) != count:
-        raise InvalidInput(f"FP32 tensor holds {len(values)} values but shape {list(shape)} needs {count}")
+        raise InvalidInput(
+            f"FP32 tensor holds {len(values)} values but shape {list(shape)} needs {count}"
+        )
     return np.asarray(values, dtype=np.float32).reshape(shape)
 
 
@@ -59,5 +65,7 @@ def encode_fp32(array: np.ndarray) -> bytes:
 
 def element_count(shape: list[int]) -> int:
     if any(dim < 0 for dim in shape):
-        raise InvalidInput(f"input shape {list(shape)} has a negative dimension; send the actual sizes")
+        raise InvalidInput(
+            f"input shape {list(shape)} has a negative dimension; send the actual sizes"
+        )
     return math.prod(shape)

@@ -12,14 +12,14 @@ from kafka import KafkaProducer
 from perennial import device, redis_connect, runtime
 from perennial.backbone import TextBackbone
 from perennial.config import env
-from services.trainer.events import EventPublisher
 from perennial.grpc_security import ServerSecurity
+from perennial.store import SnapshotStore
+from services.trainer.control import ControlServicer, build_control_server, set_health
+from services.trainer.events import EventPublisher
+from services.trainer.ingest import Ingest
 from services.trainer.kube_events import EventRecorder
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.monitor import TrainerDriftMonitor
-from perennial.store import SnapshotStore
-from services.trainer.control import ControlServicer, build_control_server, set_health
-from services.trainer.ingest import Ingest
 from services.trainer.settings import TrainerSettings
 from services.trainer.worker import Trainer
 
@@ -36,16 +36,27 @@ def main() -> None:
 
     store = SnapshotStore(redis_connect.connect(settings.redis_url))
     store.redis.ping()  # fail at start, with the URL's error, if Redis is unreachable
-    backbone = TextBackbone.load(env("PERENNIAL_BACKBONE_PATH", None)).to(device.select(env("PERENNIAL_DEVICE", "auto")))
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", **settings.kafka_security)
-    events = EventPublisher(producer.send, settings.events_topic, settings.source,
-                            kubernetes=EventRecorder.from_environment())
-    trainer = Trainer(settings, backbone, store, metrics, events, drift=TrainerDriftMonitor.from_env(registry))
+    backbone = TextBackbone.load(env("PERENNIAL_BACKBONE_PATH", None)).to(
+        device.select(env("PERENNIAL_DEVICE", "auto"))
+    )
+    producer = KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", **settings.kafka_security
+    )
+    events = EventPublisher(
+        producer.send,
+        settings.events_topic,
+        settings.source,
+        kubernetes=EventRecorder.from_environment(),
+    )
+    trainer = Trainer(
+        settings, backbone, store, metrics, events, drift=TrainerDriftMonitor.from_env(registry)
+    )
     ingest = Ingest(settings, trainer, metrics, producer, events)
 
     security = ServerSecurity.from_env()
-    server = build_control_server(ControlServicer(trainer, ingest), health_servicer,
-                                  interceptors=security.interceptors())
+    server = build_control_server(
+        ControlServicer(trainer, ingest), health_servicer, interceptors=security.interceptors()
+    )
     security.add_port(server, f"{env('PERENNIAL_CONTROL_HOST', '0.0.0.0')}:{settings.control_port}")
     server.start()
     training = threading.Thread(target=trainer.run, args=(stop,), name="training")

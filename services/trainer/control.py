@@ -23,10 +23,18 @@ from services.trainer.worker import AdapterState, Trainer
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
 COMMAND_TIMEOUT_SECONDS = 120.0
-def version_info(manifest: Manifest, head: str | None = None, candidate: str | None = None) -> trainer_pb2.VersionInfo:
+
+
+def version_info(
+    manifest: Manifest, head: str | None = None, candidate: str | None = None
+) -> trainer_pb2.VersionInfo:
     info = trainer_pb2.VersionInfo(
-        version=manifest.version, parent=manifest.parent or "", sequence=manifest.sequence,
-        examples=manifest.examples, head=manifest.version == head, candidate=manifest.version == candidate,
+        version=manifest.version,
+        parent=manifest.parent or "",
+        sequence=manifest.sequence,
+        examples=manifest.examples,
+        head=manifest.version == head,
+        candidate=manifest.version == candidate,
         metrics={k: float(v) for k, v in manifest.metrics.items()},
     )
     info.created.FromNanoseconds(int(manifest.created_at * 1e9))
@@ -34,6 +42,8 @@ def version_info(manifest: Manifest, head: str | None = None, candidate: str | N
 
 
 class ControlServicer(trainer_pb2_grpc.TrainerServicer):
+    """The `perennial.v1.Trainer` handlers: protobuf in, trainer commands, protobuf out."""
+
     def __init__(self, trainer: Trainer, ingest: Ingest) -> None:
         self.trainer = trainer
         self.ingest = ingest
@@ -52,9 +62,14 @@ class ControlServicer(trainer_pb2_grpc.TrainerServicer):
     def _status(self, adapter: str, state: AdapterState) -> trainer_pb2.AdapterStatus:
         lag = len(state.pending) + sum(self.ingest.lag.get(p, 0) for p in state.applied)
         return trainer_pb2.AdapterStatus(
-            adapter=adapter, head=state.head.version if state.head else "",
-            candidate=state.latest.version if state.latest else "", examples=state.learner.examples,
-            lag=lag, paused=state.paused, last_error=state.last_error, classes=list(state.learner.classes),
+            adapter=adapter,
+            head=state.head.version if state.head else "",
+            candidate=state.latest.version if state.latest else "",
+            examples=state.learner.examples,
+            lag=lag,
+            paused=state.paused,
+            last_error=state.last_error,
+            classes=list(state.learner.classes),
             held_reason=state.held_reason,
         )
 
@@ -63,22 +78,33 @@ class ControlServicer(trainer_pb2_grpc.TrainerServicer):
             names = [request.adapter] if request.adapter else sorted(self.trainer.adapters)
             return [self._status(name, self.trainer.owned(name)) for name in names]
 
-        return trainer_pb2.GetStatusResponse(adapters=self._run(status), partitions=self.ingest.assigned())
+        return trainer_pb2.GetStatusResponse(
+            adapters=self._run(status), partitions=self.ingest.assigned()
+        )
 
     def ListVersions(self, request, context):
         adapter, store = self._adapter(request.adapter), self.trainer.store
         head, latest = store.head(adapter), store.latest(adapter)
-        manifests = [m for m in (store.manifest(adapter, v) for v in reversed(store.versions(adapter))) if m]
+        manifests = [
+            m for m in (store.manifest(adapter, v) for v in reversed(store.versions(adapter))) if m
+        ]
         if not manifests:
             raise NotFound(f"adapter {adapter!r} has no versions")
-        return trainer_pb2.ListVersionsResponse(versions=[
-            version_info(m, head.version if head else None, latest.version if latest else None) for m in manifests])
+        return trainer_pb2.ListVersionsResponse(
+            versions=[
+                version_info(m, head.version if head else None, latest.version if latest else None)
+                for m in manifests
+            ]
+        )
 
     def _version(self, adapter: str, manifest: Manifest) -> trainer_pb2.VersionResponse:
         store = self.trainer.store
         head, latest = store.head(adapter), store.latest(adapter)
-        return trainer_pb2.VersionResponse(version=version_info(
-            manifest, head.version if head else None, latest.version if latest else None))
+        return trainer_pb2.VersionResponse(
+            version=version_info(
+                manifest, head.version if head else None, latest.version if latest else None
+            )
+        )
 
     def Snapshot(self, request, context):
         adapter = self._adapter(request.adapter)
@@ -86,11 +112,15 @@ class ControlServicer(trainer_pb2_grpc.TrainerServicer):
 
     def Promote(self, request, context):
         adapter = self._adapter(request.adapter)
-        return self._version(adapter, self._run(lambda: self.trainer.promote(adapter, request.version)))
+        return self._version(
+            adapter, self._run(lambda: self.trainer.promote(adapter, request.version))
+        )
 
     def Rollback(self, request, context):
         adapter = self._adapter(request.adapter)
-        return self._version(adapter, self._run(lambda: self.trainer.rollback(adapter, request.version)))
+        return self._version(
+            adapter, self._run(lambda: self.trainer.rollback(adapter, request.version))
+        )
 
     def Pause(self, request, context):
         adapter = self._adapter(request.adapter)
@@ -101,15 +131,27 @@ class ControlServicer(trainer_pb2_grpc.TrainerServicer):
         return self._run(lambda: self._status(adapter, self.trainer.set_paused(adapter, False)))
 
 
-def build_control_server(servicer: ControlServicer, health_servicer: health.HealthServicer, *,
-                         interceptors=(), workers: int = 4) -> grpc.Server:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="control"),
-                         interceptors=[*interceptors, DomainErrorInterceptor()])
+def build_control_server(
+    servicer: ControlServicer,
+    health_servicer: health.HealthServicer,
+    *,
+    interceptors=(),
+    workers: int = 4,
+) -> grpc.Server:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="control"),
+        interceptors=[*interceptors, DomainErrorInterceptor()],
+    )
     trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server)
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
     return server
 
 

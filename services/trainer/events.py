@@ -7,8 +7,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from services.trainer.kube_events import EventReason, EventRecorder
 from perennial.v1 import events_pb2
+from services.trainer.kube_events import EventReason, EventRecorder
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,14 @@ class EventPublisher:
     `kubernetes` is an enabled `services.trainer.kube_events.EventRecorder`.
     """
 
-    def __init__(self, send: Callable[..., object], topic: str, source: str,
-                 dead_letter_every: float = 10.0, kubernetes: EventRecorder | None = None) -> None:
+    def __init__(
+        self,
+        send: Callable[..., object],
+        topic: str,
+        source: str,
+        dead_letter_every: float = 10.0,
+        kubernetes: EventRecorder | None = None,
+    ) -> None:
         self._send = send
         self.kubernetes = kubernetes or EventRecorder(None, None)
         self.topic = topic
@@ -41,29 +47,63 @@ class EventPublisher:
             log.exception("could not send an event", extra={"fields": {"kind": next(iter(kind))}})
         return event
 
-    def snapshot_published(self, adapter: str, version: str, parent: str | None, examples: int, sha256: str):
-        return self._emit(adapter, snapshot_published=events_pb2.SnapshotPublished(
-            version=version, parent=parent or "", examples=examples, sha256=sha256))
+    def snapshot_published(
+        self, adapter: str, version: str, parent: str | None, examples: int, sha256: str
+    ):
+        return self._emit(
+            adapter,
+            snapshot_published=events_pb2.SnapshotPublished(
+                version=version, parent=parent or "", examples=examples, sha256=sha256
+            ),
+        )
 
     def promoted(self, adapter: str, version: str, previous: str | None, forced: bool = False):
-        self.kubernetes.record(EventReason.PROMOTED, f"adapter {adapter}: {version} is the head"
-                               + (" (forced by an operator)" if forced else ""))
-        return self._emit(adapter, promoted=events_pb2.Promoted(
-            version=version, previous=previous or "", forced=forced))
+        self.kubernetes.record(
+            EventReason.PROMOTED,
+            f"adapter {adapter}: {version} is the head"
+            + (" (forced by an operator)" if forced else ""),
+        )
+        return self._emit(
+            adapter,
+            promoted=events_pb2.Promoted(version=version, previous=previous or "", forced=forced),
+        )
 
-    def held(self, adapter: str, version: str, head: str, candidate_accuracy: float, head_accuracy: float,
-             margin: float, reason: str):
-        self.kubernetes.record(EventReason.GUARDRAIL_HELD, f"adapter {adapter}: {version} held; {reason}")
-        return self._emit(adapter, held=events_pb2.Held(
-            version=version, head=head, candidate_accuracy=candidate_accuracy, head_accuracy=head_accuracy,
-            margin=margin, reason=reason))
+    def held(
+        self,
+        adapter: str,
+        version: str,
+        head: str,
+        candidate_accuracy: float,
+        head_accuracy: float,
+        margin: float,
+        reason: str,
+    ):
+        self.kubernetes.record(
+            EventReason.GUARDRAIL_HELD, f"adapter {adapter}: {version} held; {reason}"
+        )
+        return self._emit(
+            adapter,
+            held=events_pb2.Held(
+                version=version,
+                head=head,
+                candidate_accuracy=candidate_accuracy,
+                head_accuracy=head_accuracy,
+                margin=margin,
+                reason=reason,
+            ),
+        )
 
     def rolled_back(self, adapter: str, version: str, previous: str | None):
-        self.kubernetes.record(EventReason.ROLLED_BACK, f"adapter {adapter}: rolled back to {version}")
-        return self._emit(adapter, rolled_back=events_pb2.RolledBack(version=version, previous=previous or ""))
+        self.kubernetes.record(
+            EventReason.ROLLED_BACK, f"adapter {adapter}: rolled back to {version}"
+        )
+        return self._emit(
+            adapter, rolled_back=events_pb2.RolledBack(version=version, previous=previous or "")
+        )
 
-    def dead_lettered(self, adapter: str, reason: str, message: str, topic: str, partition: int,
-                      offset: int) -> events_pb2.Event | None:
+    def dead_lettered(
+        self, adapter: str, reason: str, message: str, topic: str, partition: int, offset: int
+    ) -> events_pb2.Event | None:
         now = time.monotonic()
         with self._lock:
             last, unsent = self._dead_letters.get(reason, (-float("inf"), 0))
@@ -71,6 +111,14 @@ class EventPublisher:
                 self._dead_letters[reason] = (last, unsent + 1)
                 return None
             self._dead_letters[reason] = (now, 0)
-        return self._emit(adapter, dead_lettered=events_pb2.DeadLettered(
-            reason=reason, message=message, topic=topic, partition=partition, offset=offset,
-            sampled_of=unsent + 1))
+        return self._emit(
+            adapter,
+            dead_lettered=events_pb2.DeadLettered(
+                reason=reason,
+                message=message,
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                sampled_of=unsent + 1,
+            ),
+        )

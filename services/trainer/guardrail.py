@@ -12,7 +12,6 @@ classes the head already knew falls more than `margin` below the head's.
 
 from __future__ import annotations
 
-
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,7 +38,9 @@ class GuardrailConfig:
 
     def __post_init__(self) -> None:
         if self.every < 0 or self.per_class < 1:
-            raise ValueError(f"holdout every={self.every}, per_class={self.per_class}: need every >= 0, per_class >= 1")
+            raise ValueError(
+                f"holdout every={self.every}, per_class={self.per_class}: need every >= 0, per_class >= 1"
+            )
         if not 0 <= self.margin <= 1:
             raise ValueError(f"guardrail margin must be in [0, 1], got {self.margin}")
 
@@ -50,6 +51,8 @@ class GuardrailConfig:
 
 @dataclass(frozen=True)
 class Verdict:
+    """The guardrail's decision on a candidate, with the accuracies behind it."""
+
     promote: bool
     candidate_accuracy: float
     head_accuracy: float
@@ -58,7 +61,11 @@ class Verdict:
 
 
 class HoldoutReservoir:
-    def __init__(self, client: redis.Redis, adapter: str, config: GuardrailConfig, prefix: str = "perennial"):
+    """One adapter's per-class holdout ring in Redis."""
+
+    def __init__(
+        self, client: redis.Redis, adapter: str, config: GuardrailConfig, prefix: str = "perennial"
+    ):
         self.redis = client
         self.config = config
         self.key = f"{prefix}:{{{adapter}}}:holdout"  # same hash slot as the adapter's snapshots
@@ -92,19 +99,23 @@ def judge(
     """Compare candidate and head predictors on the holdout of the head's classes."""
     texts, labels = reservoir.texts(set(head_classes))
     if len(texts) < config.min_holdout:
-        return Verdict(True, float("nan"), float("nan"), 0,
-                       f"only {len(texts)} holdout texts for the head's classes (< {config.min_holdout})")
+        return Verdict(
+            True,
+            float("nan"),
+            float("nan"),
+            0,
+            f"only {len(texts)} holdout texts for the head's classes (< {config.min_holdout})",
+        )
     candidate_accuracy = _accuracy(candidate(texts), labels)
     head_accuracy = _accuracy(head(texts), labels)
     if candidate_accuracy < head_accuracy - config.margin:
-        reason = (f"accuracy on previously learned classes fell from {head_accuracy:.3f} to "
-                  f"{candidate_accuracy:.3f} (margin {config.margin:.3f}, {len(texts)} holdout texts)")
+        reason = (
+            f"accuracy on previously learned classes fell from {head_accuracy:.3f} to "
+            f"{candidate_accuracy:.3f} (margin {config.margin:.3f}, {len(texts)} holdout texts)"
+        )
         return Verdict(False, candidate_accuracy, head_accuracy, len(texts), reason)
     return Verdict(True, candidate_accuracy, head_accuracy, len(texts), "within the margin")
 
 
 def _accuracy(predicted: list[str], labels: list[str]) -> float:
     return sum(p == t for p, t in zip(predicted, labels, strict=True)) / len(labels)
-
-
-

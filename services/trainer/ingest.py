@@ -32,8 +32,16 @@ def partition_key(topic: str, partition: int) -> str:
 
 
 class Ingest:
-    def __init__(self, settings: TrainerSettings, trainer: Trainer, metrics: TrainerMetrics,
-                 producer: KafkaProducer, events: EventPublisher) -> None:
+    """The Kafka consumer loop of the trainer (main thread only)."""
+
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        trainer: Trainer,
+        metrics: TrainerMetrics,
+        producer: KafkaProducer,
+        events: EventPublisher,
+    ) -> None:
         self.settings = settings
         self.trainer = trainer
         self.metrics = metrics
@@ -51,11 +59,16 @@ class Ingest:
         )
         self._committed: dict[str, int] = {}
         self._backpressure = False
-        self.lag: dict[str, int] = {}  # partition -> records not yet fetched (read by the control API)
+        self.lag: dict[
+            str, int
+        ] = {}  # partition -> records not yet fetched (read by the control API)
 
     def run(self, stop: threading.Event) -> None:
         self.consumer.subscribe([self.settings.topic], listener=_Rebalance(self))
-        log.info("consuming", extra={"fields": {"topic": self.settings.topic, "group": self.settings.group_id}})
+        log.info(
+            "consuming",
+            extra={"fields": {"topic": self.settings.topic, "group": self.settings.group_id}},
+        )
         while not stop.is_set():
             self.poll_once()
 
@@ -75,7 +88,11 @@ class Ingest:
             for record in records:
                 example = self._validate(record)
                 if example is not None:
-                    incoming.append(Incoming(partition_key(record.topic, record.partition), record.offset, example))
+                    incoming.append(
+                        Incoming(
+                            partition_key(record.topic, record.partition), record.offset, example
+                        )
+                    )
         self.trainer.deliver(incoming)
         self._apply_backpressure()
         self._report_lag()
@@ -85,7 +102,9 @@ class Ingest:
         try:
             limit = self.settings.max_record_bytes
             if record.value is not None and len(record.value) > limit:
-                raise codec.DecodeError("RecordTooLarge", f"record has {len(record.value)} bytes; at most {limit}")
+                raise codec.DecodeError(
+                    "RecordTooLarge", f"record has {len(record.value)} bytes; at most {limit}"
+                )
             return codec.decode(record.value, key=record.key, timestamp_ms=record.timestamp)
         except codec.DecodeError as error:
             self._dead_letter(record, error)
@@ -100,13 +119,25 @@ class Ingest:
             ("perennial.source.offset", str(record.offset).encode()),
         ]
         # Delivery is confirmed before the offset can be committed past the record.
-        self.producer.send(self.settings.dead_letter_topic, key=record.key, value=record.value,
-                           headers=headers).get(timeout=60)
+        self.producer.send(
+            self.settings.dead_letter_topic, key=record.key, value=record.value, headers=headers
+        ).get(timeout=60)
         self.metrics.dead_lettered.labels(error.reason).inc()
         adapter = (record.key or b"").decode("utf-8", "replace")
-        self.events.dead_lettered(adapter, error.reason, str(error), record.topic, record.partition, record.offset)
-        log.warning("dead-lettered a record", extra={"fields": {
-            "reason": error.reason, "error": str(error), "partition": record.partition, "offset": record.offset}})
+        self.events.dead_lettered(
+            adapter, error.reason, str(error), record.topic, record.partition, record.offset
+        )
+        log.warning(
+            "dead-lettered a record",
+            extra={
+                "fields": {
+                    "reason": error.reason,
+                    "error": str(error),
+                    "partition": record.partition,
+                    "offset": record.offset,
+                }
+            },
+        )
 
     def _apply_backpressure(self) -> None:
         backlog = self.trainer.backlog()
@@ -123,7 +154,9 @@ class Ingest:
 
     def _report_lag(self) -> None:
         for tp in self.consumer.assignment():
-            highwater = self.consumer.highwater(tp)  # from the last fetch; the broker's "latest" is stale
+            highwater = self.consumer.highwater(
+                tp
+            )  # from the last fetch; the broker's "latest" is stale
             if highwater is None:
                 continue
             try:
@@ -151,7 +184,9 @@ class Ingest:
             self.metrics.dependency_errors.labels("kafka").inc()
             log.warning("commit failed; will retry", extra={"fields": {"error": str(error)}})
             return
-        self._committed.update({partition_key(tp.topic, tp.partition): o.offset for tp, o in offsets.items()})
+        self._committed.update(
+            {partition_key(tp.topic, tp.partition): o.offset for tp, o in offsets.items()}
+        )
 
     # rebalance callbacks run on kafka-python's network thread: no blocking Kafka calls here
     def on_revoked(self, partitions: set[TopicPartition]) -> None:
@@ -162,7 +197,10 @@ class Ingest:
         log.info("partitions revoked", extra={"fields": {"partitions": sorted(keys)}})
 
     def on_assigned(self, partitions: set[TopicPartition]) -> None:
-        log.info("partitions assigned", extra={"fields": {"partitions": sorted(str(tp) for tp in partitions)}})
+        log.info(
+            "partitions assigned",
+            extra={"fields": {"partitions": sorted(str(tp) for tp in partitions)}},
+        )
 
     def assigned(self) -> list[str]:
         return sorted(partition_key(tp.topic, tp.partition) for tp in self.consumer.assignment())

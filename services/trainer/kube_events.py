@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 
 from kubernetes import client
@@ -188,7 +188,7 @@ class EventRecorder:
                 self._thread = threading.Thread(target=self._run, name="kube-events", daemon=True)
                 self._thread.start()
         try:
-            self._queue.put_nowait((reason, message, datetime.now(timezone.utc)))
+            self._queue.put_nowait((reason, message, datetime.now(UTC)))
         except queue.Full:
             log.warning(
                 "kubernetes event dropped: queue full", extra={"fields": {"reason": reason.reason}}

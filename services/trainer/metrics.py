@@ -8,6 +8,8 @@ from perennial.metrics import LATENCY_BUCKETS, metric_args
 
 
 class TrainerMetrics:
+    """`perennial_trainer_*`: consumption, steps, snapshots, guardrail, lag, dependencies."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         common = metric_args("trainer", registry)
         self.examples = Counter(
@@ -23,38 +25,61 @@ class TrainerMetrics:
             "records_dead_lettered", "Records sent to the dead-letter topic.", ["reason"], **common
         )
         self.step_duration = Histogram(
-            "train_step_duration", "Duration of one optimizer step.", unit="seconds",
-            buckets=LATENCY_BUCKETS, **common,
+            "train_step_duration",
+            "Duration of one optimizer step.",
+            unit="seconds",
+            buckets=LATENCY_BUCKETS,
+            **common,
         )
         self.loss = Gauge("train_loss", "Loss of the last micro-batch.", ["adapter"], **common)
         self.snapshots = Counter(
             "snapshots_published", "Snapshots written to Redis.", ["adapter"], **common
         )
         self.snapshot_sequence = Gauge(
-            "snapshot_sequence", "Sequence number of the adapter's newest snapshot.", ["adapter"], **common
+            "snapshot_sequence",
+            "Sequence number of the adapter's newest snapshot.",
+            ["adapter"],
+            **common,
         )
         self.snapshot_duration = Histogram(
-            "snapshot_duration", "Time to serialise and write one snapshot.", unit="seconds",
-            buckets=LATENCY_BUCKETS, **common,
+            "snapshot_duration",
+            "Time to serialise and write one snapshot.",
+            unit="seconds",
+            buckets=LATENCY_BUCKETS,
+            **common,
         )
         self.classes = Gauge("classes", "Classes the adapter's head knows.", ["adapter"], **common)
         self.last_snapshot = Gauge(
-            "last_snapshot_timestamp", "When the adapter's newest snapshot was written.", ["adapter"],
-            unit="seconds", **common,
+            "last_snapshot_timestamp",
+            "When the adapter's newest snapshot was written.",
+            ["adapter"],
+            unit="seconds",
+            **common,
         )
         self.guardrail_holds = Counter(
-            "guardrail_holds", "Candidates held back by the forgetting guardrail.", ["adapter"], **common
+            "guardrail_holds",
+            "Candidates held back by the forgetting guardrail.",
+            ["adapter"],
+            **common,
         )
         self.consumer_lag = Gauge(
-            "consumer_lag", "Records between the consumer position and the high-watermark.",
-            ["topic", "partition"], unit="records", **common,
+            "consumer_lag",
+            "Records between the consumer position and the high-watermark.",
+            ["topic", "partition"],
+            unit="records",
+            **common,
         )
-        self.paused = Gauge("paused", "1 while an operator has paused the adapter.", ["adapter"], **common)
+        self.paused = Gauge(
+            "paused", "1 while an operator has paused the adapter.", ["adapter"], **common
+        )
         self.backpressure = Gauge(
             "backpressure", "1 while partitions are paused because too many records wait.", **common
         )
         self.dependency_errors = Counter(
-            "dependency_errors", "Failed calls to Redis or Kafka (retried).", ["dependency"], **common
+            "dependency_errors",
+            "Failed calls to Redis or Kafka (retried).",
+            ["dependency"],
+            **common,
         )
 
 
@@ -64,32 +89,61 @@ class TrainerDriftMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         common = metric_args("trainer", registry)
         self.error_rate = Gauge(
-            "prequential_error_ratio", "Error rate of predict-before-learn over the last examples.",
-            ["adapter"], **common)
+            "prequential_error_ratio",
+            "Error rate of predict-before-learn over the last examples.",
+            ["adapter"],
+            **common,
+        )
         self.detections = Counter(
-            "drift_detections", "Drifts detected (signal = concept: a rise of the prequential error).",
-            ["adapter", "signal"], **common)
+            "drift_detections",
+            "Drifts detected (signal = concept: a rise of the prequential error).",
+            ["adapter", "signal"],
+            **common,
+        )
         self.new_classes = Counter(
-            "new_classes", "Classes seen for the first time on the stream.", ["adapter"], **common)
+            "new_classes", "Classes seen for the first time on the stream.", ["adapter"], **common
+        )
         self.seen_accuracy = Gauge(
-            "seen_classes_accuracy_ratio", "Holdout accuracy on every class seen so far (A_t).",
-            ["adapter"], **common)
+            "seen_classes_accuracy_ratio",
+            "Holdout accuracy on every class seen so far (A_t).",
+            ["adapter"],
+            **common,
+        )
         self.incremental_accuracy = Gauge(
-            "average_incremental_accuracy_ratio", "Mean over class-arrival stages of A_t.",
-            ["adapter"], **common)
+            "average_incremental_accuracy_ratio",
+            "Mean over class-arrival stages of A_t.",
+            ["adapter"],
+            **common,
+        )
         self.stage_accuracy = Gauge(
-            "stage_accuracy_ratio", "Current holdout accuracy on the classes that arrived in a stage.",
-            ["adapter", "stage"], **common)
+            "stage_accuracy_ratio",
+            "Current holdout accuracy on the classes that arrived in a stage.",
+            ["adapter", "stage"],
+            **common,
+        )
         self.matrix = Gauge(
-            "accuracy_matrix_ratio", "R[after_stage, stage]: accuracy on a stage's classes at the end "
-            "of a later stage (the accuracy matrix).", ["adapter", "after_stage", "stage"], **common)
+            "accuracy_matrix_ratio",
+            "R[after_stage, stage]: accuracy on a stage's classes at the end "
+            "of a later stage (the accuracy matrix).",
+            ["adapter", "after_stage", "stage"],
+            **common,
+        )
         self.forgetting = Gauge(
-            "average_forgetting_ratio", "Mean drop from the best to the current accuracy of earlier stages.",
-            ["adapter"], **common)
+            "average_forgetting_ratio",
+            "Mean drop from the best to the current accuracy of earlier stages.",
+            ["adapter"],
+            **common,
+        )
         self.backward_transfer = Gauge(
-            "backward_transfer_ratio", "Mean change of earlier stages' accuracy since they were learnt.",
-            ["adapter"], **common)
+            "backward_transfer_ratio",
+            "Mean change of earlier stages' accuracy since they were learnt.",
+            ["adapter"],
+            **common,
+        )
         self.stages = Gauge("stages", "Class-arrival stages so far.", ["adapter"], **common)
         self.dropped = Counter(
-            "drift_dropped_batches", "Batches not monitored because the drift queue was full.",
-            ["adapter"], **common)
+            "drift_dropped_batches",
+            "Batches not monitored because the drift queue was full.",
+            ["adapter"],
+            **common,
+        )

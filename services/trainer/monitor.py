@@ -53,23 +53,36 @@ class TrainerDriftMonitor:
     pass over classes × holdout-per-class texts); a change of the class set is always due.
     """
 
-    def __init__(self, metrics: TrainerDriftMetrics, queue_size: int = 1024,
-                 concept: base.DriftDetector | None = None, forgetting_every_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        metrics: TrainerDriftMetrics,
+        queue_size: int = 1024,
+        concept: base.DriftDetector | None = None,
+        forgetting_every_seconds: float = 30.0,
+    ) -> None:
         if forgetting_every_seconds < 0:
-            raise ValueError(f"forgetting_every_seconds must be >= 0, got {forgetting_every_seconds}")
+            raise ValueError(
+                f"forgetting_every_seconds must be >= 0, got {forgetting_every_seconds}"
+            )
         self.metrics = metrics
         self.concept = concept if concept is not None else ErrorRateDrift()
         self.forgetting_every_seconds = forgetting_every_seconds
         self._states: dict[str, _TrainerState] = {}
-        self._last_evaluation: dict[str, tuple[float, int]] = {}  # adapter -> (monotonic time, classes)
-        self._worker = BackgroundWorker("drift-trainer", queue_size,
-                               lambda adapter: metrics.dropped.labels(adapter).inc())
+        self._last_evaluation: dict[
+            str, tuple[float, int]
+        ] = {}  # adapter -> (monotonic time, classes)
+        self._worker = BackgroundWorker(
+            "drift-trainer", queue_size, lambda adapter: metrics.dropped.labels(adapter).inc()
+        )
 
     @classmethod
     def from_env(cls, registry: CollectorRegistry) -> TrainerDriftMonitor:
         """PERENNIAL_DRIFT_QUEUE_SIZE, PERENNIAL_FORGETTING_EVERY_SECONDS."""
-        return cls(TrainerDriftMetrics(registry), queue_size=env("PERENNIAL_DRIFT_QUEUE_SIZE", 1024, int),
-                   forgetting_every_seconds=env("PERENNIAL_FORGETTING_EVERY_SECONDS", 30.0, float))
+        return cls(
+            TrainerDriftMetrics(registry),
+            queue_size=env("PERENNIAL_DRIFT_QUEUE_SIZE", 1024, int),
+            forgetting_every_seconds=env("PERENNIAL_FORGETTING_EVERY_SECONDS", 30.0, float),
+        )
 
     def evaluation_due(self, adapter: str, classes: int) -> bool:
         """Whether to evaluate the holdout now (call from one thread: the trainer's)."""
@@ -86,8 +99,9 @@ class TrainerDriftMonitor:
         predicted = learner.predict(inputs) if learner.classes else [None] * len(inputs)
         self.submit_prequential(adapter, labels, predicted)
 
-    def after_snapshot(self, adapter: str, learner,
-                       holdout: Callable[[set[str]], tuple[list, list[str]]]) -> None:
+    def after_snapshot(
+        self, adapter: str, learner, holdout: Callable[[set[str]], tuple[list, list[str]]]
+    ) -> None:
         """When due, evaluate `learner` on `holdout(classes)` (inputs, labels) for the accuracy
         matrix. Runs on the caller's thread; a failing holdout read only skips this evaluation."""
         if not self.evaluation_due(adapter, len(learner.classes)):
@@ -96,13 +110,17 @@ class TrainerDriftMonitor:
             inputs, labels = holdout(set(learner.classes))
         except Exception as error:  # e.g. Redis away: the next snapshot tries again
             self._last_evaluation.pop(adapter, None)
-            log.warning("holdout unavailable; forgetting not evaluated", extra={"fields": {
-                "adapter": adapter, "error": str(error)}})
+            log.warning(
+                "holdout unavailable; forgetting not evaluated",
+                extra={"fields": {"adapter": adapter, "error": str(error)}},
+            )
             return
         if inputs:
             self.submit_evaluation(adapter, per_class_accuracy(labels, learner.predict(inputs)))
 
-    def submit_prequential(self, adapter: str, labels: Sequence[str], predicted: Sequence[str | None]) -> bool:
+    def submit_prequential(
+        self, adapter: str, labels: Sequence[str], predicted: Sequence[str | None]
+    ) -> bool:
         """Queue one micro-batch: true labels and what the model predicted *before* learning
         them (None where it could not predict, e.g. an empty head)."""
         return self._worker.submit(adapter, self._prequential, list(labels), list(predicted))

@@ -13,6 +13,8 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
 @dataclass(frozen=True)
 class TrainerSettings:
+    """The trainer's configuration."""
+
     kafka_bootstrap: str
     redis_url: str
     topic: str = "perennial.examples"
@@ -26,7 +28,9 @@ class TrainerSettings:
     retain_versions: int = 20
     max_pending: int = 2048  # records buffered before partitions are paused (back-pressure)
     max_record_bytes: int = 1024 * 1024  # larger records are dead-lettered (RecordTooLarge)
-    prequential_budget: float = 0.05  # share of learning time spent predicting before learning (drift)
+    prequential_budget: float = (
+        0.05  # share of learning time spent predicting before learning (drift)
+    )
     seed: int = 0
     control_port: int = 50051
     source: str = field(default_factory=socket.gethostname)  # names this replica in events
@@ -34,13 +38,18 @@ class TrainerSettings:
     kafka_security: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        counts = {"batch_size": self.batch_size, "snapshot_every_examples": self.snapshot_every_examples,
-                  "retain_versions": self.retain_versions}
+        counts = {
+            "batch_size": self.batch_size,
+            "snapshot_every_examples": self.snapshot_every_examples,
+            "retain_versions": self.retain_versions,
+        }
         bad = {name: value for name, value in counts.items() if value < 1}
         if bad:
             raise ConfigError(f"{bad}: each must be >= 1")
         if self.prequential_budget < 0:
-            raise ConfigError(f"prequential_budget={self.prequential_budget}: must be >= 0 (0 turns it off)")
+            raise ConfigError(
+                f"prequential_budget={self.prequential_budget}: must be >= 0 (0 turns it off)"
+            )
 
     @classmethod
     def from_env(cls) -> TrainerSettings:
@@ -53,13 +62,21 @@ class TrainerSettings:
             events_topic=env("PERENNIAL_EVENTS_TOPIC", d["events_topic"].default),
             group_id=env("PERENNIAL_GROUP_ID", d["group_id"].default),
             batch_size=env("PERENNIAL_BATCH_SIZE", d["batch_size"].default, int),
-            batch_wait_seconds=env("PERENNIAL_BATCH_WAIT_SECONDS", d["batch_wait_seconds"].default, float),
-            snapshot_every_examples=env("PERENNIAL_SNAPSHOT_EVERY_EXAMPLES", d["snapshot_every_examples"].default, int),
-            snapshot_every_seconds=env("PERENNIAL_SNAPSHOT_EVERY_SECONDS", d["snapshot_every_seconds"].default, float),
+            batch_wait_seconds=env(
+                "PERENNIAL_BATCH_WAIT_SECONDS", d["batch_wait_seconds"].default, float
+            ),
+            snapshot_every_examples=env(
+                "PERENNIAL_SNAPSHOT_EVERY_EXAMPLES", d["snapshot_every_examples"].default, int
+            ),
+            snapshot_every_seconds=env(
+                "PERENNIAL_SNAPSHOT_EVERY_SECONDS", d["snapshot_every_seconds"].default, float
+            ),
             retain_versions=env("PERENNIAL_RETAIN_VERSIONS", d["retain_versions"].default, int),
             max_pending=env("PERENNIAL_MAX_PENDING", d["max_pending"].default, int),
             max_record_bytes=env("PERENNIAL_MAX_RECORD_BYTES", d["max_record_bytes"].default, int),
-            prequential_budget=env("PERENNIAL_PREQUENTIAL_BUDGET", d["prequential_budget"].default, float),
+            prequential_budget=env(
+                "PERENNIAL_PREQUENTIAL_BUDGET", d["prequential_budget"].default, float
+            ),
             seed=env("PERENNIAL_SEED", d["seed"].default, int),
             control_port=env("PERENNIAL_CONTROL_PORT", d["control_port"].default, int),
             source=env("PERENNIAL_POD_NAME", socket.gethostname()),
@@ -67,7 +84,9 @@ class TrainerSettings:
                 every=env("PERENNIAL_HOLDOUT_EVERY", GuardrailConfig.every, int),
                 per_class=env("PERENNIAL_HOLDOUT_PER_CLASS", GuardrailConfig.per_class, int),
                 margin=env("PERENNIAL_GUARDRAIL_MARGIN", GuardrailConfig.margin, float),
-                min_holdout=env("PERENNIAL_GUARDRAIL_MIN_HOLDOUT", GuardrailConfig.min_holdout, int),
+                min_holdout=env(
+                    "PERENNIAL_GUARDRAIL_MIN_HOLDOUT", GuardrailConfig.min_holdout, int
+                ),
             ),
             kafka_security=kafka_security_from_env(),
         )
@@ -77,7 +96,9 @@ def kafka_security_from_env() -> dict[str, str]:
     """kafka-python client options for TLS and SASL (empty: PLAINTEXT)."""
     protocol = env("PERENNIAL_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
     if protocol not in SECURITY_PROTOCOLS:
-        raise ConfigError(f"PERENNIAL_KAFKA_SECURITY_PROTOCOL={protocol!r}: use one of {SECURITY_PROTOCOLS}")
+        raise ConfigError(
+            f"PERENNIAL_KAFKA_SECURITY_PROTOCOL={protocol!r}: use one of {SECURITY_PROTOCOLS}"
+        )
     options: dict[str, str] = {}
     if protocol != "PLAINTEXT":
         options["security_protocol"] = protocol

@@ -35,13 +35,19 @@ import torch
 from perennial.backbone import TextBackbone
 from perennial.codec import Example
 from perennial.errors import InvalidInput, NotFound
+from perennial.learners import (
+    Learner,
+    LearnerConfig,
+    build_learner,
+    load_predictor,
+    restore_learner,
+)
+from perennial.monitoring import NoMonitor
+from perennial.store import Manifest, SnapshotStore, StaleParent, from_safetensors, to_safetensors
 from services.trainer.events import EventPublisher
 from services.trainer.guardrail import HoldoutReservoir, judge
-from perennial.learners import Learner, LearnerConfig, build_learner, load_predictor, restore_learner
 from services.trainer.metrics import TrainerMetrics
-from perennial.monitoring import NoMonitor
 from services.trainer.monitor import TrainerDriftMonitor
-from perennial.store import Manifest, SnapshotStore, StaleParent, from_safetensors, to_safetensors
 from services.trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,8 @@ RETRY_SECONDS = 2.0  # after a failed snapshot (Redis away), try again this ofte
 
 @dataclass(frozen=True)
 class Incoming:
+    """A decoded record on its way to the training thread."""
+
     partition: str  # "topic:partition"
     offset: int
     example: Example
@@ -78,6 +86,8 @@ class AdapterState:
 
 
 class Trainer:
+    """Every adapter's learner, its snapshots and the guardrail, owned by the training thread."""
+
     def __init__(
         self,
         settings: TrainerSettings,
@@ -89,7 +99,9 @@ class Trainer:
         drift: TrainerDriftMonitor | NoMonitor | None = None,
     ) -> None:
         self.settings = settings
-        self.drift = drift if drift is not None else NoMonitor()  # concept drift, new classes, forgetting
+        self.drift = (
+            drift if drift is not None else NoMonitor()
+        )  # concept drift, new classes, forgetting
         self.backbone = backbone
         self.store = store
         self.metrics = metrics
@@ -133,7 +145,11 @@ class Trainer:
 
     def backlog(self) -> int:
         """Records received but not yet trained (for back-pressure)."""
-        return self._inbox.qsize() + len(self._parked) + sum(len(s.pending) for s in list(self.adapters.values()))
+        return (
+            self._inbox.qsize()
+            + len(self._parked)
+            + sum(len(s.pending) for s in list(self.adapters.values()))
+        )
 
     def safe_offsets(self) -> dict[str, int]:
         """Per partition, an offset below which every record is in a snapshot (to commit)."""
@@ -156,7 +172,9 @@ class Trainer:
         self._route_parked()
         self._train_ready()
         since = time.monotonic() - self._last_snapshot
-        if since >= self.settings.snapshot_every_seconds or (self._snapshot_failed and since >= RETRY_SECONDS):
+        if since >= self.settings.snapshot_every_seconds or (
+            self._snapshot_failed and since >= RETRY_SECONDS
+        ):
             self.snapshot_all()
 
     def _drain(self, timeout: float) -> None:
@@ -167,7 +185,9 @@ class Trainer:
         while True:
             if isinstance(item, Incoming):
                 self._parked.append(item)
-                self._received[item.partition] = max(self._received.get(item.partition, 0), item.offset + 1)
+                self._received[item.partition] = max(
+                    self._received.get(item.partition, 0), item.offset + 1
+                )
             else:
                 command, future = item
                 if future.set_running_or_notify_cancel():
@@ -199,21 +219,33 @@ class Trainer:
         state = self.adapters.get(adapter)
         if state is None:
             state = self.adapters[adapter] = self._load(adapter)
-            self.drift.submit_classes(adapter, state.learner.classes)  # known classes are not new arrivals
+            self.drift.submit_classes(
+                adapter, state.learner.classes
+            )  # known classes are not new arrivals
             self.metrics.guardrail_holds.labels(adapter)  # the series exists before the first hold
         return state
 
     def _load(self, adapter: str) -> AdapterState:
-        reservoir = HoldoutReservoir(self.store.redis, adapter, self.settings.guardrail, self.store.prefix)
+        reservoir = HoldoutReservoir(
+            self.store.redis, adapter, self.settings.guardrail, self.store.prefix
+        )
         latest, head = self.store.latest(adapter), self.store.head(adapter)
         if latest is None:
             log.info("new adapter", extra={"fields": {"adapter": adapter}})
-            return AdapterState(build_learner(self.backbone, self.learner_config), None, None, {}, {}, reservoir)
+            return AdapterState(
+                build_learner(self.backbone, self.learner_config), None, None, {}, {}, reservoir
+            )
         latest, blob = self.store.fetch(adapter, latest.version)
         learner = restore_learner(self.backbone, *from_safetensors(blob))
-        log.info("resumed adapter", extra={"fields": {
-            "adapter": adapter, "version": latest.version, "offsets": latest.offsets}})
-        return AdapterState(learner, latest, head, dict(latest.offsets), dict(latest.class_counts), reservoir)
+        log.info(
+            "resumed adapter",
+            extra={
+                "fields": {"adapter": adapter, "version": latest.version, "offsets": latest.offsets}
+            },
+        )
+        return AdapterState(
+            learner, latest, head, dict(latest.offsets), dict(latest.class_counts), reservoir
+        )
 
     def _train_ready(self) -> None:
         now = time.monotonic()
@@ -237,9 +269,13 @@ class Trainer:
             else:
                 batch.append(record.example)
         if batch:
-            if self._prequential_due():  # predict-before-learn costs a prediction: keep it within budget
+            if (
+                self._prequential_due()
+            ):  # predict-before-learn costs a prediction: keep it within budget
                 started = time.perf_counter()
-                self.drift.before_learning(adapter, state.learner, [e.text for e in batch], [e.label for e in batch])
+                self.drift.before_learning(
+                    adapter, state.learner, [e.text for e in batch], [e.label for e in batch]
+                )
                 self._prequential_seconds += time.perf_counter() - started
             started = time.perf_counter()
             loss = state.learner.learn([e.text for e in batch], [e.label for e in batch])
@@ -261,7 +297,9 @@ class Trainer:
         always at budget >= 1, never at 0, otherwise while its time stays within `budget` of
         the learning time (cheap for LAE, rationed for analytic heads that solve to predict)."""
         budget = self.settings.prequential_budget
-        return budget >= 1 or (budget > 0 and self._prequential_seconds <= budget * self._learn_seconds)
+        return budget >= 1 or (
+            budget > 0 and self._prequential_seconds <= budget * self._learn_seconds
+        )
 
     def _hold_out(self, state: AdapterState, example: Example, count: int) -> None:
         while True:  # the holdout must be written before the offset moves past it
@@ -292,22 +330,45 @@ class Trainer:
         verdict = None
         if state.head is not None and not force_promote and self.settings.guardrail.enabled:
             candidate = self._labeller(load_predictor(self.backbone, *state.learner.state()))
-            verdict = judge(self.settings.guardrail, state.reservoir, state.head.classes,
-                            candidate, self._head_labeller(adapter, state.head))
+            verdict = judge(
+                self.settings.guardrail,
+                state.reservoir,
+                state.head.classes,
+                candidate,
+                self._head_labeller(adapter, state.head),
+            )
         promote = verdict is None or verdict.promote
         tensors, metadata = state.learner.state()
-        metrics = {"steps": state.learner.steps, "holdout_examples": sum(
-            c // self.settings.guardrail.every for c in state.class_counts.values()) if self.settings.guardrail.enabled else 0}
+        metrics = {
+            "steps": state.learner.steps,
+            "holdout_examples": sum(
+                c // self.settings.guardrail.every for c in state.class_counts.values()
+            )
+            if self.settings.guardrail.enabled
+            else 0,
+        }
         if verdict is not None and verdict.evaluated:
-            metrics.update(candidate_accuracy=verdict.candidate_accuracy, head_accuracy=verdict.head_accuracy)
+            metrics.update(
+                candidate_accuracy=verdict.candidate_accuracy, head_accuracy=verdict.head_accuracy
+            )
         try:
             manifest = self.store.publish(
-                adapter, to_safetensors(tensors, metadata), parent=state.latest, offsets=state.applied,
-                examples=state.learner.examples, classes=state.learner.classes, metrics=metrics,
-                event_times=state.new_event_times, class_counts=state.class_counts, promote=promote)
+                adapter,
+                to_safetensors(tensors, metadata),
+                parent=state.latest,
+                offsets=state.applied,
+                examples=state.learner.examples,
+                classes=state.learner.classes,
+                metrics=metrics,
+                event_times=state.new_event_times,
+                class_counts=state.class_counts,
+                promote=promote,
+            )
         except StaleParent as error:
-            log.error("fenced out: the adapter's lineage moved (another trainer or a rollback); reloading",
-                      extra={"fields": {"adapter": adapter, "error": str(error)}})
+            log.error(
+                "fenced out: the adapter's lineage moved (another trainer or a rollback); reloading",
+                extra={"fields": {"adapter": adapter, "error": str(error)}},
+            )
             self.adapters.pop(adapter, None)
             self._requeue(state)
             raise
@@ -317,30 +378,63 @@ class Trainer:
         self.metrics.snapshot_sequence.labels(adapter).set(manifest.sequence)
         self.metrics.last_snapshot.labels(adapter).set(manifest.created_at)
         self.metrics.snapshot_duration.observe(time.perf_counter() - started)
-        self.events.snapshot_published(adapter, manifest.version, manifest.parent, manifest.examples,
-                                       manifest.sha256)
+        self.events.snapshot_published(
+            adapter, manifest.version, manifest.parent, manifest.examples, manifest.sha256
+        )
         if promote:
             state.head, state.held_reason = manifest, ""
-            self.events.promoted(adapter, manifest.version, previous_head.version if previous_head else None,
-                                 forced=force_promote)
+            self.events.promoted(
+                adapter,
+                manifest.version,
+                previous_head.version if previous_head else None,
+                forced=force_promote,
+            )
         else:
             state.held_reason = verdict.reason
             self.metrics.guardrail_holds.labels(adapter).inc()
-            self.events.held(adapter, manifest.version, state.head.version, verdict.candidate_accuracy,
-                             verdict.head_accuracy, self.settings.guardrail.margin, verdict.reason)
-            log.warning("candidate held by the guardrail", extra={"fields": {
-                "adapter": adapter, "version": manifest.version, "reason": verdict.reason}})
+            self.events.held(
+                adapter,
+                manifest.version,
+                state.head.version,
+                verdict.candidate_accuracy,
+                verdict.head_accuracy,
+                self.settings.guardrail.margin,
+                verdict.reason,
+            )
+            log.warning(
+                "candidate held by the guardrail",
+                extra={
+                    "fields": {
+                        "adapter": adapter,
+                        "version": manifest.version,
+                        "reason": verdict.reason,
+                    }
+                },
+            )
         self.store.prune(adapter, self.settings.retain_versions)
-        log.info("snapshot published", extra={"fields": {
-            "adapter": adapter, "version": manifest.version, "examples": manifest.examples, "head": promote}})
-        self.drift.after_snapshot(adapter, state.learner, state.reservoir.texts)  # forgetting, when due
+        log.info(
+            "snapshot published",
+            extra={
+                "fields": {
+                    "adapter": adapter,
+                    "version": manifest.version,
+                    "examples": manifest.examples,
+                    "head": promote,
+                }
+            },
+        )
+        self.drift.after_snapshot(
+            adapter, state.learner, state.reservoir.texts
+        )  # forgetting, when due
         return manifest
 
     def _head_labeller(self, adapter: str, head: Manifest) -> Callable[[list[str]], list[str]]:
         key = (adapter, head.version)
         if key not in self._head_cache:
             _, blob = self.store.fetch(adapter, head.version)
-            self._head_cache = {key: self._labeller(load_predictor(self.backbone, *from_safetensors(blob)))}
+            self._head_cache = {
+                key: self._labeller(load_predictor(self.backbone, *from_safetensors(blob)))
+            }
         return self._head_cache[key]
 
     def _labeller(self, predictor) -> Callable[[list[str]], list[str]]:
@@ -370,8 +464,10 @@ class Trainer:
 
     def _dependency_error(self, dependency: str, error: Exception) -> None:
         self.metrics.dependency_errors.labels(dependency).inc()
-        log.warning("dependency unavailable; will retry", extra={"fields": {
-            "dependency": dependency, "error": str(error)}})
+        log.warning(
+            "dependency unavailable; will retry",
+            extra={"fields": {"dependency": dependency, "error": str(error)}},
+        )
 
     # -- commands (run on the training thread via `submit`) ----------------------------------
     def revoke(self, partitions: set[str]) -> None:

@@ -132,14 +132,20 @@ class ImageBackbone(nn.Module):
 
     def prepare(self, images) -> torch.Tensor:
         """A list of [C,H,W] / [H,W] tensors (or one [N,...] tensor) → a normalised batch."""
-        batch = images if isinstance(images, torch.Tensor) else torch.stack([torch.as_tensor(i) for i in images])
+        batch = (
+            images
+            if isinstance(images, torch.Tensor)
+            else torch.stack([torch.as_tensor(i) for i in images])
+        )
         if batch.dim() == 3:
             batch = batch.unsqueeze(1)
         batch = batch.float()
         if batch.shape[1] == 1:
             batch = batch.expand(-1, 3, -1, -1)
         if batch.shape[-1] != self.image_size:
-            batch = nn.functional.interpolate(batch, size=self.image_size, mode="bilinear", align_corners=False)
+            batch = nn.functional.interpolate(
+                batch, size=self.image_size, mode="bilinear", align_corners=False
+            )
         return (batch - 0.5) / 0.5
 
     @property

@@ -72,7 +72,9 @@ def encode_json(example: Example) -> bytes:
     return json.dumps(fields).encode()
 
 
-def decode(value: bytes | None, *, key: bytes | None = None, timestamp_ms: int | None = None) -> Example:
+def decode(
+    value: bytes | None, *, key: bytes | None = None, timestamp_ms: int | None = None
+) -> Example:
     """Decode and validate one record value; raise `DecodeError` saying what is wrong."""
     if not value:
         raise DecodeError("EmptyRecord", "record value is empty")
@@ -95,7 +97,9 @@ def _from_protobuf(value: bytes) -> dict:
     except ProtobufDecodeError as error:
         raise DecodeError("MalformedProtobuf", f"not a perennial.v1.Example: {error}") from error
     if message.WhichOneof("input") == "tensor":
-        raise DecodeError("UnsupportedInput", "tensor inputs need a tensor backbone; this adapter is text")
+        raise DecodeError(
+            "UnsupportedInput", "tensor inputs need a tensor backbone; this adapter is text"
+        )
     return {
         "adapter": message.adapter,
         "example_id": message.example_id,
@@ -117,7 +121,9 @@ def _from_json(value: bytes) -> dict:
     if not isinstance(fields, dict):
         raise DecodeError("MalformedJson", "JSON record must be an object")
     if "tensor" in fields:
-        raise DecodeError("UnsupportedInput", "tensor inputs need a tensor backbone; this adapter is text")
+        raise DecodeError(
+            "UnsupportedInput", "tensor inputs need a tensor backbone; this adapter is text"
+        )
     fields["event_time"] = _json_time(fields.get("event_time"))
     return fields
 
@@ -145,13 +151,19 @@ def _validate(fields: dict) -> Example:
     if not isinstance(label, str) or not label.strip():
         raise DecodeError("MissingLabel", "label is missing or empty")
     if len(label) > MAX_LABEL_CHARS:
-        raise DecodeError("InvalidField", f"label has {len(label)} characters; at most {MAX_LABEL_CHARS}")
+        raise DecodeError(
+            "InvalidField", f"label has {len(label)} characters; at most {MAX_LABEL_CHARS}"
+        )
     if not isinstance(text, str) or not text.strip():
         raise DecodeError("MissingInput", "text is missing or empty")
     if len(text) > MAX_TEXT_CHARS:
-        raise DecodeError("TextTooLong", f"text has {len(text)} characters; at most {MAX_TEXT_CHARS}")
+        raise DecodeError(
+            "TextTooLong", f"text has {len(text)} characters; at most {MAX_TEXT_CHARS}"
+        )
     if not isinstance(example_id, str):
         raise DecodeError("InvalidField", f"example_id {example_id!r} must be a string")
     if event_time is None or event_time != event_time or event_time < 0:
-        raise DecodeError("InvalidField", f"event_time {event_time!r} is missing or not a valid time")
+        raise DecodeError(
+            "InvalidField", f"event_time {event_time!r} is missing or not a valid time"
+        )
     return Example(adapter, example_id, text, label.strip(), float(event_time))

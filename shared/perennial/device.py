@@ -25,7 +25,9 @@ def select(setting: str = "auto") -> torch.device:
     except RuntimeError as error:
         raise ConfigError(f"PERENNIAL_DEVICE={setting!r}: use auto, cpu, cuda or cuda:N") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"PERENNIAL_DEVICE={setting!r} but torch sees no CUDA device; use auto or cpu")
+        raise ConfigError(
+            f"PERENNIAL_DEVICE={setting!r} but torch sees no CUDA device; use auto or cpu"
+        )
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"PERENNIAL_DEVICE={setting!r}: use auto, cpu, cuda or cuda:N")
     return device

@@ -124,7 +124,9 @@ class EmbeddingDrift(base.DriftDetector):
     def n_seen(self) -> int:
         return self._n
 
-    def _directions(self, reference: np.ndarray, recent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _directions(
+        self, reference: np.ndarray, recent: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Both windows along the pooled sample's top principal components (or the coordinates)."""
         if reference.shape[1] <= self.projections:
             return reference, recent
@@ -151,13 +153,15 @@ class EmbeddingDrift(base.DriftDetector):
             return
         self._since_check = 0
         reference, recent = self._directions(np.stack(self._reference), np.stack(self._window))
-        tests = [stats.ks_2samp(reference[:, j], recent[:, j], method="asymp")
-                 for j in range(reference.shape[1])]
+        tests = [
+            stats.ks_2samp(reference[:, j], recent[:, j], method="asymp")
+            for j in range(reference.shape[1])
+        ]
         self._score = max(float(t.statistic) for t in tests)
         self._p_value = min(1.0, len(tests) * min(float(t.pvalue) for t in tests))
         if self._p_value < self.alpha:
             self._drift_detected = True
-            self._reference = list(self._window)[-self.reference_size:]
+            self._reference = list(self._window)[-self.reference_size :]
             self._window.clear()
 
 
@@ -224,7 +228,11 @@ class PredictionDrift(base.DriftDetector):
     """
 
     def __init__(
-        self, reference_size: int = 500, window_size: int = 200, alpha: float = 0.001, check_every: int = 25
+        self,
+        reference_size: int = 500,
+        window_size: int = 200,
+        alpha: float = 0.001,
+        check_every: int = 25,
     ) -> None:
         _check("reference_size", reference_size, 2)
         _check("window_size", window_size, 2)
@@ -309,8 +317,11 @@ class ErrorRateDrift(base.DriftDetector):
     change detected at index 1015
     """
 
-    def __init__(self, detector: base.DriftDetector | base.BinaryDriftDetector | None = None,
-                 window_size: int = 200) -> None:
+    def __init__(
+        self,
+        detector: base.DriftDetector | base.BinaryDriftDetector | None = None,
+        window_size: int = 200,
+    ) -> None:
         _check("window_size", window_size, 1)
         super().__init__()
         self.detector = detector if detector is not None else HDDMA()

@@ -97,7 +97,11 @@ class AccuracyMatrix:
 
     @property
     def average_incremental_accuracy(self) -> float:
-        return evaluation.average_incremental_accuracy(self.square(), self._sizes()) if self.stages else 0.0
+        return (
+            evaluation.average_incremental_accuracy(self.square(), self._sizes())
+            if self.stages
+            else 0.0
+        )
 
     @property
     def average_forgetting(self) -> float:

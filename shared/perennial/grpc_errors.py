@@ -13,8 +13,14 @@ import logging
 import grpc
 from grpc_health.v1 import health, health_pb2
 
-from perennial.errors import (DeadlineExceeded, InvalidInput, NotFound, NotReady, ResourceExhausted,
-                              Unauthenticated)
+from perennial.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    ResourceExhausted,
+    Unauthenticated,
+)
 
 log = logging.getLogger(__name__)
 STATUS = {
@@ -63,6 +69,10 @@ class DomainErrorInterceptor(grpc.ServerInterceptor):
 
 def set_health(health_servicer: health.HealthServicer, service_name: str, serving: bool) -> None:
     """Report SERVING or NOT_SERVING for the server as a whole ("") and for `service_name`."""
-    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
     for name in ("", service_name):
         health_servicer.set(name, status)

@@ -63,26 +63,45 @@ class ServerSecurity:
 
     def __post_init__(self) -> None:
         if (self.cert_chain is None) != (self.private_key is None):
-            raise ConfigError("TLS needs both PERENNIAL_TLS_CERT_FILE and PERENNIAL_TLS_KEY_FILE; one is unset")
+            raise ConfigError(
+                "TLS needs both PERENNIAL_TLS_CERT_FILE and PERENNIAL_TLS_KEY_FILE; one is unset"
+            )
         if self.client_ca is not None and self.cert_chain is None:
-            raise ConfigError("PERENNIAL_TLS_CLIENT_CA_FILE (mutual TLS) needs PERENNIAL_TLS_CERT_FILE "
-                              "and PERENNIAL_TLS_KEY_FILE too")
+            raise ConfigError(
+                "PERENNIAL_TLS_CLIENT_CA_FILE (mutual TLS) needs PERENNIAL_TLS_CERT_FILE "
+                "and PERENNIAL_TLS_KEY_FILE too"
+            )
         if self.token is not None and not self.token:
-            raise ConfigError("the bearer token is empty; unset PERENNIAL_AUTH_TOKEN(_FILE) to disable auth")
+            raise ConfigError(
+                "the bearer token is empty; unset PERENNIAL_AUTH_TOKEN(_FILE) to disable auth"
+            )
 
     @classmethod
     def from_env(cls) -> ServerSecurity:
         """Read the `PERENNIAL_TLS_*` and `PERENNIAL_AUTH_TOKEN(_FILE)` variables; unset = off."""
-        files = {name: env(name, None) for name in (
-            "PERENNIAL_TLS_CERT_FILE", "PERENNIAL_TLS_KEY_FILE", "PERENNIAL_TLS_CLIENT_CA_FILE")}
+        files = {
+            name: env(name, None)
+            for name in (
+                "PERENNIAL_TLS_CERT_FILE",
+                "PERENNIAL_TLS_KEY_FILE",
+                "PERENNIAL_TLS_CLIENT_CA_FILE",
+            )
+        }
         pem = {name: _read(path, name) if path else None for name, path in files.items()}
-        token, token_file = env("PERENNIAL_AUTH_TOKEN", None), env("PERENNIAL_AUTH_TOKEN_FILE", None)
+        token, token_file = (
+            env("PERENNIAL_AUTH_TOKEN", None),
+            env("PERENNIAL_AUTH_TOKEN_FILE", None),
+        )
         if token and token_file:
             raise ConfigError("set PERENNIAL_AUTH_TOKEN or PERENNIAL_AUTH_TOKEN_FILE, not both")
         if token_file:
             token = _read(token_file, "PERENNIAL_AUTH_TOKEN_FILE").decode().strip()
-        return cls(pem["PERENNIAL_TLS_CERT_FILE"], pem["PERENNIAL_TLS_KEY_FILE"],
-                   pem["PERENNIAL_TLS_CLIENT_CA_FILE"], token)
+        return cls(
+            pem["PERENNIAL_TLS_CERT_FILE"],
+            pem["PERENNIAL_TLS_KEY_FILE"],
+            pem["PERENNIAL_TLS_CLIENT_CA_FILE"],
+            token,
+        )
 
     @property
     def tls(self) -> bool:
@@ -108,10 +127,22 @@ class ServerSecurity:
     def add_port(self, server: grpc.Server, address: str) -> int:
         """Listen on `address` with TLS if configured, else plaintext; returns the bound port."""
         credentials = self.server_credentials()
-        port = (server.add_secure_port(address, credentials) if credentials
-                else server.add_insecure_port(address))
-        log.info("gRPC port", extra={"fields": {
-            "address": address, "tls": self.tls, "mutual_tls": self.mutual_tls, "auth": bool(self.token)}})
+        port = (
+            server.add_secure_port(address, credentials)
+            if credentials
+            else server.add_insecure_port(address)
+        )
+        log.info(
+            "gRPC port",
+            extra={
+                "fields": {
+                    "address": address,
+                    "tls": self.tls,
+                    "mutual_tls": self.mutual_tls,
+                    "auth": bool(self.token),
+                }
+            },
+        )
         return port
 
 
@@ -135,20 +166,34 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
 
 
 def _reject(_request, context: grpc.ServicerContext):
-    context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                  "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'")
+    context.abort(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'",
+    )
 
 
-def _replace_behaviour(handler: grpc.RpcMethodHandler, behaviour: Callable) -> grpc.RpcMethodHandler:
+def _replace_behaviour(
+    handler: grpc.RpcMethodHandler, behaviour: Callable
+) -> grpc.RpcMethodHandler:
     """The same kind of handler (unary/stream), with `behaviour` instead of the method."""
-    kind = ("unary_unary" if not handler.request_streaming and not handler.response_streaming
-            else "unary_stream" if not handler.request_streaming
-            else "stream_unary" if not handler.response_streaming else "stream_stream")
+    kind = (
+        "unary_unary"
+        if not handler.request_streaming and not handler.response_streaming
+        else "unary_stream"
+        if not handler.request_streaming
+        else "stream_unary"
+        if not handler.response_streaming
+        else "stream_stream"
+    )
     return handler._replace(**{kind: behaviour})
 
 
-def channel_credentials(root_ca_file: str | Path | None = None, cert_file: str | Path | None = None,
-                        key_file: str | Path | None = None, token: str | None = None) -> grpc.ChannelCredentials:
+def channel_credentials(
+    root_ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+    token: str | None = None,
+) -> grpc.ChannelCredentials:
     """Client credentials for `grpc.secure_channel`.
 
     root_ca_file: CA that signed the server certificate (None: the system roots).
@@ -164,7 +209,8 @@ def channel_credentials(root_ca_file: str | Path | None = None, cert_file: str |
     credentials = grpc.ssl_channel_credentials(read(root_ca_file), read(key_file), read(cert_file))
     if token:
         credentials = grpc.composite_channel_credentials(
-            credentials, grpc.access_token_call_credentials(token))
+            credentials, grpc.access_token_call_credentials(token)
+        )
     return credentials
 
 

@@ -9,6 +9,8 @@ import time
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per log record, with the record's structured `fields`."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))

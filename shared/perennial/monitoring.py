@@ -29,7 +29,9 @@ class BackgroundWorker:
     """
 
     def __init__(self, name: str, queue_size: int, on_drop: Callable[[str], None]) -> None:
-        self._queue: queue.Queue[tuple[Callable[..., None], tuple]] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[tuple[Callable[..., None], tuple]] = queue.Queue(
+            maxsize=queue_size
+        )
         self._on_drop = on_drop
         self._blas = ThreadpoolController()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)

@@ -28,18 +28,28 @@ def _flag(value: str) -> bool:
 
 
 def connect(url: str | None = None) -> redis.Redis:
-    options = {"socket_timeout": SOCKET_TIMEOUT_SECONDS, "socket_connect_timeout": SOCKET_TIMEOUT_SECONDS,
-               "health_check_interval": 30}
+    options = {
+        "socket_timeout": SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": SOCKET_TIMEOUT_SECONDS,
+        "health_check_interval": 30,
+    }
     password = env("PERENNIAL_REDIS_PASSWORD", None)
     if password:
         options["password"] = password
     sentinels = env("PERENNIAL_REDIS_SENTINELS", "")
     if sentinels:
         try:
-            nodes = [(host, int(port)) for host, port in (item.rsplit(":", 1) for item in sentinels.split(","))]
+            nodes = [
+                (host, int(port))
+                for host, port in (item.rsplit(":", 1) for item in sentinels.split(","))
+            ]
         except ValueError as error:
-            raise ConfigError(f"PERENNIAL_REDIS_SENTINELS={sentinels!r}: use host:port,host:port") from error
-        sentinel = Sentinel(nodes, sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT_SECONDS}, **options)
+            raise ConfigError(
+                f"PERENNIAL_REDIS_SENTINELS={sentinels!r}: use host:port,host:port"
+            ) from error
+        sentinel = Sentinel(
+            nodes, sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT_SECONDS}, **options
+        )
         return sentinel.master_for(env("PERENNIAL_REDIS_SENTINEL_MASTER", "mymaster"), **options)
     url = url or env("PERENNIAL_REDIS_URL")
     if env("PERENNIAL_REDIS_CLUSTER", False, _flag):

@@ -27,7 +27,10 @@ def start(service: str) -> tuple[CollectorRegistry, threading.Event]:
     stop = threading.Event()
 
     def _stop(signum: int, _frame) -> None:
-        log.info("stopping", extra={"fields": {"service": service, "signal": signal.Signals(signum).name}})
+        log.info(
+            "stopping",
+            extra={"fields": {"service": service, "signal": signal.Signals(signum).name}},
+        )
         stop.set()
 
     signal.signal(signal.SIGTERM, _stop)

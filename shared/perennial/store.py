@@ -47,6 +47,8 @@ class IntegrityError(RuntimeError):
 
 @dataclass(frozen=True)
 class Manifest:
+    """What a snapshot version holds and where it came from (stored as JSON beside the blob)."""
+
     adapter: str
     version: str
     sequence: int
@@ -89,7 +91,11 @@ def from_safetensors(blob: bytes) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 
 class SnapshotStore:
-    def __init__(self, client: redis.Redis, prefix: str = "perennial", channel: str = UPDATES_CHANNEL):
+    """Immutable adapter versions in Redis, the candidate and head pointers, and announcements."""
+
+    def __init__(
+        self, client: redis.Redis, prefix: str = "perennial", channel: str = UPDATES_CHANNEL
+    ):
         self.redis = client
         self.prefix = prefix
         self.channel = channel
@@ -188,7 +194,9 @@ class SnapshotStore:
         if doomed:
             with self.redis.pipeline(transaction=True) as pipe:
                 for version in doomed:
-                    pipe.delete(self._key(adapter, "blob", version), self._key(adapter, "manifest", version))
+                    pipe.delete(
+                        self._key(adapter, "blob", version), self._key(adapter, "manifest", version)
+                    )
                 pipe.zrem(self._key(adapter, "versions"), *doomed)
                 pipe.execute()
         return doomed

@@ -29,6 +29,8 @@ from cryptography.x509.oid import NameOID
 
 @dataclass
 class Request:
+    """A request the fake API endpoint received."""
+
     method: str
     path: str
     query: dict[str, list[str]]
@@ -38,6 +40,8 @@ class Request:
 
 @dataclass
 class Reply:
+    """A canned answer of the fake API endpoint."""
+
     status: int
     body: str | bytes | dict | list | None  # None: answer with the request body (a create)
     content_type: str = "application/json"
@@ -142,7 +146,7 @@ class RecordingEndpoint:
 
 def _self_signed(workdir: Path) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for 127.0.0.1 signed by it (like a cluster's CA)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-cluster-ca")])
     ca = (

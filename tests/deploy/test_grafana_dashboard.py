@@ -11,10 +11,8 @@ from pathlib import Path
 import yaml
 from prometheus_client import CollectorRegistry
 
-from services.inference.metrics import InferenceMetrics
-from services.trainer.metrics import TrainerMetrics
-from services.inference.metrics import InferenceDriftMetrics
-from services.trainer.metrics import TrainerDriftMetrics
+from services.inference.metrics import InferenceDriftMetrics, InferenceMetrics
+from services.trainer.metrics import TrainerDriftMetrics, TrainerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "perennial.json"
@@ -33,20 +31,41 @@ def dashboard_queries() -> list[str]:
 def test_dashboard_has_the_promised_panels() -> None:
     board = json.loads(DASHBOARD.read_text())
     titles = " | ".join(p["title"].lower() for p in board["panels"])
-    for topic in ("freshness", "requests", "latency", "versions per adapter", "drift scores",
-                  "drift detections", "forgetting", "accuracy matrix", "consumer lag", "dead letters"):
+    for topic in (
+        "freshness",
+        "requests",
+        "latency",
+        "versions per adapter",
+        "drift scores",
+        "drift detections",
+        "forgetting",
+        "accuracy matrix",
+        "consumer lag",
+        "dead letters",
+    ):
         assert topic in titles, topic
     assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
 
 
 def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query_{i}", "expr": expr} for i, expr in enumerate(dashboard_queries())]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{i}", "expr": expr}
+                    for i, expr in enumerate(dashboard_queries())
+                ],
+            }
+        ]
+    }
     path = tmp_path / "dashboard_rules.yml"
     path.write_text(yaml.safe_dump(rules))
     promtool = shutil.which("promtool")
     assert promtool, "promtool not found: install the Debian package 'prometheus' (make setup does)"
-    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

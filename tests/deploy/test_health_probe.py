@@ -26,7 +26,7 @@ SERVER_NAME = "perennial-inference"
 
 def _certificates(directory: Path) -> dict[str, Path]:
     """A CA, and a certificate for SERVER_NAME signed by it (usable as server and client cert)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "perennial-test-ca")])
     ca = (

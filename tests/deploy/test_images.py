@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,25 @@ def test_entrypoints_are_installed_scripts() -> None:
         runtime = _stages(DOCKERFILES[name])[-1]
         [entrypoint] = [i["value"] for i in runtime if i["instruction"] == "ENTRYPOINT"]
         assert entrypoint == f'["{script}"]' and f"{script} = " in pyproject
+
+
+def test_images_hold_no_development_tooling(tmp_path: Path) -> None:
+    """What `pip install .` puts into an image (the project's wheel) has the services and the
+    shared library, and none of the development package (local stack, launcher, demo, data sets)."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(tmp_path), str(ROOT)],
+        check=True,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("perennial-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "services/inference/server.py" in names and "perennial/store.py" in names
+    tooling = [
+        n
+        for n in names
+        if re.search(r"perennial_dev|localstack|promserver|launch|demo|datasets", n)
+    ]
+    assert tooling == []
+    # the build context of the images holds only what that wheel is built from
+    context = (ROOT / ".dockerignore").read_text().split()
+    assert "!dev/" not in context and "!shared/" in context and "!services/" in context

@@ -7,14 +7,15 @@ with the in-cluster token and CA files a pod would have. No API server runs here
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from kubernetes import client
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
 from perennial.cli.pods import list_release_pods, parse_adapter_versions
 from perennial.kube import in_cluster_api
-from services.trainer.kube_events import EventReason, EventRecorder, PodRef, build_event
 from services.inference.metrics import InferenceMetrics
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from services.trainer.kube_events import EventReason, EventRecorder, PodRef, build_event
 
 EVENTS = "/api/v1/namespaces/ml/events"
 
@@ -29,7 +30,7 @@ def _recorder(endpoint, **kwargs) -> EventRecorder:
 
 def test_event_body_names_the_pod_reason_and_type() -> None:
     pod = PodRef("perennial-trainer-0", "ml", "uid-1")
-    now = datetime(2026, 11, 23, 15, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 23, 15, 0, 0, tzinfo=UTC)
     body = client.ApiClient().sanitize_for_serialization(
         build_event(pod, EventReason.GUARDRAIL_HELD, "x" * 5000, now)
     )

@@ -14,8 +14,16 @@ ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 RULE_TESTS = Path(__file__).with_name("prometheus_rules_test.yml")
 RUNBOOK = ROOT / "docs" / "RUNBOOK.md"
-ALERTS = {"DriftDetected", "ForgettingHigh", "GuardrailHeld", "FreshnessSlow", "TrainerLagHigh",
-          "SnapshotStale", "InferenceErrorsHigh", "InferenceLatencyHigh"}
+ALERTS = {
+    "DriftDetected",
+    "ForgettingHigh",
+    "GuardrailHeld",
+    "FreshnessSlow",
+    "TrainerLagHigh",
+    "SnapshotStale",
+    "InferenceErrorsHigh",
+    "InferenceLatencyHigh",
+}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
@@ -55,7 +63,9 @@ def test_alert_has_for_severity_summary_and_a_runbook_paragraph(rule: dict) -> N
     assert rule["annotations"]["runbook_url"] == f"docs/RUNBOOK.md#{anchor}"
     runbook = RUNBOOK.read_text()
     section = re.search(rf"^## {rule['alert']}\n(.+?)(?=^## |\Z)", runbook, re.M | re.S)
-    assert section and len(section.group(1).split()) > 40, f"no runbook paragraph for {rule['alert']}"
+    assert section and len(section.group(1).split()) > 40, (
+        f"no runbook paragraph for {rule['alert']}"
+    )
 
 
 def test_the_rule_set_names_every_alert_once() -> None:

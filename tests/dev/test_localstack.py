@@ -287,7 +287,9 @@ def test_wait_ready_raises_with_log_tail_when_process_exits(tmp_path: Path) -> N
 def test_wait_ready_times_out_with_log_tail(tmp_path: Path) -> None:
     code = "import time; print('still warming up', flush=True); time.sleep(120)"
     with ManagedProcess(_python(code), tmp_path / "slow.log", name="slow") as process:
-        with pytest.raises(RuntimeError, match=r"still running but not ready after 0\.3s") as excinfo:
+        with pytest.raises(
+            RuntimeError, match=r"still running but not ready after 0\.3s"
+        ) as excinfo:
             process.wait_ready(lambda: False, timeout=0.3, what="slow service")
         assert process.alive  # the caller decides whether to stop it
         assert _wait_until(lambda: "still warming up" in process.log_tail(), timeout=10)

@@ -15,9 +15,9 @@ import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
 from perennial_dev.localstack import free_port
+from perennial_dev.promserver import PrometheusServer, start_prometheus
 from services.inference.metrics import InferenceDriftMetrics
 from services.inference.monitor import InferenceDriftMonitor, MonitorConfig
-from perennial_dev.promserver import PrometheusServer, start_prometheus
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules.yml"
 
@@ -46,14 +46,18 @@ def exporter() -> Iterator[tuple[CollectorRegistry, int]]:
 
 @pytest.fixture
 def prometheus(tmp_path: Path, exporter) -> Iterator[PrometheusServer]:
-    server = start_prometheus(tmp_path / "prometheus", {"inference": [f"127.0.0.1:{exporter[1]}"]}, [RULES])
+    server = start_prometheus(
+        tmp_path / "prometheus", {"inference": [f"127.0.0.1:{exporter[1]}"]}, [RULES]
+    )
     try:
         yield server
     finally:
         server.stop()
 
 
-def test_drift_detected_fires_after_the_drift_and_not_before(exporter, prometheus: PrometheusServer) -> None:
+def test_drift_detected_fires_after_the_drift_and_not_before(
+    exporter, prometheus: PrometheusServer
+) -> None:
     registry, _ = exporter
     rng = np.random.default_rng(0)
     shift = {"value": 0.0}
@@ -61,20 +65,34 @@ def test_drift_detected_fires_after_the_drift_and_not_before(exporter, prometheu
     def embed(texts: list[str]) -> np.ndarray:
         return rng.normal(shift["value"], 1.0, (len(texts), 16))
 
-    config = MonitorConfig(input_reference=64, input_window=32, prediction_reference=64, prediction_window=32)
+    config = MonitorConfig(
+        input_reference=64, input_window=32, prediction_reference=64, prediction_window=32
+    )
     monitor = InferenceDriftMonitor(InferenceDriftMetrics(registry), embed, config)
     for _ in range(30):
         monitor.submit("wn", ["t"] * 8, ["a", "b"] * 4)
     assert monitor.drain(30)
     observed = 'perennial_inference_drift_observations_total{adapter="wn"}'
-    eventually(lambda: [r for r in prometheus.query(observed) if r["value"][1] == "240"], what="a scrape")
+    eventually(
+        lambda: [r for r in prometheus.query(observed) if r["value"][1] == "240"], what="a scrape"
+    )
     # Three evaluation rounds after the scrape: still no alert, and every rule is healthy.
     evaluated = time.time()
-    eventually(lambda: all(r.get("lastEvaluation", "") > _rfc3339(evaluated + 2)
-                           for g in prometheus.rules() for r in g["rules"]), what="rule evaluations")
+    eventually(
+        lambda: all(
+            r.get("lastEvaluation", "") > _rfc3339(evaluated + 2)
+            for g in prometheus.rules()
+            for r in g["rules"]
+        ),
+        what="rule evaluations",
+    )
     assert not [a for a in prometheus.alerts() if a["labels"]["alertname"] == "DriftDetected"]
-    unhealthy = [(r["name"], r.get("lastError")) for g in prometheus.rules() for r in g["rules"]
-                 if r["health"] != "ok"]
+    unhealthy = [
+        (r["name"], r.get("lastError"))
+        for g in prometheus.rules()
+        for r in g["rules"]
+        if r["health"] != "ok"
+    ]
     assert not unhealthy
     assert prometheus.query("adapter_signal:perennial_drift_detections:increase15m")  # recorded, 0
 
@@ -83,10 +101,21 @@ def test_drift_detected_fires_after_the_drift_and_not_before(exporter, prometheu
     for _ in range(12):
         monitor.submit("wn", ["t"] * 8, ["a", "b"] * 4)
     assert monitor.drain(30)
-    firing = eventually(lambda: [a for a in prometheus.alerts() if a["labels"]["alertname"] == "DriftDetected"
-                                 and a["state"] == "firing"], timeout=90, what="DriftDetected firing")
-    assert firing[0]["labels"] == {"alertname": "DriftDetected", "adapter": "wn", "signal": "input",
-                                   "severity": "warning"}
+    firing = eventually(
+        lambda: [
+            a
+            for a in prometheus.alerts()
+            if a["labels"]["alertname"] == "DriftDetected" and a["state"] == "firing"
+        ],
+        timeout=90,
+        what="DriftDetected firing",
+    )
+    assert firing[0]["labels"] == {
+        "alertname": "DriftDetected",
+        "adapter": "wn",
+        "signal": "input",
+        "severity": "warning",
+    }
     assert _epoch(firing[0]["activeAt"]) >= drift_at - 1
 
 

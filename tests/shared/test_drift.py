@@ -14,7 +14,9 @@ from perennial import drift, forgetting
 from perennial.drift import EmbeddingDrift, ErrorRateDrift, NewClass, NoDrift, PredictionDrift
 
 
-def detections(detector: base.DriftDetector, stream, scores: list[float] | None = None) -> list[int]:
+def detections(
+    detector: base.DriftDetector, stream, scores: list[float] | None = None
+) -> list[int]:
     """Indices where `detector` fired; the detector's score at each one goes to `scores`."""
     found = []
     for index, x in enumerate(stream):
@@ -32,12 +34,15 @@ def test_docstring_examples_run(module) -> None:
     assert result.attempted > 0 and result.failed == 0
 
 
-@pytest.mark.parametrize("detector", [
-    EmbeddingDrift(reference_size=64, window_size=32, alpha=0.01),
-    PredictionDrift(reference_size=64, window_size=32),
-    ErrorRateDrift(ADWIN(delta=0.01), window_size=50),
-    NewClass(known=["a"]),
-])
+@pytest.mark.parametrize(
+    "detector",
+    [
+        EmbeddingDrift(reference_size=64, window_size=32, alpha=0.01),
+        PredictionDrift(reference_size=64, window_size=32),
+        ErrorRateDrift(ADWIN(delta=0.01), window_size=50),
+        NewClass(known=["a"]),
+    ],
+)
 def test_river_api_shape(detector: base.DriftDetector) -> None:
     """Public hyperparameters named like the arguments, clone() rebuilds the private state."""
     assert isinstance(detector, base.DriftDetector)
@@ -56,7 +61,9 @@ def gaussian_stream(seed: int, shift: float, before: int = 600, after: int = 600
 def test_embedding_drift_exact_index_and_rearms() -> None:
     detector = EmbeddingDrift(reference_size=200, window_size=100, projections=8, alpha=0.001)
     stream, scores = gaussian_stream(seed=11, shift=0.3), []
-    assert detections(detector, stream, scores) == [667]  # one alarm: the new regime became the reference
+    assert detections(detector, stream, scores) == [
+        667
+    ]  # one alarm: the new regime became the reference
     assert scores[0] > 0.2 and detector.n_seen == 1200
 
 
@@ -73,10 +80,13 @@ def test_embedding_drift_rejects_a_vector_of_another_size() -> None:
         detector.update(np.zeros(3))
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"alpha": 2.0}, "alpha must be in"),
-    ({"window_size": 1}, "window_size must be in"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"alpha": 2.0}, "alpha must be in"),
+        ({"window_size": 1}, "window_size must be in"),
+    ],
+)
 def test_invalid_hyperparameters_name_the_value(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         EmbeddingDrift(**kwargs)
@@ -88,7 +98,9 @@ def test_prediction_drift_on_a_new_class_and_not_when_stationary() -> None:
     rng = random.Random(3)
     stationary = rng.choices("abcd", k=3000)
     assert detections(PredictionDrift(), stationary) == []
-    with_new_class = rng.choices("abcd", k=700) + rng.choices("abcde", weights=[1, 1, 1, 1, 2], k=500)
+    with_new_class = rng.choices("abcd", k=700) + rng.choices(
+        "abcde", weights=[1, 1, 1, 1, 2], k=500
+    )
     scores: list[float] = []
     assert detections(PredictionDrift(), with_new_class, scores) == [749]
     assert scores[0] > 0.15

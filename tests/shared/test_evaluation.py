@@ -22,21 +22,26 @@ def test_accuracy_on_seen_classes_and_its_average():
 
 def test_seen_accuracy_weights_groups_by_size():
     # group 0 has 2 classes, group 1 has 1: A_1 = (2·0.6 + 1·0.8) / 3
-    assert evaluation.seen_accuracy([[0.9, 0.0], [0.6, 0.8]], sizes=[2, 1])[1] == pytest.approx(2.0 / 3)
+    assert evaluation.seen_accuracy([[0.9, 0.0], [0.6, 0.8]], sizes=[2, 1])[1] == pytest.approx(
+        2.0 / 3
+    )
 
 
 def test_forgetting_uses_the_best_earlier_accuracy():
     # group 0: max(0.9, 0.6) − 0.5 = 0.4; group 1: max(0.8) − 0.7 = 0.1
     assert evaluation.forgetting(R) == pytest.approx((0.4 + 0.1) / 2)
     # the max runs over every stage before the last, not only the diagonal
-    assert evaluation.forgetting([[0.5, 0.0, 0.0], [0.9, 0.8, 0.0], [0.7, 0.8, 0.6]]) == pytest.approx(
-        ((0.9 - 0.7) + (0.8 - 0.8)) / 2)
+    assert evaluation.forgetting(
+        [[0.5, 0.0, 0.0], [0.9, 0.8, 0.0], [0.7, 0.8, 0.6]]
+    ) == pytest.approx(((0.9 - 0.7) + (0.8 - 0.8)) / 2)
 
 
 def test_backward_and_forward_transfer():
     assert evaluation.backward_transfer(R) == pytest.approx(((0.5 - 0.9) + (0.7 - 0.8)) / 2)
     assert evaluation.forward_transfer(R) == pytest.approx(0.0)
-    assert evaluation.forward_transfer(R, baseline=[0.0, 0.1, 0.2]) == pytest.approx(((0 - 0.1) + (0 - 0.2)) / 2)
+    assert evaluation.forward_transfer(R, baseline=[0.0, 0.1, 0.2]) == pytest.approx(
+        ((0 - 0.1) + (0 - 0.2)) / 2
+    )
 
 
 def test_single_stage_and_bad_shapes():
@@ -47,6 +52,11 @@ def test_single_stage_and_bad_shapes():
 
 def test_summary_holds_every_metric():
     summary = evaluation.summary(R)
-    assert set(summary) == {"final_accuracy", "average_incremental_accuracy", "forgetting",
-                            "backward_transfer", "forward_transfer"}
+    assert set(summary) == {
+        "final_accuracy",
+        "average_incremental_accuracy",
+        "forgetting",
+        "backward_transfer",
+        "forward_transfer",
+    }
     assert all(math.isfinite(v) for v in summary.values())

@@ -9,12 +9,16 @@ from perennial.forgetting import AccuracyMatrix
 
 def test_three_stages_by_hand() -> None:
     matrix = AccuracyMatrix()
-    matrix.record({"a": 1.0, "b": 0.8})                        # stage 0: a, b
-    matrix.record({"a": 0.8, "b": 0.8, "c": 1.0})              # stage 1: c
-    matrix.record({"a": 0.7, "b": 0.7, "c": 0.9})              # still stage 1 (row overwritten)
-    matrix.record({"a": 0.6, "b": 0.6, "c": 0.5, "d": 0.9})    # stage 2: d
+    matrix.record({"a": 1.0, "b": 0.8})  # stage 0: a, b
+    matrix.record({"a": 0.8, "b": 0.8, "c": 1.0})  # stage 1: c
+    matrix.record({"a": 0.7, "b": 0.7, "c": 0.9})  # still stage 1 (row overwritten)
+    matrix.record({"a": 0.6, "b": 0.6, "c": 0.5, "d": 0.9})  # stage 2: d
     assert matrix.groups == [["a", "b"], ["c"], ["d"]]
-    assert [[round(x, 6) for x in row] for row in matrix.rows] == [[0.9], [0.7, 0.9], [0.6, 0.5, 0.9]]
+    assert [[round(x, 6) for x in row] for row in matrix.rows] == [
+        [0.9],
+        [0.7, 0.9],
+        [0.6, 0.5, 0.9],
+    ]
     # forgetting: group 0 best 0.9 → 0.6, group 1 best 0.9 → 0.5
     assert matrix.average_forgetting == pytest.approx((0.3 + 0.4) / 2)
     assert matrix.backward_transfer == pytest.approx(((0.6 - 0.9) + (0.5 - 0.9)) / 2)

@@ -6,16 +6,25 @@ import torch
 import torch.nn.functional as F
 
 from perennial import evaluation
-from perennial_dev.datasets.wordnet import class_incremental_split, read_noun_glosses
-from perennial.learners import DEFAULT_LEARNER, LearnerConfig, build_learner, load_predictor, restore_learner
+from perennial.learners import (
+    DEFAULT_LEARNER,
+    LearnerConfig,
+    build_learner,
+    load_predictor,
+    restore_learner,
+)
 from perennial.learners.lae import LAELearner
 from perennial.pet import AdapterConfig, LoRAConfig, PrefixConfig
 from perennial.store import from_safetensors, to_safetensors
+from perennial_dev.datasets.wordnet import class_incremental_split, read_noun_glosses
 
 TEXTS = ["a small dog", "a tall tree", "an old house", "a fast car"]
 LABELS = ["animal", "plant", "artifact", "artifact"]
-PETS = [LoRAConfig(rank=2, layers=(0, 1)), AdapterConfig(bottleneck=4, layers=(0, 1)),
-        PrefixConfig(length=3, layers=(0, 1))]
+PETS = [
+    LoRAConfig(rank=2, layers=(0, 1)),
+    AdapterConfig(bottleneck=4, layers=(0, 1)),
+    PrefixConfig(length=3, layers=(0, 1)),
+]
 
 
 def _config(pet=PETS[0], **fields):
@@ -102,7 +111,9 @@ def test_pet_is_frozen_for_freeze_steps_after_a_new_class(tiny_backbone):
 
 
 def test_naive_fine_tuning_masks_nothing_and_has_no_offline_module(tiny_backbone):
-    learner = build_learner(tiny_backbone, _config(learner="naive", loss_window=2, min_loss_classes=1))
+    learner = build_learner(
+        tiny_backbone, _config(learner="naive", loss_window=2, min_loss_classes=1)
+    )
     assert learner.offline is None
     learner.learn(TEXTS[:2], LABELS[:2])
     old_rows = learner.head.weight[:2].detach().clone()
@@ -146,18 +157,27 @@ def test_resume_from_state_continues_exactly_with_every_pet(pet, tiny_backbone):
     assert predictor.classes == straight.classes
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"lr": 0}, "lr must be in"), ({"ema_decay": 1.0}, "ema_decay"), ({"loss_window": 0}, "loss_window"),
-    ({"freeze_steps": -1}, "freeze_steps must be >= 0, got -1"), ({"learner": "ewc"}, "got 'ewc'"),
-    ({"ridge_grid": (0.0,)}, "ridge_grid"), ({"projection_dim": 0}, "projection_dim must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"lr": 0}, "lr must be in"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+        ({"loss_window": 0}, "loss_window"),
+        ({"freeze_steps": -1}, "freeze_steps must be >= 0, got -1"),
+        ({"learner": "ewc"}, "got 'ewc'"),
+        ({"ridge_grid": (0.0,)}, "ridge_grid"),
+        ({"projection_dim": 0}, "projection_dim must be >= 1, got 0"),
+    ],
+)
 def test_config_rejects_bad_values(fields, message):
     with pytest.raises(ValueError, match=message):
         LearnerConfig(**fields)
 
 
 def test_config_from_env_and_dict_round_trip():
-    config = LearnerConfig.from_env(seed=3, environ={"PERENNIAL_LEARNER": "lae", "PERENNIAL_PET": "prefix"})
+    config = LearnerConfig.from_env(
+        seed=3, environ={"PERENNIAL_LEARNER": "lae", "PERENNIAL_PET": "prefix"}
+    )
     assert (config.learner, config.pet.method, config.seed) == ("lae", "prefix", 3)
     assert LearnerConfig.from_dict(config.to_dict()) == config
     assert LearnerConfig.from_env(environ={}).learner == DEFAULT_LEARNER
@@ -180,27 +200,40 @@ def _stream_accuracy_matrix(learner, split):
                 continue
             test = [g for c in stages[i] for g in split.test[c]]
             predicted = learner.predict([g.text for g in test])
-            row.append(sum(p == g.label for p, g in zip(predicted, test)) / len(test))
+            row.append(sum(p == g.label for p, g in zip(predicted, test, strict=False)) / len(test))
         matrix.append(row)
     return matrix
 
 
 def test_lae_forgets_clearly_less_than_naive_fine_tuning_on_minilm(minilm):
     """Four WordNet supersenses in two stages, seeded: LAE keeps the first stage, naive does not."""
-    split = class_incremental_split(read_noun_glosses(), num_classes=4, classes_per_stage=2,
-                                    train_per_class=24, test_per_class=15, seed=1)
+    split = class_incremental_split(
+        read_noun_glosses(),
+        num_classes=4,
+        classes_per_stage=2,
+        train_per_class=24,
+        test_per_class=15,
+        seed=1,
+    )
     results = {}
     for name in ("lae", "naive"):
-        learner = build_learner(minilm, LearnerConfig(learner=name, pet=LoRAConfig(rank=4), lr=3e-3, seed=0))
+        learner = build_learner(
+            minilm, LearnerConfig(learner=name, pet=LoRAConfig(rank=4), lr=3e-3, seed=0)
+        )
         results[name] = _stream_accuracy_matrix(learner, split)
     lae, naive = (evaluation.forgetting(results[n]) for n in ("lae", "naive"))
     assert lae + 0.2 < naive, results
     assert evaluation.final_accuracy(results["lae"]) > 0.5, results  # chance is 1/4
 
 
-@pytest.mark.parametrize("pet", [LoRAConfig(rank=2, target_modules=("_project_conv",), layers=(1, 2)),
-                                 AdapterConfig(bottleneck=4, target_modules=("block",), layers=(2, 3))],
-                         ids=lambda p: p.method)
+@pytest.mark.parametrize(
+    "pet",
+    [
+        LoRAConfig(rank=2, target_modules=("_project_conv",), layers=(1, 2)),
+        AdapterConfig(bottleneck=4, target_modules=("block",), layers=(2, 3)),
+    ],
+    ids=lambda p: p.method,
+)
 def test_lae_on_the_image_backbone_learns_and_serves(pet):
     from perennial.backbone import ImageBackbone
 

@@ -50,21 +50,32 @@ def _perturb(module, seed=1):
             param.add_(torch.randn(param.shape, generator=generator) * 0.5)
 
 
-@pytest.mark.parametrize("config", TEXT_CONFIGS + IMAGE_CONFIGS, ids=lambda c: f"{c.method}-{c.target_modules[0]}")
-def test_new_module_is_identity_trained_changes_output_and_round_trips(config, tiny_backbone, image_backbone):
+@pytest.mark.parametrize(
+    "config", TEXT_CONFIGS + IMAGE_CONFIGS, ids=lambda c: f"{c.method}-{c.target_modules[0]}"
+)
+def test_new_module_is_identity_trained_changes_output_and_round_trips(
+    config, tiny_backbone, image_backbone
+):
     backbone = tiny_backbone if config in TEXT_CONFIGS else image_backbone
-    inputs = list(TEXTS) if config in TEXT_CONFIGS else [torch.rand(28, 28, generator=torch.Generator().manual_seed(i))
-                                                         for i in range(2)]
+    inputs = (
+        list(TEXTS)
+        if config in TEXT_CONFIGS
+        else [torch.rand(28, 28, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    )
     bare = _embed(backbone, inputs)
     shapes = inject(backbone.encoder, config)
     module = create_module(config, shapes)
     with activate(module):
-        torch.testing.assert_close(_embed(backbone, inputs), bare, rtol=0, atol=1e-6)  # zero-initialised
+        torch.testing.assert_close(
+            _embed(backbone, inputs), bare, rtol=0, atol=1e-6
+        )  # zero-initialised
     _perturb(module)
     with activate(module):
         changed = _embed(backbone, inputs)
     assert not torch.allclose(changed, bare, atol=1e-3)
-    torch.testing.assert_close(_embed(backbone, inputs), bare, rtol=0, atol=0)  # outside activate: bare
+    torch.testing.assert_close(
+        _embed(backbone, inputs), bare, rtol=0, atol=0
+    )  # outside activate: bare
 
     # adapter-only persistence: safetensors + JSON config, loaded as a differently named module
     blob = save_safetensors({k: v.contiguous() for k, v in module.state_dict().items()})
@@ -78,7 +89,9 @@ def test_new_module_is_identity_trained_changes_output_and_round_trips(config, t
 
 
 @pytest.mark.parametrize("config", TEXT_CONFIGS + IMAGE_CONFIGS, ids=lambda c: c.method)
-def test_every_adapted_layer_has_a_learnable_scale_starting_at_one(config, tiny_backbone, image_backbone):
+def test_every_adapted_layer_has_a_learnable_scale_starting_at_one(
+    config, tiny_backbone, image_backbone
+):
     backbone = tiny_backbone if config in TEXT_CONFIGS else image_backbone
     module = create_module(config, inject(backbone.encoder, config))
     assert len(module.scale) == len(module.shapes) > 0
@@ -88,10 +101,17 @@ def test_every_adapted_layer_has_a_learnable_scale_starting_at_one(config, tiny_
 def test_inject_targets_are_the_configured_layers_and_idempotent(tiny_backbone):
     config = LoRAConfig(target_modules=("key", "value"), layers=(0,))
     shapes = inject(tiny_backbone.encoder, config)
-    assert sorted(shapes) == ["encoder.layer.0.attention.self.key", "encoder.layer.0.attention.self.value"]
+    assert sorted(shapes) == [
+        "encoder.layer.0.attention.self.key",
+        "encoder.layer.0.attention.self.value",
+    ]
     assert inject(tiny_backbone.encoder, config) == shapes
-    assert sorted(inject(tiny_backbone.encoder, AdapterConfig(layers=(1,)))) == ["encoder.layer.1.attention"]
-    assert sorted(inject(tiny_backbone.encoder, PrefixConfig(layers=(0,)))) == ["encoder.layer.0.attention.self"]
+    assert sorted(inject(tiny_backbone.encoder, AdapterConfig(layers=(1,)))) == [
+        "encoder.layer.1.attention"
+    ]
+    assert sorted(inject(tiny_backbone.encoder, PrefixConfig(layers=(0,)))) == [
+        "encoder.layer.0.attention.self"
+    ]
     # paths do not depend on what was injected first (Prefix now wraps the LoRA-wrapped layers)
     assert inject(tiny_backbone.encoder, config) == shapes
 
@@ -113,10 +133,13 @@ def test_prefix_is_lae_compensated_attention(tiny_backbone):
         q = attention.query(hidden).view(1, 5, 2, 16).transpose(1, 2)
         k = attention.key(hidden).view(1, 5, 2, 16).transpose(1, 2)
         keys, values = module.tokens("encoder.layer.0.attention.self")
-        logits = torch.cat([q @ k.transpose(-1, -2), torch.einsum("bhld,hpd->bhlp", q, keys)], -1) / 4.0
+        logits = (
+            torch.cat([q @ k.transpose(-1, -2), torch.einsum("bhld,hpd->bhlp", q, keys)], -1) / 4.0
+        )
         weights = logits.softmax(-1)[..., 5:]
         expected = bare + module.scale["encoder__layer__0__attention__self"] * torch.einsum(
-            "bhlp,hpd->bhld", weights, values).transpose(1, 2).reshape(1, 5, 32)
+            "bhlp,hpd->bhld", weights, values
+        ).transpose(1, 2).reshape(1, 5, 32)
     torch.testing.assert_close(adapted, expected)
 
 
@@ -155,12 +178,14 @@ def test_activation_is_per_thread(tiny_backbone):
 
 @pytest.mark.parametrize(
     ("make", "message"),
-    [(lambda: LoRAConfig(rank=0), "rank must be >= 1, got 0"),
-     (lambda: LoRAConfig(target_modules=()), "target_modules is empty"),
-     (lambda: LoRAConfig(layers=(-1,)), "got \\(-1,\\)"),
-     (lambda: AdapterConfig(bottleneck=0), "bottleneck must be >= 1, got 0"),
-     (lambda: PrefixConfig(length=0), "length must be >= 1, got 0"),
-     (lambda: config_from_dict({"method": "bitfit"}), "unknown PET method 'bitfit'")],
+    [
+        (lambda: LoRAConfig(rank=0), "rank must be >= 1, got 0"),
+        (lambda: LoRAConfig(target_modules=()), "target_modules is empty"),
+        (lambda: LoRAConfig(layers=(-1,)), "got \\(-1,\\)"),
+        (lambda: AdapterConfig(bottleneck=0), "bottleneck must be >= 1, got 0"),
+        (lambda: PrefixConfig(length=0), "length must be >= 1, got 0"),
+        (lambda: config_from_dict({"method": "bitfit"}), "unknown PET method 'bitfit'"),
+    ],
 )
 def test_configs_reject_bad_values(make, message):
     with pytest.raises(ValueError, match=message):

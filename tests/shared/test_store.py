@@ -6,7 +6,13 @@ import threading
 import pytest
 import torch
 
-from perennial.store import IntegrityError, SnapshotStore, StaleParent, from_safetensors, to_safetensors
+from perennial.store import (
+    IntegrityError,
+    SnapshotStore,
+    StaleParent,
+    from_safetensors,
+    to_safetensors,
+)
 
 
 @pytest.fixture
@@ -90,7 +96,9 @@ def test_a_held_candidate_is_latest_but_not_head(store):
     first = _publish(store, _blob(1.0))
     held = _publish(store, _blob(2.0), parent=first, promote=False)
     assert store.head("ad") == first and store.latest("ad") == held
-    third = _publish(store, _blob(3.0), parent=held, promote=False)  # training continues on the lineage
+    third = _publish(
+        store, _blob(3.0), parent=held, promote=False
+    )  # training continues on the lineage
     assert store.promote("ad", third.version) == third
     assert store.head("ad") == third
 
@@ -126,9 +134,15 @@ def test_identical_state_gives_identical_bytes_in_any_process():
     import subprocess
     import sys
 
-    program = ("import hashlib, torch; from perennial.store import to_safetensors; "
-               "print(hashlib.sha256(to_safetensors({'w': torch.ones(2)}, "
-               "{k: k * 2 for k in 'abcdefghij'})).hexdigest())")
-    digests = {subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                              check=True).stdout for _ in range(3)}
+    program = (
+        "import hashlib, torch; from perennial.store import to_safetensors; "
+        "print(hashlib.sha256(to_safetensors({'w': torch.ones(2)}, "
+        "{k: k * 2 for k in 'abcdefghij'})).hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", program], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(3)
+    }
     assert len(digests) == 1

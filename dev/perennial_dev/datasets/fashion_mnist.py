@@ -36,19 +36,25 @@ def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as stream:
         zero, dtype, rank = struct.unpack(">HBB", stream.read(4))
         if zero != 0 or dtype != 0x08:
-            raise ValueError(f"{path}: not an unsigned-byte IDX file (header {zero:#x}, {dtype:#x})")
+            raise ValueError(
+                f"{path}: not an unsigned-byte IDX file (header {zero:#x}, {dtype:#x})"
+            )
         shape = struct.unpack(f">{rank}I", stream.read(4 * rank))
         return np.frombuffer(stream.read(), dtype=np.uint8).reshape(shape)
 
 
-def read_fashion_mnist(split: str = "train", directory: Path = FASHION_MNIST_DIR) -> tuple[torch.Tensor, list[str]]:
+def read_fashion_mnist(
+    split: str = "train", directory: Path = FASHION_MNIST_DIR
+) -> tuple[torch.Tensor, list[str]]:
     """Images as float [N, 28, 28] in [0, 1] and their class names, for split "train" or "test"."""
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     images = _read_idx(Path(directory) / f"{prefix}-images-idx3-ubyte.gz")
     labels = _read_idx(Path(directory) / f"{prefix}-labels-idx1-ubyte.gz")
-    return torch.from_numpy(images.astype(np.float32) / 255.0), [CLASSES[i] for i in labels.tolist()]
+    return torch.from_numpy(images.astype(np.float32) / 255.0), [
+        CLASSES[i] for i in labels.tolist()
+    ]
 
 
 @dataclass(frozen=True)
@@ -72,14 +78,19 @@ def class_incremental_images(
     """Classes in a seeded order, `classes_per_stage` per stage; per class a seeded sample
     of `train_per_class` training images (streamed stage by stage, shuffled within a
     stage) and `test_per_class` images from the official test set."""
-    for name, value in (("classes_per_stage", classes_per_stage), ("train_per_class", train_per_class),
-                        ("test_per_class", test_per_class)):
+    for name, value in (
+        ("classes_per_stage", classes_per_stage),
+        ("train_per_class", train_per_class),
+        ("test_per_class", test_per_class),
+    ):
         if value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     rng = random.Random(seed)
     order = list(CLASSES)
     rng.shuffle(order)
-    stages = tuple(tuple(order[i : i + classes_per_stage]) for i in range(0, len(order), classes_per_stage))
+    stages = tuple(
+        tuple(order[i : i + classes_per_stage]) for i in range(0, len(order), classes_per_stage)
+    )
     pools = {}
     for split in ("train", "test"):
         images, labels = read_fashion_mnist(split, directory)
@@ -89,7 +100,10 @@ def class_incremental_images(
     for stage in stages:
         stage_examples = []
         for label in stage:
-            for split, count, sink in (("train", train_per_class, stage_examples), ("test", test_per_class, None)):
+            for split, count, sink in (
+                ("train", train_per_class, stage_examples),
+                ("test", test_per_class, None),
+            ):
                 images, labels = pools[split]
                 indices = [i for i, name in enumerate(labels) if name == label]
                 chosen = random.Random(f"{seed}:{split}:{label}").sample(indices, count)

@@ -22,8 +22,12 @@ from perennial.metrics import full_name
 
 # Metric families that name what a pod serves (services/*/metrics.py).
 VERSION_INFO = full_name("inference", "adapter_version_info")  # 1 for {adapter, version} served
-SERVED_SEQUENCE = full_name("inference", "served_sequence")  # {adapter} -> sequence of the served version
-TRAINER_SEQUENCE = full_name("trainer", "snapshot_sequence")  # {adapter} -> newest snapshot's sequence
+SERVED_SEQUENCE = full_name(
+    "inference", "served_sequence"
+)  # {adapter} -> sequence of the served version
+TRAINER_SEQUENCE = full_name(
+    "trainer", "snapshot_sequence"
+)  # {adapter} -> newest snapshot's sequence
 
 
 @dataclass(frozen=True)

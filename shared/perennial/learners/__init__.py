@@ -68,11 +68,15 @@ def _config(metadata: dict[str, str]) -> LearnerConfig:
     return LearnerConfig.from_dict(json.loads(metadata["learner"]))
 
 
-def restore_learner(backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Learner:
+def restore_learner(
+    backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> Learner:
     """The learner a `state()` snapshot came from, ready to continue exactly."""
     return LEARNERS[_config(metadata).learner].from_state(backbone, tensors, metadata)
 
 
-def load_predictor(backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Predictor:
+def load_predictor(
+    backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> Predictor:
     """Serving's single entry point: the predictor in a snapshot, frozen."""
     return LEARNERS[_config(metadata).learner].predictor_from_state(backbone, tensors, metadata)

@@ -40,7 +40,9 @@ class _FeatureLearner:
     def __init__(self, backbone, config: LearnerConfig | None = None) -> None:
         config = config or LearnerConfig(learner=self.name)
         if config.learner != self.name:
-            raise ValueError(f"{type(self).__name__} runs learner {self.name!r}, got {config.learner!r}")
+            raise ValueError(
+                f"{type(self).__name__} runs learner {self.name!r}, got {config.learner!r}"
+            )
         self.backbone = backbone
         self.config = config
         self.classes: list[str] = []
@@ -55,7 +57,9 @@ class _FeatureLearner:
     def learn(self, inputs, labels: list[str]) -> float:
         """Add a micro-batch to the statistics; returns 0.0 (there is no loss)."""
         if len(inputs) != len(labels) or not len(inputs):
-            raise ValueError(f"need equally many inputs and labels, got {len(inputs)} and {len(labels)}")
+            raise ValueError(
+                f"need equally many inputs and labels, got {len(inputs)} and {len(labels)}"
+            )
         self.learn_features(self.features(inputs), labels)
         return 0.0
 
@@ -99,7 +103,9 @@ class _FeatureLearner:
         return learner
 
     @classmethod
-    def predictor_from_state(cls, backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]):
+    def predictor_from_state(
+        cls, backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+    ):
         return _Predictor(cls.from_state(backbone, tensors, metadata))
 
     # subclass hooks
@@ -155,7 +161,10 @@ class SimpleCIL(_FeatureLearner):
         return {"sums": self.sums.clone(), "counts": self.counts.clone()}, self._metadata()
 
     def _load(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.sums, self.counts = tensors["sums"].double().clone(), tensors["counts"].double().clone()
+        self.sums, self.counts = (
+            tensors["sums"].double().clone(),
+            tensors["counts"].double().clone(),
+        )
 
 
 class RanPAC(_FeatureLearner):
@@ -179,7 +188,9 @@ class RanPAC(_FeatureLearner):
         return self.config.projection_dim * len(self.classes)
 
     def _grow(self) -> None:
-        self.targets = torch.cat([self.targets, self.targets.new_zeros(2, self.targets.shape[1], 1)], dim=2)
+        self.targets = torch.cat(
+            [self.targets, self.targets.new_zeros(2, self.targets.shape[1], 1)], dim=2
+        )
 
     def expand(self, features: torch.Tensor) -> torch.Tensor:
         return torch.relu(features.double() @ self.projection)
@@ -187,7 +198,9 @@ class RanPAC(_FeatureLearner):
     def _update(self, features: torch.Tensor, targets: torch.Tensor) -> None:
         h = self.expand(features)
         y = F.one_hot(targets, len(self.classes)).double()
-        held_out = (torch.arange(len(targets)) + self.examples) % _HELD_OUT_EVERY == _HELD_OUT_EVERY - 1
+        held_out = (
+            torch.arange(len(targets)) + self.examples
+        ) % _HELD_OUT_EVERY == _HELD_OUT_EVERY - 1
         for part, rows in ((0, ~held_out), (1, held_out)):
             if rows.any():
                 self.gram[part] += h[rows].T @ h[rows]
@@ -220,8 +233,11 @@ class RanPAC(_FeatureLearner):
         """Projection, targets and the Gram matrices' upper triangles (they are symmetric:
         half the snapshot, still exact)."""
         rows, cols = torch.triu_indices(*self.gram.shape[1:])
-        tensors = {"projection": self.projection.clone(), "gram_upper": self.gram[:, rows, cols].clone(),
-                   "targets": self.targets.clone()}
+        tensors = {
+            "projection": self.projection.clone(),
+            "gram_upper": self.gram[:, rows, cols].clone(),
+            "targets": self.targets.clone(),
+        }
         return tensors, self._metadata()
 
     def _load(self, tensors: dict[str, torch.Tensor]) -> None:

@@ -64,7 +64,9 @@ class LearnerConfig:
 
     def __post_init__(self) -> None:
         if self.learner not in LEARNER_NAMES:
-            raise ValueError(f"learner must be one of {sorted(LEARNER_NAMES)}, got {self.learner!r}")
+            raise ValueError(
+                f"learner must be one of {sorted(LEARNER_NAMES)}, got {self.learner!r}"
+            )
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
         if not 0 <= self.ema_decay < 1:
@@ -103,5 +105,7 @@ class LearnerConfig:
         if method not in METHODS:
             raise ValueError(f"PERENNIAL_PET must be one of {sorted(METHODS)}, got {method!r}")
         if learner not in LEARNER_NAMES:
-            raise ValueError(f"PERENNIAL_LEARNER must be one of {sorted(LEARNER_NAMES)}, got {learner!r}")
+            raise ValueError(
+                f"PERENNIAL_LEARNER must be one of {sorted(LEARNER_NAMES)}, got {learner!r}"
+            )
         return cls(learner=learner, pet=METHODS[method].config(), seed=seed)

@@ -45,7 +45,9 @@ class Ensemble(nn.Module):
     With `offline=None` (naive fine-tuning) the scores are the online module's softmax.
     """
 
-    def __init__(self, online: PETModule, offline: PETModule | None, head: nn.Linear, classes: list[str]):
+    def __init__(
+        self, online: PETModule, offline: PETModule | None, head: nn.Linear, classes: list[str]
+    ):
         super().__init__()
         self.online, self.offline, self.head = online, offline, head
         self.classes = classes
@@ -115,11 +117,15 @@ class LAELearner:
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(config.seed)
         shapes = inject(backbone.encoder, config.pet)
-        self.online = create_module(config.pet, shapes).to(backbone.device)  # PETs run inside the backbone
+        self.online = create_module(config.pet, shapes).to(
+            backbone.device
+        )  # PETs run inside the backbone
         torch.random.set_rng_state(generator_state)
         self.offline: PETModule | None = None
         if not self.naive:
-            self.offline = create_module(config.pet, shapes).to(backbone.device).requires_grad_(False)
+            self.offline = (
+                create_module(config.pet, shapes).to(backbone.device).requires_grad_(False)
+            )
             self.offline.load_state_dict(self.online.state_dict())
         self.head = _zero_linear(backbone.dim, 0)
         self.classes: list[str] = []
@@ -134,13 +140,17 @@ class LAELearner:
 
     @property
     def trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.online.parameters()) + sum(p.numel() for p in self.head.parameters())
+        return sum(p.numel() for p in self.online.parameters()) + sum(
+            p.numel() for p in self.head.parameters()
+        )
 
     # -- learning -----------------------------------------------------------------
     def learn(self, inputs, labels: list[str]) -> float:
         """One optimizer step on a micro-batch; returns the loss."""
         if len(inputs) != len(labels) or not len(inputs):
-            raise ValueError(f"need equally many inputs and labels, got {len(inputs)} and {len(labels)}")
+            raise ValueError(
+                f"need equally many inputs and labels, got {len(inputs)} and {len(labels)}"
+            )
         known = len(self.classes)
         targets = torch.tensor([self._class_index(label) for label in labels])
         if len(self.classes) > known and self.config.freeze_steps:
@@ -172,7 +182,9 @@ class LAELearner:
         newest = self.examples + len(targets)
         by_recency = sorted(self._last_seen, key=self._last_seen.__getitem__, reverse=True)
         active = set(by_recency[: self.config.min_loss_classes])
-        active.update(c for c, seen in self._last_seen.items() if seen > newest - self.config.loss_window)
+        active.update(
+            c for c, seen in self._last_seen.items() if seen > newest - self.config.loss_window
+        )
         absent = torch.ones(len(self.classes), dtype=torch.bool)
         absent[sorted(active)] = False
         return absent
@@ -190,7 +202,9 @@ class LAELearner:
         if self.offline is None:
             return
         decay = self.config.ema_decay if self.steps >= self.config.ema_warmup else 0.0
-        for offline, online in zip(self.offline.parameters(), self.online.parameters(), strict=True):
+        for offline, online in zip(
+            self.offline.parameters(), self.online.parameters(), strict=True
+        ):
             offline.mul_(decay).add_(online, alpha=1 - decay)
 
     def _class_index(self, label: str) -> int:
@@ -248,11 +262,15 @@ class LAELearner:
         return tensors, metadata
 
     @classmethod
-    def from_state(cls, backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> LAELearner:
+    def from_state(
+        cls, backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+    ) -> LAELearner:
         learner = cls(backbone, LearnerConfig.from_dict(json.loads(metadata["learner"])))
         for label in json.loads(metadata["classes"]):
             learner._grow_head(label)
-        learner.ensemble().load_state_dict({k: v for k, v in tensors.items() if k.split(".")[0] in _PARTS})
+        learner.ensemble().load_state_dict(
+            {k: v for k, v in tensors.items() if k.split(".")[0] in _PARTS}
+        )
         params = [*learner.online.parameters(), *learner.head.parameters()]
         for index, param in enumerate(params):
             state = {
@@ -269,6 +287,8 @@ class LAELearner:
         return learner
 
     @classmethod
-    def predictor_from_state(cls, backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Ensemble:
+    def predictor_from_state(
+        cls, backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+    ) -> Ensemble:
         config = LearnerConfig.from_dict(json.loads(metadata["learner"]))
         return Ensemble.from_tensors(backbone, config.pet, tensors, json.loads(metadata["classes"]))

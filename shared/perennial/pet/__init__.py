@@ -11,7 +11,15 @@ Adapter-only persistence: `module.state_dict()` (safetensors) plus
 """
 
 from perennial.pet.adapter import AdapterConfig, AdapterModule
-from perennial.pet.base import METHODS, PETConfig, PETModule, activate, config_from_dict, create_module, inject
+from perennial.pet.base import (
+    METHODS,
+    PETConfig,
+    PETModule,
+    activate,
+    config_from_dict,
+    create_module,
+    inject,
+)
 from perennial.pet.lora import LoRAConfig, LoRAModule
 from perennial.pet.prefix import PrefixConfig, PrefixModule
 

@@ -17,7 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perennial.pet.base import METHODS, Method, PETConfig, PETModule, Shapes, Wrapper, active, key_of, unwrap
+from perennial.pet.base import (
+    METHODS,
+    Method,
+    PETConfig,
+    PETModule,
+    Shapes,
+    Wrapper,
+    active,
+    key_of,
+    unwrap,
+)
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,9 @@ class AdapterConfig(PETConfig):
 def _dims(layer: nn.Module) -> tuple[int, int] | None:
     """(input width, output width) of a sub-block the adapter can run beside, else None."""
     if hasattr(layer, "self") and hasattr(layer, "output") and hasattr(layer.output, "dense"):
-        return unwrap(layer.self).query.in_features, layer.output.dense.out_features  # BERT attention
+        return unwrap(
+            layer.self
+        ).query.in_features, layer.output.dense.out_features  # BERT attention
     args = getattr(layer, "_block_args", None)  # EfficientNet MBConv
     if args is not None and args.stride in (1, [1], (1, 1), [1, 1]):
         return args.input_filters, args.output_filters
@@ -97,8 +109,13 @@ class AdapterModule(PETModule):
     def delta(self, path: str, x: torch.Tensor) -> torch.Tensor:
         key = key_of(path)
         if x.dim() == 4:  # NCHW: channels
-            h = F.relu(torch.einsum("nchw,bc->nbhw", x, self.down[key]) + self.down_bias[key][:, None, None])
-            return self.scale[key] * (torch.einsum("nbhw,ob->nohw", h, self.up[key]) + self.up_bias[key][:, None, None])
+            h = F.relu(
+                torch.einsum("nchw,bc->nbhw", x, self.down[key])
+                + self.down_bias[key][:, None, None]
+            )
+            return self.scale[key] * (
+                torch.einsum("nbhw,ob->nohw", h, self.up[key]) + self.up_bias[key][:, None, None]
+            )
         h = F.relu(F.linear(x, self.down[key], self.down_bias[key]))
         return self.scale[key] * F.linear(h, self.up[key], self.up_bias[key])
 

@@ -63,7 +63,9 @@ class PETConfig:
 
     def __post_init__(self) -> None:
         if not self.layers or min(self.layers) < 0:
-            raise ValueError(f"{self.method} layers must be non-negative block indices, got {self.layers}")
+            raise ValueError(
+                f"{self.method} layers must be non-negative block indices, got {self.layers}"
+            )
 
     def to_dict(self) -> dict:
         """JSON-ready fields plus the method name (sorted keys are the caller's job)."""
@@ -76,7 +78,9 @@ def config_from_dict(fields: dict) -> PETConfig:
     method = fields.pop("method", "lora")
     if method not in METHODS:
         raise ValueError(f"unknown PET method {method!r}; known: {sorted(METHODS)}")
-    return METHODS[method].config(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    return METHODS[method].config(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    )
 
 
 class PETModule(nn.Module):
@@ -91,7 +95,10 @@ class PETModule(nn.Module):
         self.config = config
         self.shapes = dict(shapes)
         self.scale = nn.ParameterDict(
-            {key_of(path): nn.Parameter(torch.tensor(float(config.init_scale))) for path in sorted(shapes)}
+            {
+                key_of(path): nn.Parameter(torch.tensor(float(config.init_scale)))
+                for path in sorted(shapes)
+            }
         )
 
 
@@ -122,7 +129,9 @@ def block_index(path: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _walk(module: nn.Module, path: str = "", actual: str = "") -> Iterator[tuple[str, str, nn.Module]]:
+def _walk(
+    module: nn.Module, path: str = "", actual: str = ""
+) -> Iterator[tuple[str, str, nn.Module]]:
     """(canonical path, attribute path, module) for every module; a wrapper stands for its
     layer at the layer's own path, so paths (and saved keys) do not depend on which
     methods were injected first."""
@@ -131,7 +140,9 @@ def _walk(module: nn.Module, path: str = "", actual: str = "") -> Iterator[tuple
     while isinstance(inner, Wrapper):
         inner, actual = inner.base, f"{actual}.base" if actual else "base"
     for name, child in inner.named_children():
-        yield from _walk(child, f"{path}.{name}" if path else name, f"{actual}.{name}" if actual else name)
+        yield from _walk(
+            child, f"{path}.{name}" if path else name, f"{actual}.{name}" if actual else name
+        )
 
 
 def inject(backbone: nn.Module, config: PETConfig) -> Shapes:
@@ -144,7 +155,11 @@ def inject(backbone: nn.Module, config: PETConfig) -> Shapes:
     shapes = {}
     for path, actual, layer in list(_walk(backbone)):
         index = block_index(path)
-        if index is None or index not in config.layers or not method.fits(path, unwrap(layer), config):
+        if (
+            index is None
+            or index not in config.layers
+            or not method.fits(path, unwrap(layer), config)
+        ):
             continue
         if not _has_wrapper(layer, method.wrapper):
             parent_path, _, child = actual.rpartition(".")

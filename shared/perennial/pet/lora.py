@@ -16,7 +16,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from perennial.pet.base import METHODS, Method, PETConfig, PETModule, Shapes, Wrapper, active, key_of
+from perennial.pet.base import (
+    METHODS,
+    Method,
+    PETConfig,
+    PETModule,
+    Shapes,
+    Wrapper,
+    active,
+    key_of,
+)
 
 
 @dataclass(frozen=True)

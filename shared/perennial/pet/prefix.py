@@ -21,7 +21,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from perennial.pet.base import METHODS, Method, PETConfig, PETModule, Shapes, Wrapper, active, key_of, unwrap
+from perennial.pet.base import (
+    METHODS,
+    Method,
+    PETConfig,
+    PETModule,
+    Shapes,
+    Wrapper,
+    active,
+    key_of,
+    unwrap,
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,10 @@ class PrefixConfig(PETConfig):
 
 
 def _is_attention(layer: nn.Module) -> bool:
-    return all(hasattr(layer, name) for name in ("query", "key", "value", "num_attention_heads", "attention_head_size"))
+    return all(
+        hasattr(layer, name)
+        for name in ("query", "key", "value", "num_attention_heads", "attention_head_size")
+    )
 
 
 def _fits(path: str, layer: nn.Module, config: PrefixConfig) -> bool:
@@ -68,7 +81,13 @@ def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tenso
 class PrefixAttention(Wrapper):
     """A frozen self-attention plus the active Prefix module's compensated prefix term."""
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ):
         out = self.base(hidden_states, attention_mask, *args, **kwargs)
         module = active("prefix", self.path)
         if module is None:
@@ -82,12 +101,18 @@ class PrefixAttention(Wrapper):
         key = self.base.key if hasattr(self.base, "key") else attention.key
         q = query(hidden_states).view(batch, length, heads, size).transpose(1, 2)  # [B,H,L,d]
         k = key(hidden_states).view(batch, length, heads, size).transpose(1, 2)
-        own = q @ k.transpose(-1, -2) * scaling + _additive_mask(attention_mask, q.dtype)  # [B,H,L,L]
+        own = q @ k.transpose(-1, -2) * scaling + _additive_mask(
+            attention_mask, q.dtype
+        )  # [B,H,L,L]
         prefix_keys, prefix_values = module.tokens(self.path)  # [H,P,d] each
         prefix = torch.einsum("bhld,hpd->bhlp", q, prefix_keys) * scaling
         total = torch.logsumexp(torch.cat([own, prefix], dim=-1), dim=-1, keepdim=True)
         weights = torch.exp(prefix - total)  # the prefix's share of the joint softmax
-        term = torch.einsum("bhlp,hpd->bhld", weights, prefix_values).transpose(1, 2).reshape(batch, length, -1)
+        term = (
+            torch.einsum("bhlp,hpd->bhld", weights, prefix_values)
+            .transpose(1, 2)
+            .reshape(batch, length, -1)
+        )
         term = module.scale[key_of(self.path)] * term
         if isinstance(out, tuple):
             return (out[0] + term, *out[1:])

@@ -140,7 +140,7 @@ def test_stream_is_stage_by_stage(split: ClassIncrementalSplit) -> None:
         assert {g.label for g in block} == set(stage)
     # Shuffled within a stage: the labels of stage 0 are interleaved, not in runs.
     first = [g.label for g in split.train[:per_stage]]
-    runs = sum(1 for a, b in zip(first, first[1:]) if a != b)
+    runs = sum(1 for a, b in zip(first, first[1:], strict=False) if a != b)
     assert runs > 10
 
 
@@ -171,9 +171,7 @@ def test_num_classes_truncates_the_same_order(
 def test_duplicate_synsets_never_leak_into_test() -> None:
     glosses = [Gloss(f"{i:08d}", f"text {i}", "noun.a") for i in range(10)]
     glosses += glosses  # every synset twice
-    s = class_incremental_split(
-        glosses, train_per_class=6, test_per_class=4, min_per_class=10
-    )
+    s = class_incremental_split(glosses, train_per_class=6, test_per_class=4, min_per_class=10)
     assert not {g.synset for g in s.train} & {g.synset for g in s.test["noun.a"]}
 
 

@@ -17,12 +17,12 @@ from prometheus_client import CollectorRegistry
 from perennial.grpc_security import ServerSecurity
 from perennial.learners import LearnerConfig
 from perennial.learners.lae import LAELearner
-from perennial_dev.localstack import free_port
-from services.inference.metrics import InferenceMetrics
 from perennial.pet import LoRAConfig
-from services.inference.plane import DataPlane, ServingConfig
 from perennial.store import Manifest, SnapshotStore, to_safetensors
+from perennial_dev.localstack import free_port
 from services.inference.batching import Batcher, BatchingConfig
+from services.inference.metrics import InferenceMetrics
+from services.inference.plane import DataPlane, ServingConfig
 from services.inference.server import InferenceServicer, ServerConfig, build_server, set_health
 
 TEXTS = ["a small dog", "a tall tree", "an old house"]
@@ -30,15 +30,26 @@ LABELS = ["animal", "plant", "artifact"]
 
 
 def make_learner(backbone, seed: int = 0, rank: int = 2) -> LAELearner:
-    config = LearnerConfig(learner="lae", pet=LoRAConfig(rank=rank, layers=(0, 1)), lr=1e-2, seed=seed)
+    config = LearnerConfig(
+        learner="lae", pet=LoRAConfig(rank=rank, layers=(0, 1)), lr=1e-2, seed=seed
+    )
     learner = LAELearner(backbone, config)
     learner.learn(TEXTS, LABELS)
     return learner
 
 
-def publish(store: SnapshotStore, learner, adapter: str = "demo", parent: Manifest | None = None) -> Manifest:
-    return store.publish(adapter, to_safetensors(*learner.state()), parent=parent, offsets={},
-                         examples=learner.examples, classes=learner.classes, event_times=[0.0])
+def publish(
+    store: SnapshotStore, learner, adapter: str = "demo", parent: Manifest | None = None
+) -> Manifest:
+    return store.publish(
+        adapter,
+        to_safetensors(*learner.state()),
+        parent=parent,
+        offsets={},
+        examples=learner.examples,
+        classes=learner.classes,
+        event_times=[0.0],
+    )
 
 
 def text_input(texts: list[str]) -> triton.InferInput:
@@ -49,6 +60,8 @@ def text_input(texts: list[str]) -> triton.InferInput:
 
 @dataclass
 class Service:
+    """An in-process inference server and its parts."""
+
     address: str
     store: SnapshotStore
     servicer: InferenceServicer
@@ -68,8 +81,9 @@ class Service:
 
     def infer(self, texts=TEXTS, model="demo", version="", outputs=None, **kwargs):
         requested = [triton.InferRequestedOutput(name) for name in outputs] if outputs else None
-        return self.client().infer(model, [text_input(texts)], model_version=version, outputs=requested,
-                                   **kwargs)
+        return self.client().infer(
+            model, [text_input(texts)], model_version=version, outputs=requested, **kwargs
+        )
 
     def sample(self, name: str, labels: dict | None = None) -> float:
         return self.registry.get_sample_value(name, labels or {}) or 0.0
@@ -98,9 +112,13 @@ def start_service(redis_client, tiny_backbone) -> Iterator[Callable[..., Service
     """Start an in-process server: `start_service(batching=..., serving=..., security=...)`."""
     started: list[Service] = []
 
-    def start(batching: BatchingConfig = BatchingConfig(max_queue_delay_seconds=0.005),
-              serving: ServingConfig = ServingConfig(), security: ServerSecurity = ServerSecurity(),
-              server_config: ServerConfig = ServerConfig(workers=16), backbone=None) -> Service:
+    def start(
+        batching: BatchingConfig = BatchingConfig(max_queue_delay_seconds=0.005),
+        serving: ServingConfig = ServingConfig(),
+        security: ServerSecurity = ServerSecurity(),
+        server_config: ServerConfig = ServerConfig(workers=16),
+        backbone=None,
+    ) -> Service:
         registry = CollectorRegistry()
         metrics = InferenceMetrics(registry)
         servicer, health_servicer = InferenceServicer(metrics, batching), health.HealthServicer()
@@ -110,7 +128,9 @@ def start_service(redis_client, tiny_backbone) -> Iterator[Callable[..., Service
         server.start()
         store = SnapshotStore(redis_client)
         plane = DataPlane(backbone or tiny_backbone, store, metrics, serving)
-        service = Service(f"127.0.0.1:{port}", store, servicer, plane, health_servicer, registry, server)
+        service = Service(
+            f"127.0.0.1:{port}", store, servicer, plane, health_servicer, registry, server
+        )
         started.append(service)
         return service
 

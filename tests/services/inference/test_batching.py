@@ -12,15 +12,23 @@ import torch
 from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from services.inference.batching import Batcher, BatchingConfig
 from services.inference.metrics import InferenceMetrics
 from services.inference.model import predict, predict_grouped
-from services.inference.batching import Batcher, BatchingConfig
 from services.inference.tensors import decode_bytes, encode_bytes
 
 from .conftest import make_learner, publish
 
-QUERIES = ["a small dog", "a tall tree with leaves", "an old house", "a fox", "a stone bridge over a river",
-           "green moss", "a cat", "a barn"]
+QUERIES = [
+    "a small dog",
+    "a tall tree with leaves",
+    "an old house",
+    "a fox",
+    "a stone bridge over a river",
+    "green moss",
+    "a cat",
+    "a barn",
+]
 
 
 def _wait(condition, timeout: float = 10.0) -> None:
@@ -39,11 +47,16 @@ def _request(adapter: str, texts: list[str]):
 
 def _probabilities(response) -> np.ndarray:
     index = [o.name for o in response.outputs].index("probabilities")
-    return np.frombuffer(response.raw_output_contents[index], dtype="<f4").reshape(list(response.outputs[index].shape))
+    return np.frombuffer(response.raw_output_contents[index], dtype="<f4").reshape(
+        list(response.outputs[index].shape)
+    )
 
 
 def test_rowwise_multi_adapter_forward_equals_each_models_own_scores(service, tiny_backbone):
-    adapters = {"a": make_learner(tiny_backbone, seed=1, rank=2), "b": make_learner(tiny_backbone, seed=2, rank=4)}
+    adapters = {
+        "a": make_learner(tiny_backbone, seed=1, rank=2),
+        "b": make_learner(tiny_backbone, seed=2, rank=4),
+    }
     adapters["b"].learn(["a red fox", "a pine"], ["fox", "tree"])  # different class count too
     for name, learner in adapters.items():
         publish(service.store, learner, adapter=name)
@@ -57,7 +70,9 @@ def test_rowwise_multi_adapter_forward_equals_each_models_own_scores(service, ti
         torch.testing.assert_close(reference, own, atol=1e-5, rtol=1e-4)
 
 
-def test_concurrent_mixed_adapter_requests_share_one_batch_and_match_unbatched(start_service, tiny_backbone):
+def test_concurrent_mixed_adapter_requests_share_one_batch_and_match_unbatched(
+    start_service, tiny_backbone
+):
     service = start_service(batching=BatchingConfig(max_batch_size=64, max_queue_delay_seconds=0.0))
     learners = {f"ad-{i}": make_learner(tiny_backbone, seed=i) for i in range(3)}
     for name, learner in learners.items():
@@ -66,13 +81,17 @@ def test_concurrent_mixed_adapter_requests_share_one_batch_and_match_unbatched(s
     expected = {}
     for i, text in enumerate(QUERIES):
         adapter = f"ad-{i % 3}"
-        expected[i] = service.plane.infer(adapter, "", [text]).scores.numpy()  # unbatched, one at a time
+        expected[i] = service.plane.infer(
+            adapter, "", [text]
+        ).scores.numpy()  # unbatched, one at a time
     gate = service.gate_model()
     stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(service.address))
     first = stub.ModelInfer.future(_request("ad-0", ["a warm-up request"]))
     batcher = service.servicer.batcher
     _wait(lambda: service.sample("perennial_inference_queue_duration_seconds_count") == 1)
-    calls = {i: stub.ModelInfer.future(_request(f"ad-{i % 3}", [text])) for i, text in enumerate(QUERIES)}
+    calls = {
+        i: stub.ModelInfer.future(_request(f"ad-{i % 3}", [text])) for i, text in enumerate(QUERIES)
+    }
     _wait(lambda: batcher._rows == len(QUERIES))
     gate.set()
     assert first.result().model_version
@@ -89,12 +108,16 @@ def test_concurrent_mixed_adapter_requests_share_one_batch_and_match_unbatched(s
 
 @pytest.mark.parametrize("delay", [0.0, 0.002])
 def test_many_threads_get_the_same_answers_as_unbatched(start_service, learner, delay):
-    service = start_service(batching=BatchingConfig(max_batch_size=16, max_queue_delay_seconds=delay))
+    service = start_service(
+        batching=BatchingConfig(max_batch_size=16, max_queue_delay_seconds=delay)
+    )
     publish(service.store, learner)
     service.ready()
     expected = {text: service.plane.infer("demo", "", [text]).scores.numpy() for text in QUERIES}
     stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(service.address))
-    calls = [(text, stub.ModelInfer.future(_request("demo", [text]))) for text in QUERIES * 2]  # within the 16 workers
+    calls = [
+        (text, stub.ModelInfer.future(_request("demo", [text]))) for text in QUERIES * 2
+    ]  # within the 16 workers
     for text, call in calls:
         np.testing.assert_allclose(_probabilities(call.result()), expected[text], atol=1e-5)
 
@@ -102,8 +125,11 @@ def test_many_threads_get_the_same_answers_as_unbatched(start_service, learner, 
 def test_stop_finishes_queued_jobs_and_rejects_new_ones():
     from perennial.errors import NotReady
 
-    batcher = Batcher(lambda work: [len(rows) for _, rows in work], BatchingConfig(max_batch_size=4),
-                      InferenceMetrics(CollectorRegistry()))
+    batcher = Batcher(
+        lambda work: [len(rows) for _, rows in work],
+        BatchingConfig(max_batch_size=4),
+        InferenceMetrics(CollectorRegistry()),
+    )
     jobs = [batcher.submit("k", ["x"] * n) for n in (1, 2, 3)]  # queued before the thread starts
     batcher.start()
     batcher.stop(timeout=5)

@@ -29,7 +29,9 @@ def test_drain_finishes_in_flight_requests_and_refuses_new_ones(service, learner
     in_flight = [stub.ModelInfer.future(_request()) for _ in range(3)]
     while service.sample("perennial_inference_queue_duration_seconds_count") < 1:
         threading.Event().wait(0.005)
-    drained = threading.Thread(target=service.servicer.drain, args=(service.server, service.health, 10.0))
+    drained = threading.Thread(
+        target=service.servicer.drain, args=(service.server, service.health, 10.0)
+    )
     drained.start()
     while not service.servicer.draining:
         threading.Event().wait(0.005)

@@ -26,12 +26,24 @@ def image_backbone():
 def image_service(start_service, image_backbone):
     generator = torch.Generator().manual_seed(0)
     images = [torch.rand(28, 28, generator=generator) for _ in range(4)]
-    learner = build_learner(image_backbone, LearnerConfig(
-        learner="lae", pet=LoRAConfig(rank=2, target_modules=("_project_conv",), layers=(1, 2)), lr=1e-2))
+    learner = build_learner(
+        image_backbone,
+        LearnerConfig(
+            learner="lae",
+            pet=LoRAConfig(rank=2, target_modules=("_project_conv",), layers=(1, 2)),
+            lr=1e-2,
+        ),
+    )
     learner.learn(images, ["shirt", "shoe", "shirt", "shoe"])
     service = start_service(backbone=image_backbone)
-    service.store.publish("fashion", to_safetensors(*learner.state()), parent=None, offsets={},
-                          examples=learner.examples, classes=learner.classes)
+    service.store.publish(
+        "fashion",
+        to_safetensors(*learner.state()),
+        parent=None,
+        offsets={},
+        examples=learner.examples,
+        classes=learner.classes,
+    )
     service.ready()
     return service, learner
 
@@ -40,7 +52,9 @@ def test_fp32_images_raw_and_typed_match_the_model(image_service, image_backbone
     service, learner = image_service
     batch = np.random.default_rng(0).random((3, 28, 28), dtype=np.float32)
     with torch.inference_mode():
-        expected = service.plane.get("fashion").model.scores(image_backbone, list(torch.from_numpy(batch)))
+        expected = service.plane.get("fashion").model.scores(
+            image_backbone, list(torch.from_numpy(batch))
+        )
     tensor = triton.InferInput("image", list(batch.shape), "FP32")
     tensor.set_data_from_numpy(batch)  # raw_input_contents
     result = service.client().infer("fashion", [tensor])
@@ -48,8 +62,9 @@ def test_fp32_images_raw_and_typed_match_the_model(image_service, image_backbone
     assert {label.decode() for label in result.as_numpy("label")} <= {"shirt", "shoe"}
 
     typed = service_pb2.ModelInferRequest(model_name="fashion")
-    typed.inputs.add(name="image", datatype="FP32", shape=list(batch.shape)).contents.fp32_contents.extend(
-        batch.ravel().tolist())
+    typed.inputs.add(
+        name="image", datatype="FP32", shape=list(batch.shape)
+    ).contents.fp32_contents.extend(batch.ravel().tolist())
     stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(service.address))
     response = stub.ModelInfer(typed)
     assert response.raw_output_contents[0] == result.get_response().raw_output_contents[0]
@@ -57,8 +72,14 @@ def test_fp32_images_raw_and_typed_match_the_model(image_service, image_backbone
     assert [(t.name, t.datatype) for t in metadata.inputs] == [("image", "FP32")]
 
 
-@pytest.mark.parametrize(("datatype", "shape", "message"), [
-    ("BYTES", [1], "send FP32"), ("FP32", [28, 28], "send [N, H, W]"), ("FP32", [1, 28, 28], "needs 3136")])
+@pytest.mark.parametrize(
+    ("datatype", "shape", "message"),
+    [
+        ("BYTES", [1], "send FP32"),
+        ("FP32", [28, 28], "send [N, H, W]"),
+        ("FP32", [1, 28, 28], "needs 3136"),
+    ],
+)
 def test_bad_image_requests_say_what_to_fix(image_service, datatype, shape, message):
     service, _ = image_service
     request = service_pb2.ModelInferRequest(model_name="fashion")
@@ -67,4 +88,7 @@ def test_bad_image_requests_say_what_to_fix(image_service, datatype, shape, mess
     stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(service.address))
     with pytest.raises(grpc.RpcError) as caught:
         stub.ModelInfer(request)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in caught.value.details()
+    assert (
+        caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and message in caught.value.details()
+    )

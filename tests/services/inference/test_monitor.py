@@ -12,7 +12,9 @@ from prometheus_client import CollectorRegistry
 from services.inference.metrics import InferenceDriftMetrics
 from services.inference.monitor import InferenceDriftMonitor, MonitorConfig, frozen_token_embedder
 
-SMALL = MonitorConfig(input_reference=64, input_window=32, prediction_reference=64, prediction_window=32)
+SMALL = MonitorConfig(
+    input_reference=64, input_window=32, prediction_reference=64, prediction_window=32
+)
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -41,13 +43,29 @@ def test_inference_monitor_detects_input_and_prediction_drift_after_the_change()
         assert monitor.submit("news", [f"k:{i}" for i in ids], ["a" if i < 2 else "b" for i in ids])
     assert monitor.drain(timeout=30)
     for signal in ("input", "prediction"):
-        assert value(registry, "perennial_inference_drift_detections_total", adapter="news", signal=signal) == 0
+        assert (
+            value(
+                registry,
+                "perennial_inference_drift_detections_total",
+                adapter="news",
+                signal=signal,
+            )
+            == 0
+        )
     for _ in range(20):  # sources 4..7, a new predicted class c
         ids = [4 + rng.randrange(4) for _ in range(8)]
         monitor.submit("news", [f"k:{i}" for i in ids], ["c"] * 8)
     assert monitor.drain(timeout=30)
     for signal in ("input", "prediction"):
-        assert value(registry, "perennial_inference_drift_detections_total", adapter="news", signal=signal) >= 1
+        assert (
+            value(
+                registry,
+                "perennial_inference_drift_detections_total",
+                adapter="news",
+                signal=signal,
+            )
+            >= 1
+        )
     assert value(registry, "perennial_inference_drift_observations_total", adapter="news") == 480
     assert value(registry, "perennial_inference_drift_update_duration_seconds_count") == 60
 
@@ -61,7 +79,9 @@ def test_a_full_queue_drops_and_counts_without_blocking() -> None:
         release.wait(30)
         return np.zeros((len(texts), 4))
 
-    monitor = InferenceDriftMonitor(InferenceDriftMetrics(registry), blocked, MonitorConfig(queue_size=2))
+    monitor = InferenceDriftMonitor(
+        InferenceDriftMetrics(registry), blocked, MonitorConfig(queue_size=2)
+    )
     assert monitor.submit("a", ["x"], ["p"])
     assert started.wait(30)  # the worker holds the first batch; two more fit in the queue
     accepted = [monitor.submit("a", ["x"], ["p"]) for _ in range(5)]

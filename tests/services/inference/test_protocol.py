@@ -31,7 +31,9 @@ def test_health_and_readiness_follow_the_backbone(service):
     assert caught.value.status() == "StatusCode.UNAVAILABLE"
     service.ready()
     assert stub.Check(request).status == health_pb2.HealthCheckResponse.SERVING
-    assert stub.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    assert (
+        stub.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    )
     assert client.is_server_ready()
 
 
@@ -39,7 +41,9 @@ def test_server_metadata_and_reflection(service):
     metadata = service.client().get_server_metadata()
     assert metadata.name == "perennial" and metadata.version
     stub = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(service.address))
-    [reply] = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    [reply] = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
     names = {s.name for s in reply.list_services_response.service}
     assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
 
@@ -56,7 +60,9 @@ def test_model_infer_returns_probabilities_labels_classes_and_version(service, l
     response = result.get_response()
     assert response.model_version == manifest.version
     assert response.parameters["adapter_version"].string_param == manifest.version
-    assert all(len(raw) > 0 for raw in response.raw_output_contents)  # outputs only in the raw field
+    assert all(
+        len(raw) > 0 for raw in response.raw_output_contents
+    )  # outputs only in the raw field
     only_labels = service.infer(outputs=["label"])
     assert [o.name for o in only_labels.get_response().outputs] == ["label"]
 
@@ -66,12 +72,19 @@ def test_model_ready_and_metadata_describe_the_model(service, learner):
     service.ready()
     client = service.client()
     assert client.is_model_ready("demo") and not client.is_model_ready("nope")
-    assert client.is_model_ready("demo", manifest.version) and not client.is_model_ready("demo", "v9-x")
+    assert client.is_model_ready("demo", manifest.version) and not client.is_model_ready(
+        "demo", "v9-x"
+    )
     metadata = client.get_model_metadata("demo")
     assert metadata.versions == [manifest.version]
-    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("text", "BYTES", [-1])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
+        ("text", "BYTES", [-1])
+    ]
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [
-        ("probabilities", "FP32", [-1, 3]), ("label", "BYTES", [-1]), ("classes", "BYTES", [3])]
+        ("probabilities", "FP32", [-1, 3]),
+        ("label", "BYTES", [-1]),
+        ("classes", "BYTES", [3]),
+    ]
     with pytest.raises(InferenceServerException) as caught:
         client.get_model_metadata("nope")
     assert caught.value.status() == "StatusCode.NOT_FOUND"
@@ -92,7 +105,9 @@ def test_typed_contents_give_the_same_answer_as_raw(service, learner):
     assert a.raw_output_contents == b.raw_output_contents
 
 
-def test_fp32_tensors_decode_in_both_encodings_and_a_text_model_says_what_it_takes(service, learner):
+def test_fp32_tensors_decode_in_both_encodings_and_a_text_model_says_what_it_takes(
+    service, learner
+):
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(decode_fp32(encode_fp32(array), [2, 3]), array)
     np.testing.assert_array_equal(typed_fp32(array.ravel().tolist(), [2, 3]), array)
@@ -113,15 +128,31 @@ def test_request_metrics_by_adapter_and_code(service, learner):
     service.infer()
     with pytest.raises(InferenceServerException):
         service.infer(model="nope")
-    assert service.sample("perennial_inference_requests_total", {"adapter": "demo", "code": "OK"}) == 1
-    assert service.sample("perennial_inference_requests_total", {"adapter": "_other", "code": "NOT_FOUND"}) == 1
-    assert service.sample("perennial_inference_request_duration_seconds_count",
-                          {"adapter": "demo", "code": "OK"}) == 1
+    assert (
+        service.sample("perennial_inference_requests_total", {"adapter": "demo", "code": "OK"}) == 1
+    )
+    assert (
+        service.sample(
+            "perennial_inference_requests_total", {"adapter": "_other", "code": "NOT_FOUND"}
+        )
+        == 1
+    )
+    assert (
+        service.sample(
+            "perennial_inference_request_duration_seconds_count", {"adapter": "demo", "code": "OK"}
+        )
+        == 1
+    )
     assert service.sample("perennial_inference_batch_size_rows_count") >= 1
     assert service.sample("perennial_inference_resident_adapters") == 1
     assert service.sample("perennial_inference_resident_adapter_memory_bytes") > 0
     version = service.plane.current_version("demo")
-    assert service.sample("perennial_inference_adapter_version_info", {"adapter": "demo", "version": version}) == 1
+    assert (
+        service.sample(
+            "perennial_inference_adapter_version_info", {"adapter": "demo", "version": version}
+        )
+        == 1
+    )
 
 
 def test_answered_requests_feed_the_drift_monitor(service, learner, tiny_backbone):
@@ -130,8 +161,11 @@ def test_answered_requests_feed_the_drift_monitor(service, learner, tiny_backbon
 
     publish(service.store, learner)
     service.ready()
-    service.servicer.monitor = InferenceDriftMonitor(InferenceDriftMetrics(service.registry),
-                                                     frozen_token_embedder(tiny_backbone))
+    service.servicer.monitor = InferenceDriftMonitor(
+        InferenceDriftMetrics(service.registry), frozen_token_embedder(tiny_backbone)
+    )
     service.infer()
     assert service.servicer.monitor.drain(timeout=10)
-    assert service.sample("perennial_inference_drift_observations_total", {"adapter": "demo"}) == len(TEXTS)
+    assert service.sample(
+        "perennial_inference_drift_observations_total", {"adapter": "demo"}
+    ) == len(TEXTS)

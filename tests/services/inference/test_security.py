@@ -27,12 +27,20 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _certificate(subject: str, issuer_key, issuer_name, key, *, ca: bool, sans=()) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer_name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+def _certificate(
+    subject: str, issuer_key, issuer_name, key, *, ca: bool, sans=()
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
@@ -40,8 +48,13 @@ def _certificate(subject: str, issuer_key, issuer_name, key, *, ca: bool, sans=(
 
 def _write(directory: Path, name: str, key, certificate) -> tuple[Path, Path]:
     key_path, cert_path = directory / f"{name}.key", directory / f"{name}.crt"
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
@@ -51,17 +64,26 @@ def pki(tmp_path_factory) -> dict[str, Path]:
     """ca.crt; server.crt/key for 127.0.0.1 and localhost; client.crt/key by the CA; rogue.crt/key by another CA."""
     directory = tmp_path_factory.mktemp("pki")
     files = {}
-    ca_key, rogue_ca_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_key, rogue_ca_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
     ca = _certificate("perennial test CA", ca_key, _name("perennial test CA"), ca_key, ca=True)
     files["ca"], _ = _write(directory, "ca", ca_key, ca)
     for name, issuer_key, issuer, sans in [
-        ("server", ca_key, ca.subject, [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+        (
+            "server",
+            ca_key,
+            ca.subject,
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")],
+        ),
         ("client", ca_key, ca.subject, []),
         ("rogue", rogue_ca_key, _name("rogue CA"), []),
     ]:
         key = ec.generate_private_key(ec.SECP256R1())
         files[f"{name}_cert"], files[f"{name}_key"] = _write(
-            directory, name, key, _certificate(name, issuer_key, issuer, key, ca=False, sans=sans))
+            directory, name, key, _certificate(name, issuer_key, issuer, key, ca=False, sans=sans)
+        )
     return files
 
 
@@ -81,8 +103,12 @@ def _infer_request():
 
 
 def _security(pki, mutual=False, token=None) -> ServerSecurity:
-    return ServerSecurity(pki["server_cert"].read_bytes(), pki["server_key"].read_bytes(),
-                          pki["ca"].read_bytes() if mutual else None, token)
+    return ServerSecurity(
+        pki["server_cert"].read_bytes(),
+        pki["server_key"].read_bytes(),
+        pki["ca"].read_bytes() if mutual else None,
+        token,
+    )
 
 
 def test_tls_serves_a_client_that_trusts_the_ca_and_refuses_plaintext(start_service, learner, pki):
@@ -92,16 +118,25 @@ def test_tls_serves_a_client_that_trusts_the_ca_and_refuses_plaintext(start_serv
 
     assert client.infer("demo", [text_input(["a dog"])]).as_numpy("label").shape == (1,)
     with pytest.raises(grpc.RpcError) as caught:
-        service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(service.address)).ModelInfer(
-            _infer_request(), timeout=5)
+        service_pb2_grpc.GRPCInferenceServiceStub(
+            grpc.insecure_channel(service.address)
+        ).ModelInfer(_infer_request(), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-@pytest.mark.parametrize(("client_cert", "accepted"), [("client", True), (None, False), ("rogue", False)])
-def test_mutual_tls_requires_a_client_certificate_from_the_ca(start_service, learner, pki, client_cert, accepted):
+@pytest.mark.parametrize(
+    ("client_cert", "accepted"), [("client", True), (None, False), ("rogue", False)]
+)
+def test_mutual_tls_requires_a_client_certificate_from_the_ca(
+    start_service, learner, pki, client_cert, accepted
+):
     service = _secure_service(start_service, learner, _security(pki, mutual=True))
-    credentials = channel_credentials(pki["ca"], pki.get(f"{client_cert}_cert"), pki.get(f"{client_cert}_key"))
-    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.secure_channel(service.address, credentials))
+    credentials = channel_credentials(
+        pki["ca"], pki.get(f"{client_cert}_cert"), pki.get(f"{client_cert}_key")
+    )
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(
+        grpc.secure_channel(service.address, credentials)
+    )
     if accepted:
         assert stub.ModelInfer(_infer_request(), timeout=5).model_version
     else:
@@ -125,8 +160,13 @@ def test_bearer_token_is_required_except_for_health_and_reflection(start_service
     result = client.infer("demo", [text_input(["a dog"])], headers=bearer_metadata("s3cret"))
     assert result.get_response().model_version
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(service.address))
-    assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
-    assert service.sample("perennial_inference_requests_total", {"adapter": "demo", "code": "OK"}) == 1
+    assert (
+        health.Check(health_pb2.HealthCheckRequest()).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
+    assert (
+        service.sample("perennial_inference_requests_total", {"adapter": "demo", "code": "OK"}) == 1
+    )
 
 
 def test_tls_with_token_through_channel_credentials(start_service, learner, pki):
@@ -142,8 +182,13 @@ def test_tls_with_token_through_channel_credentials(start_service, learner, pki)
 
 
 def test_security_from_the_environment(monkeypatch, pki, tmp_path):
-    for name in ("PERENNIAL_TLS_CERT_FILE", "PERENNIAL_TLS_KEY_FILE", "PERENNIAL_TLS_CLIENT_CA_FILE",
-                 "PERENNIAL_AUTH_TOKEN", "PERENNIAL_AUTH_TOKEN_FILE"):
+    for name in (
+        "PERENNIAL_TLS_CERT_FILE",
+        "PERENNIAL_TLS_KEY_FILE",
+        "PERENNIAL_TLS_CLIENT_CA_FILE",
+        "PERENNIAL_AUTH_TOKEN",
+        "PERENNIAL_AUTH_TOKEN_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     assert ServerSecurity.from_env() == ServerSecurity()
     token_file = tmp_path / "token"

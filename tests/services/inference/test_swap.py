@@ -70,10 +70,20 @@ def test_watcher_swaps_on_announcement_and_counts_freshness(service, learner):
     watcher.join()
     assert service.sample("perennial_inference_swaps_total", {"adapter": "demo"}) == 2
     assert service.sample("perennial_inference_freshness_seconds_count", {"adapter": "demo"}) == 2
-    assert service.sample("perennial_inference_adapter_version_info",
-                          {"adapter": "demo", "version": first.version}) == 0  # the old series is removed
-    assert service.sample("perennial_inference_adapter_version_info",
-                          {"adapter": "demo", "version": second.version}) == 1
+    assert (
+        service.sample(
+            "perennial_inference_adapter_version_info",
+            {"adapter": "demo", "version": first.version},
+        )
+        == 0
+    )  # the old series is removed
+    assert (
+        service.sample(
+            "perennial_inference_adapter_version_info",
+            {"adapter": "demo", "version": second.version},
+        )
+        == 1
+    )
 
 
 def test_reconcile_catches_a_missed_announcement(service, learner):
@@ -96,7 +106,9 @@ def test_a_corrupt_snapshot_is_rejected_and_the_old_version_kept(service, learne
     store.redis.set(f"perennial:{{demo}}:blob:{second.version}", b"tampered")
     assert not plane.refresh("demo")
     assert plane.get("demo").version == first.version
-    assert service.sample("perennial_inference_verification_failures_total", {"adapter": "demo"}) == 1
+    assert (
+        service.sample("perennial_inference_verification_failures_total", {"adapter": "demo"}) == 1
+    )
 
 
 def test_the_memory_budget_evicts_least_recently_used_adapters(start_service, tiny_backbone):
@@ -161,7 +173,9 @@ def test_a_request_finishes_on_the_version_it_started_with(service, learner, ver
     service.plane.get("demo")  # the head is resident, so the swap below has something to replace
     gate = service.gate_model()
     stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(service.address))
-    request = service_pb2.ModelInferRequest(model_name="demo", model_version=first.version if version else "")
+    request = service_pb2.ModelInferRequest(
+        model_name="demo", model_version=first.version if version else ""
+    )
     request.inputs.add(name="text", datatype="BYTES", shape=[1])
     request.raw_input_contents.append(encode_bytes([b"a dog"]))
     call = stub.ModelInfer.future(request)

@@ -12,39 +12,67 @@ from perennial_dev.launch import Service, start_trainer
 from perennial_dev.localstack import create_topics
 
 # Deterministic CPU training: size-cut batches, snapshots by count only, no holdout.
-DETERMINISTIC = {"PERENNIAL_BATCH_SIZE": 8, "PERENNIAL_BATCH_WAIT_SECONDS": "inf",
-                 "PERENNIAL_SNAPSHOT_EVERY_EXAMPLES": 32, "PERENNIAL_SNAPSHOT_EVERY_SECONDS": "inf",
-                 "PERENNIAL_HOLDOUT_EVERY": 0, "PERENNIAL_TORCH_THREADS": 1}
+DETERMINISTIC = {
+    "PERENNIAL_BATCH_SIZE": 8,
+    "PERENNIAL_BATCH_WAIT_SECONDS": "inf",
+    "PERENNIAL_SNAPSHOT_EVERY_EXAMPLES": 32,
+    "PERENNIAL_SNAPSHOT_EVERY_SECONDS": "inf",
+    "PERENNIAL_HOLDOUT_EVERY": 0,
+    "PERENNIAL_TORCH_THREADS": 1,
+}
 LABELS = ("noun.animal", "noun.plant", "noun.artifact")
 
 
 def examples(adapter: str, count: int, start: int = 0) -> list[codec.Example]:
-    return [codec.Example(adapter, str(i), f"example number {i} about {LABELS[i % 3].split('.')[1]}",
-                          LABELS[i % 3], 1_700_000_000.0 + i) for i in range(start, start + count)]
+    return [
+        codec.Example(
+            adapter,
+            str(i),
+            f"example number {i} about {LABELS[i % 3].split('.')[1]}",
+            LABELS[i % 3],
+            1_700_000_000.0 + i,
+        )
+        for i in range(start, start + count)
+    ]
 
 
 class Stream:
+    """A test's own topics and adapter on the shared broker, with a producer."""
+
     def __init__(self, bootstrap: str, redis_url: str, workdir) -> None:
         suffix = uuid.uuid4().hex[:8]
         self.bootstrap, self.redis_url, self.workdir = bootstrap, redis_url, workdir
         self.topic, self.adapter = f"examples.{suffix}", f"adapter-{suffix}"
-        self.settings = {"PERENNIAL_TOPIC": self.topic, "PERENNIAL_DEAD_LETTER_TOPIC": f"{self.topic}.dlq",
-                         "PERENNIAL_EVENTS_TOPIC": f"{self.topic}.events", "PERENNIAL_GROUP_ID": f"group-{suffix}"}
+        self.settings = {
+            "PERENNIAL_TOPIC": self.topic,
+            "PERENNIAL_DEAD_LETTER_TOPIC": f"{self.topic}.dlq",
+            "PERENNIAL_EVENTS_TOPIC": f"{self.topic}.events",
+            "PERENNIAL_GROUP_ID": f"group-{suffix}",
+        }
         create_topics(bootstrap, {self.topic: 1, f"{self.topic}.dlq": 1, f"{self.topic}.events": 1})
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=4 * 1024 * 1024)
+        self.producer = KafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", max_request_size=4 * 1024 * 1024
+        )
         self.started: list[Service] = []
         self.runs = 0
 
     def trainer(self, **settings) -> Service:
         self.runs += 1
-        service = start_trainer(self.workdir, bootstrap=self.bootstrap, redis_url=self.redis_url,
-                                log_name=f"trainer-{self.runs}.log", **{**self.settings, **settings})
+        service = start_trainer(
+            self.workdir,
+            bootstrap=self.bootstrap,
+            redis_url=self.redis_url,
+            log_name=f"trainer-{self.runs}.log",
+            **{**self.settings, **settings},
+        )
         self.started.append(service)
         return service
 
     def send(self, values: list[bytes], key: bytes | None = None) -> None:
         for value in values:
-            self.producer.send(self.topic, key=key if key is not None else self.adapter.encode(), value=value)
+            self.producer.send(
+                self.topic, key=key if key is not None else self.adapter.encode(), value=value
+            )
         self.producer.flush()
 
     def close(self) -> None:

@@ -23,9 +23,10 @@ pytestmark = pytest.mark.e2e
 
 
 def consume_all(bootstrap: str, topic: str, count: int) -> list:
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=10_000)
-    records = [record for record, _ in zip(consumer, range(count))]
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=10_000
+    )
+    records = [record for record, _ in zip(consumer, range(count), strict=False)]
     consumer.close()
     return records
 
@@ -37,11 +38,15 @@ def test_bad_records_go_to_the_dead_letter_topic_and_valid_ones_around_them_are_
         "MalformedJson": b'{"adapter": ',
         "EmptyRecord": b"",
         "InvalidAdapter": b'{"adapter": "Not Valid!", "text": "t", "label": "l", "event_time": 1}',
-        "MissingLabel": b'{"adapter": "%s", "text": "t", "event_time": 1}' % stream.adapter.encode(),
-        "MissingInput": b'{"adapter": "%s", "label": "l", "event_time": 1}' % stream.adapter.encode(),
+        "MissingLabel": b'{"adapter": "%s", "text": "t", "event_time": 1}'
+        % stream.adapter.encode(),
+        "MissingInput": b'{"adapter": "%s", "label": "l", "event_time": 1}'
+        % stream.adapter.encode(),
         "TextTooLong": codec.encode_json(codec.Example(stream.adapter, "x", "y" * 5000, "l", 1.0)),
-        "InvalidField": b'{"adapter": "%s", "text": "t", "label": "l", "event_time": "soon"}' % stream.adapter.encode(),
-        "UnsupportedInput": b'{"adapter": "%s", "tensor": {}, "label": "l", "event_time": 1}' % stream.adapter.encode(),
+        "InvalidField": b'{"adapter": "%s", "text": "t", "label": "l", "event_time": "soon"}'
+        % stream.adapter.encode(),
+        "UnsupportedInput": b'{"adapter": "%s", "tensor": {}, "label": "l", "event_time": 1}'
+        % stream.adapter.encode(),
         "RecordTooLarge": b"{" + b" " * (100 * 1024) + b"}",
     }
     random_bytes = random.Random(7).randbytes(64)
@@ -55,13 +60,19 @@ def test_bad_records_go_to_the_dead_letter_topic_and_valid_ones_around_them_are_
     reasons = [dict(r.headers)["perennial.error.class"].decode() for r in dead]
     assert reasons[: len(bad)] == list(bad) and reasons[-1] == "KeyMismatch"
     assert dead[len(bad)].value == random_bytes  # unchanged
-    expected_offsets = [values.index(payload) for payload in [*bad.values(), random_bytes]] + [len(values)]
+    expected_offsets = [values.index(payload) for payload in [*bad.values(), random_bytes]] + [
+        len(values)
+    ]
     for record, offset in zip(dead, expected_offsets, strict=True):
         headers = dict(record.headers)
         assert headers["perennial.source.topic"].decode() == stream.topic
         assert int(headers["perennial.source.offset"]) == offset
         assert headers["perennial.error.message"]
-    wait_for(lambda: metric(trainer, "perennial_trainer_examples_consumed_total") == 16, 60, "16 valid examples")
+    wait_for(
+        lambda: metric(trainer, "perennial_trainer_examples_consumed_total") == 16,
+        60,
+        "16 valid examples",
+    )
     assert metric(trainer, "perennial_trainer_records_dead_lettered_total") == len(bad) + 2
 
 
@@ -79,12 +90,19 @@ def test_control_api_needs_the_token_and_the_cli_drives_it(stream):
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     token = [("authorization", "Bearer s3cret")]
     status = stub.GetStatus(trainer_pb2.GetStatusRequest(adapter=stream.adapter), metadata=token)
-    assert status.adapters[0].adapter == stream.adapter and status.partitions == [f"{stream.topic}:0"]
+    assert status.adapters[0].adapter == stream.adapter and status.partitions == [
+        f"{stream.topic}:0"
+    ]
 
     def cli(*args):
         env = {**os.environ, "PERENNIAL_AUTH_TOKEN": "s3cret"}
-        return subprocess.run([sys.executable, "-m", "perennial.cli", "--target", trainer.grpc_address, *args],
-                              capture_output=True, text=True, env=env, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "perennial.cli", "--target", trainer.grpc_address, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
 
     snapshot = cli("snapshot", stream.adapter)
     assert snapshot.returncode == 0, snapshot.stderr
@@ -114,19 +132,29 @@ def test_crash_test_ten_kills_give_the_weights_of_an_uninterrupted_run(stream):
         trainer = stream.trainer(**DETERMINISTIC)
         done = store.latest(stream.adapter).examples if store.latest(stream.adapter) else 0
         target = min(total, done + rng.randint(1, 40))  # a random moment past the last snapshot
-        wait_for(lambda: metric(trainer, "perennial_trainer_examples_consumed_total") + done >= target
-                 or (store.latest(stream.adapter) and store.latest(stream.adapter).examples == total),
-                 120, f"progress to {target}")
+        wait_for(
+            lambda trainer=trainer, done=done, target=target: (
+                metric(trainer, "perennial_trainer_examples_consumed_total") + done >= target
+                or (store.latest(stream.adapter) and store.latest(stream.adapter).examples == total)
+            ),
+            120,
+            f"progress to {target}",
+        )
         trainer.process.kill()
         kills += 1
     trainer = stream.trainer(**DETERMINISTIC)
-    wait_for(lambda: store.latest(stream.adapter) and store.latest(stream.adapter).examples == total, 180,
-             "the stream's end")
+    wait_for(
+        lambda: store.latest(stream.adapter) and store.latest(stream.adapter).examples == total,
+        180,
+        "the stream's end",
+    )
     trainer.stop()
 
     crashed = store.latest(stream.adapter)
     chain = [store.manifest(stream.adapter, v) for v in store.versions(stream.adapter)]
-    assert [m.examples for m in chain] == list(range(32, total + 1, 32))  # every offset once, in order
+    assert [m.examples for m in chain] == list(
+        range(32, total + 1, 32)
+    )  # every offset once, in order
     assert all(m.offsets == {f"{stream.topic}:0": m.examples} for m in chain)
 
     # the same stream, uninterrupted, under another adapter id (same seed, same batches)
@@ -135,8 +163,11 @@ def test_crash_test_ten_kills_give_the_weights_of_an_uninterrupted_run(stream):
     try:
         clean.send([codec.encode(e) for e in examples(clean.adapter, total)])
         clean.trainer(**DETERMINISTIC)
-        wait_for(lambda: store.latest(clean.adapter) and store.latest(clean.adapter).examples == total, 180,
-                 "the uninterrupted run")
+        wait_for(
+            lambda: store.latest(clean.adapter) and store.latest(clean.adapter).examples == total,
+            180,
+            "the uninterrupted run",
+        )
         reference = store.latest(clean.adapter)
     finally:
         clean.close()
@@ -149,17 +180,28 @@ def test_redis_and_broker_away_for_30_seconds_lose_nothing(stream, kafka_broker,
     trainer = stream.trainer(**DETERMINISTIC)
     store = SnapshotStore(redis.Redis.from_url(stream.redis_url))
     stream.send([codec.encode(e) for e in examples(stream.adapter, 64)])
-    wait_for(lambda: store.latest(stream.adapter) and store.latest(stream.adapter).examples == 64, 120, "64")
+    wait_for(
+        lambda: store.latest(stream.adapter) and store.latest(stream.adapter).examples == 64,
+        120,
+        "64",
+    )
 
     os.kill(redis_server.process.pid, signal.SIGSTOP)  # Redis hangs: every call times out
     try:
         stream.send([codec.encode(e) for e in examples(stream.adapter, 64, start=64)])
-        wait_for(lambda: metric(trainer, "perennial_trainer_dependency_errors_total", dependency="redis") > 0,
-                 60, "the trainer to notice Redis is away")
+        wait_for(
+            lambda: (
+                metric(trainer, "perennial_trainer_dependency_errors_total", dependency="redis") > 0
+            ),
+            60,
+            "the trainer to notice Redis is away",
+        )
         stays_alive(trainer, 30)
     finally:
         os.kill(redis_server.process.pid, signal.SIGCONT)
-    wait_for(lambda: store.latest(stream.adapter).examples == 128, 120, "recovery after Redis returns")
+    wait_for(
+        lambda: store.latest(stream.adapter).examples == 128, 120, "recovery after Redis returns"
+    )
 
     os.kill(kafka_broker.process.pid, signal.SIGSTOP)  # the broker hangs
     try:
@@ -167,6 +209,10 @@ def test_redis_and_broker_away_for_30_seconds_lose_nothing(stream, kafka_broker,
     finally:
         os.kill(kafka_broker.process.pid, signal.SIGCONT)
     stream.send([codec.encode(e) for e in examples(stream.adapter, 64, start=128)])
-    wait_for(lambda: store.latest(stream.adapter).examples == 192, 120, "recovery after the broker returns")
+    wait_for(
+        lambda: store.latest(stream.adapter).examples == 192,
+        120,
+        "recovery after the broker returns",
+    )
     chain = [store.manifest(stream.adapter, v) for v in store.versions(stream.adapter)]
     assert all(m.offsets == {f"{stream.topic}:0": m.examples} for m in chain)

@@ -7,22 +7,26 @@ from prometheus_client import CollectorRegistry
 
 from perennial.codec import Example
 from perennial.errors import InvalidInput, NotFound
-from services.trainer.events import EventPublisher
-from services.trainer.guardrail import GuardrailConfig
 from perennial.learners import LearnerConfig
-from services.trainer.metrics import TrainerMetrics
 from perennial.pet import LoRAConfig
 from perennial.store import SnapshotStore, StaleParent
 from perennial.v1 import events_pb2
+from services.trainer.events import EventPublisher
+from services.trainer.guardrail import GuardrailConfig
+from services.trainer.metrics import TrainerMetrics
 from services.trainer.settings import TrainerSettings
 from services.trainer.worker import Incoming, Trainer
 
-TEXTS = {"animal": ["a small dog", "a big cat", "a red fox", "a grey wolf"],
-         "plant": ["a tall tree", "a green fern", "a wild rose", "a young oak"],
-         "artifact": ["an old house", "a fast car", "a wooden chair", "a sharp knife"]}
+TEXTS = {
+    "animal": ["a small dog", "a big cat", "a red fox", "a grey wolf"],
+    "plant": ["a tall tree", "a green fern", "a wild rose", "a young oak"],
+    "artifact": ["an old house", "a fast car", "a wooden chair", "a sharp knife"],
+}
 
 
 class Sent(list):
+    """Events the trainer sent, decoded."""
+
     def __call__(self, topic, key, value):
         self.append((topic, key, events_pb2.Event.FromString(value)))
 
@@ -33,20 +37,37 @@ class Sent(list):
 @pytest.fixture
 def make_trainer(redis_client, tiny_backbone):
     def make(**overrides) -> tuple[Trainer, Sent]:
-        fields = {"kafka_bootstrap": "unused:9092", "redis_url": "unused", "batch_size": 4,
-                  "snapshot_every_examples": 8, "snapshot_every_seconds": 3600, "batch_wait_seconds": 3600,
-                  "guardrail": GuardrailConfig(every=0), **overrides}
+        fields = {
+            "kafka_bootstrap": "unused:9092",
+            "redis_url": "unused",
+            "batch_size": 4,
+            "snapshot_every_examples": 8,
+            "snapshot_every_seconds": 3600,
+            "batch_wait_seconds": 3600,
+            "guardrail": GuardrailConfig(every=0),
+            **overrides,
+        }
         sent = Sent()
-        trainer = Trainer(TrainerSettings(**fields), tiny_backbone, SnapshotStore(redis_client),
-                          TrainerMetrics(CollectorRegistry()), EventPublisher(sent, "perennial.events", "test"),
-                          LearnerConfig(learner="lae", pet=LoRAConfig(rank=2, layers=(0, 1)), lr=1e-2))
+        trainer = Trainer(
+            TrainerSettings(**fields),
+            tiny_backbone,
+            SnapshotStore(redis_client),
+            TrainerMetrics(CollectorRegistry()),
+            EventPublisher(sent, "perennial.events", "test"),
+            LearnerConfig(learner="lae", pet=LoRAConfig(rank=2, layers=(0, 1)), lr=1e-2),
+        )
         return trainer, sent
+
     return make
 
 
 def feed(trainer: Trainer, labels: list[str], start: int = 0, adapter: str = "ad") -> int:
-    records = [Incoming("t:0", start + i, Example(adapter, str(start + i), TEXTS[label][i % 4], label, 1.0))
-               for i, label in enumerate(labels)]
+    records = [
+        Incoming(
+            "t:0", start + i, Example(adapter, str(start + i), TEXTS[label][i % 4], label, 1.0)
+        )
+        for i, label in enumerate(labels)
+    ]
     trainer.deliver(records)
     trainer.work_once(timeout=0)
     return start + len(records)
@@ -54,7 +75,9 @@ def feed(trainer: Trainer, labels: list[str], start: int = 0, adapter: str = "ad
 
 def test_snapshots_by_count_and_safe_offsets(make_trainer):
     trainer, sent = make_trainer()
-    feed(trainer, ["animal", "plant"] * 5)  # 10 records: 2 batches trained, snapshot at 8, 2 pending
+    feed(
+        trainer, ["animal", "plant"] * 5
+    )  # 10 records: 2 batches trained, snapshot at 8, 2 pending
     latest = trainer.store.latest("ad")
     assert latest.examples == 8 and latest.offsets == {"t:0": 8}
     assert trainer.safe_offsets() == {"t:0": 8}  # record 8 is pending: never commit past it
@@ -66,19 +89,25 @@ def test_replayed_records_below_the_manifest_are_skipped(make_trainer):
     feed(trainer, ["animal", "plant"] * 4)
     fresh, _ = make_trainer()  # a restarted trainer re-reads from offset 0
     feed(fresh, ["animal", "plant"] * 4)
-    assert fresh.adapters["ad"].learner.examples == 8  # loaded from the snapshot, nothing re-applied
+    assert (
+        fresh.adapters["ad"].learner.examples == 8
+    )  # loaded from the snapshot, nothing re-applied
     assert not fresh.adapters["ad"].pending
 
 
 def test_guardrail_holds_a_forgetful_candidate_and_force_promote(make_trainer, monkeypatch):
-    trainer, sent = make_trainer(guardrail=GuardrailConfig(every=2, per_class=4, margin=0.0, min_holdout=1))
+    trainer, sent = make_trainer(
+        guardrail=GuardrailConfig(every=2, per_class=4, margin=0.0, min_holdout=1)
+    )
     offset = feed(trainer, ["animal", "plant"] * 8)
     head = trainer.store.head("ad")
     assert head is not None and trainer.store.latest("ad") == head
     state = trainer.adapters["ad"]
     trainer._head_labeller("ad", head)  # the head predicts honestly (cached) ...
     # ... and every candidate forgets everything it knew
-    monkeypatch.setattr(trainer, "_labeller", lambda predictor: lambda texts: ["artifact"] * len(texts))
+    monkeypatch.setattr(
+        trainer, "_labeller", lambda predictor: lambda texts: ["artifact"] * len(texts)
+    )
     feed(trainer, ["artifact"] * 8, start=offset)
     latest = trainer.store.latest("ad")
     assert trainer.store.head("ad") == head and latest != head
@@ -104,7 +133,11 @@ def test_retention_and_rollback(make_trainer):
     feed(trainer, ["animal", "plant"] * 4, start=offset)
     latest = trainer.store.latest("ad")
     assert latest.parent == old
-    assert trainer.adapters["ad"].learner.examples == trainer.store.manifest("ad", old).examples + 8 == 32
+    assert (
+        trainer.adapters["ad"].learner.examples
+        == trainer.store.manifest("ad", old).examples + 8
+        == 32
+    )
     assert "rolled_back" in sent.kinds()
     with pytest.raises(NotFound):
         trainer.rollback("ad", "v000001-gone")
@@ -140,10 +173,16 @@ def test_pause_stops_learning_until_resumed(make_trainer):
 
 
 def test_a_holdout_too_small_to_judge_promotes(make_trainer, monkeypatch):
-    trainer, sent = make_trainer(guardrail=GuardrailConfig(every=2, per_class=4, margin=0.0, min_holdout=100))
+    trainer, sent = make_trainer(
+        guardrail=GuardrailConfig(every=2, per_class=4, margin=0.0, min_holdout=100)
+    )
     offset = feed(trainer, ["animal", "plant"] * 8)
     trainer._head_labeller("ad", trainer.store.head("ad"))
-    monkeypatch.setattr(trainer, "_labeller", lambda predictor: lambda texts: ["artifact"] * len(texts))
+    monkeypatch.setattr(
+        trainer, "_labeller", lambda predictor: lambda texts: ["artifact"] * len(texts)
+    )
     feed(trainer, ["artifact"] * 8, start=offset)
-    assert trainer.store.head("ad") == trainer.store.latest("ad")  # 8 holdout texts < 100: no verdict
+    assert trainer.store.head("ad") == trainer.store.latest(
+        "ad"
+    )  # 8 holdout texts < 100: no verdict
     assert "held" not in sent.kinds()

@@ -5,34 +5,54 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from perennial.codec import Example
-from services.trainer.events import EventPublisher
-from services.trainer.guardrail import GuardrailConfig
 from perennial.learners import LearnerConfig
-from services.trainer.metrics import TrainerMetrics
-from services.trainer.metrics import TrainerDriftMetrics
-from services.trainer.monitor import TrainerDriftMonitor
 from perennial.pet import LoRAConfig
 from perennial.store import SnapshotStore
+from services.trainer.events import EventPublisher
+from services.trainer.guardrail import GuardrailConfig
+from services.trainer.metrics import TrainerDriftMetrics, TrainerMetrics
+from services.trainer.monitor import TrainerDriftMonitor
 from services.trainer.settings import TrainerSettings
 from services.trainer.worker import Incoming, Trainer
 
-TEXTS = {"animal": ["a small dog", "a big cat", "a red fox", "a grey wolf"],
-         "plant": ["a tall tree", "a green fern", "a wild rose", "a young oak"],
-         "artifact": ["an old house", "a fast car", "a wooden chair", "a sharp knife"]}
+TEXTS = {
+    "animal": ["a small dog", "a big cat", "a red fox", "a grey wolf"],
+    "plant": ["a tall tree", "a green fern", "a wild rose", "a young oak"],
+    "artifact": ["an old house", "a fast car", "a wooden chair", "a sharp knife"],
+}
 
 
-def test_prequential_new_classes_and_forgetting_reach_the_metrics(redis_client, tiny_backbone) -> None:
+def test_prequential_new_classes_and_forgetting_reach_the_metrics(
+    redis_client, tiny_backbone
+) -> None:
     registry = CollectorRegistry()
-    settings = TrainerSettings(kafka_bootstrap="unused:9092", redis_url="unused", batch_size=4, prequential_budget=1.0,
-                               snapshot_every_examples=8, snapshot_every_seconds=3600, batch_wait_seconds=3600,
-                               guardrail=GuardrailConfig(every=2, per_class=4, margin=1.0))
+    settings = TrainerSettings(
+        kafka_bootstrap="unused:9092",
+        redis_url="unused",
+        batch_size=4,
+        prequential_budget=1.0,
+        snapshot_every_examples=8,
+        snapshot_every_seconds=3600,
+        batch_wait_seconds=3600,
+        guardrail=GuardrailConfig(every=2, per_class=4, margin=1.0),
+    )
     monitor = TrainerDriftMonitor(TrainerDriftMetrics(registry), forgetting_every_seconds=0)
-    trainer = Trainer(settings, tiny_backbone, SnapshotStore(redis_client), TrainerMetrics(registry),
-                      EventPublisher(lambda *args: None, "perennial.events", "test"),
-                      LearnerConfig(learner="lae", pet=LoRAConfig(rank=2, layers=(0, 1)), lr=1e-2), drift=monitor)
+    trainer = Trainer(
+        settings,
+        tiny_backbone,
+        SnapshotStore(redis_client),
+        TrainerMetrics(registry),
+        EventPublisher(lambda *args: None, "perennial.events", "test"),
+        LearnerConfig(learner="lae", pet=LoRAConfig(rank=2, layers=(0, 1)), lr=1e-2),
+        drift=monitor,
+    )
     labels = ["animal", "plant"] * 8 + ["artifact", "animal", "plant", "artifact"] * 4
-    trainer.deliver([Incoming("t:0", i, Example("ad", str(i), TEXTS[label][i % 4], label, 1.0))
-                     for i, label in enumerate(labels)])
+    trainer.deliver(
+        [
+            Incoming("t:0", i, Example("ad", str(i), TEXTS[label][i % 4], label, 1.0))
+            for i, label in enumerate(labels)
+        ]
+    )
     trainer.work_once(timeout=0)
     assert monitor.drain(timeout=30)
 
