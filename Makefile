@@ -7,13 +7,14 @@ PIP := $(VENV)/bin/pip
 DEBIAN_PACKAGES := redis-server wordnet-base prometheus dataset-fashion-mnist
 PROTO_OUT := shared
 
-.PHONY: help setup system venv proto proto-check lint lock demo test test-unit test-e2e bench-training bench-drift bench-learning bench-serving chart-sync chart-lint k8s k8s-check clean
+.PHONY: help setup system venv proto proto-check lint docs lock demo test test-unit test-e2e bench-training bench-drift bench-learning bench-serving chart-sync chart-lint k8s k8s-check clean
 
 help:
 	@echo "make demo        start broker, Redis, trainer, inference and stream WordNet through them"
 	@echo "make test        install what is missing, check generated code, run the whole suite"
 	@echo "make lint        ruff check + ruff format --check (part of make test)"
 	@echo "make proto       regenerate the protobuf code in $(PROTO_OUT)/perennial/v1"
+	@echo "make docs        regenerate docs/CONFIGURATION.md from the services' settings"
 	@echo "make lock        refresh requirements.lock from the current environment"
 	@echo "make bench-training  trainer throughput (Kafka vs memory), snapshots, freshness -> docs/BENCHMARKS.md"
 	@echo "make bench-learning  learner x PET quality on WordNet and Fashion-MNIST -> docs/LEARNING.md"
@@ -53,6 +54,10 @@ proto: venv
 proto-check: proto
 	@git diff --exit-code -- $(PROTO_OUT)/perennial/v1 || \
 	  { echo "generated protobuf code is stale: run 'make proto' and commit"; exit 1; }
+
+# docs/CONFIGURATION.md from the services' settings classes (tests/deploy checks it is current).
+docs: venv
+	$(PY) -m perennial_dev.configuration --out docs/CONFIGURATION.md
 
 lock: venv
 	$(PIP) freeze --exclude-editable | sed "s/^torch==\(.*\)+cpu/torch==\1/" | sort > requirements.lock

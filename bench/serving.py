@@ -38,7 +38,7 @@ from perennial.store import SnapshotStore, from_safetensors, to_safetensors
 from perennial_dev.datasets.wordnet import read_noun_glosses
 from perennial_dev.launch import start_inference
 from perennial_dev.localstack import ManagedProcess, free_port, start_redis
-from services.inference.model import ServedVersion, load_model, predict, predict_grouped
+from services.inference.model import load_version, predict, predict_grouped
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTER = "bench"
@@ -123,7 +123,7 @@ def compute_limit(
     backbone: TextBackbone, blob: bytes, manifest, texts: list[str], seconds: float = 3.0
 ) -> dict:
     """(c): rows/s of `predict` in-process by batch size; and fused vs grouped multi-adapter batches."""
-    served = ServedVersion(manifest, load_model(backbone, blob, manifest), 0)
+    served = load_version(backbone, manifest, blob)
 
     def rate(fn, work, rows):
         fn(backbone, work)
@@ -134,7 +134,7 @@ def compute_limit(
         return calls * rows / (time.perf_counter() - started)
 
     by_batch = {bs: rate(predict, [(served, texts[:bs])], bs) for bs in (1, 8, 16, 32, 64)}
-    many = [ServedVersion(manifest, load_model(backbone, blob, manifest), 0) for _ in range(32)]
+    many = [load_version(backbone, manifest, blob) for _ in range(32)]
     mixed = [(many[i], [texts[i]]) for i in range(32)]
     one = [(served, [texts[i]]) for i in range(32)]
     strategies = {

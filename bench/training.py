@@ -201,7 +201,7 @@ def main() -> None:
         [g.text for g in glosses][: args.examples],
         [g.label for g in glosses][: args.examples],
     )
-    config = LearnerConfig.from_env(seed=0)
+    config = LearnerConfig(seed=0)
     print(
         f"(a) in memory: {len(texts)} examples, learner {config.learner}, batch {args.batch_size}",
         flush=True,

@@ -82,6 +82,9 @@ def start_trainer(
             "PERENNIAL_METRICS_PORT": metrics_port,
             "PERENNIAL_CONTROL_HOST": "127.0.0.1",
             "PERENNIAL_CONTROL_PORT": control_port,
+            # Tansu holds a group join ~session/2: short timings keep rebalances quick locally
+            "PERENNIAL_KAFKA_SESSION_TIMEOUT_MS": 6000,
+            "PERENNIAL_KAFKA_HEARTBEAT_INTERVAL_MS": 1000,
             **settings,
         }
     )

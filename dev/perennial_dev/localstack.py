@@ -5,6 +5,7 @@ its own process group with its output in a log file, is stopped as a group, and 
 stopped at interpreter exit if nobody did. Why it is built this way, and what we
 measured of Tansu and kafka-python: docs/DEVELOPMENT.md.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -401,13 +402,16 @@ def _wait_or_stop(
         raise
 
 
-def start_redis(workdir: Path, port: int | None = None, *, timeout: float = 30) -> RedisServer:
+def start_redis(
+    workdir: Path, port: int | None = None, *, timeout: float = 30, password: str | None = None
+) -> RedisServer:
     """Start ``redis-server`` on 127.0.0.1 with no persistence and wait until it answers PING.
 
     Args:
         workdir: Directory for Redis's working files and its log ``redis-<port>.log``.
         port: TCP port; a free one when None.
         timeout: Seconds to wait for readiness.
+        password: with a password, clients must AUTH (``--requirepass``).
 
     Raises:
         RuntimeError: ``redis-server`` is not installed, or did not become ready.
@@ -436,6 +440,7 @@ def start_redis(workdir: Path, port: int | None = None, *, timeout: float = 30) 
             "--dir", str(workdir),
             "--protected-mode", "yes",
             "--daemonize", "no",
+            *(["--requirepass", password] if password else []),
         ]  # fmt: skip
         process = ManagedProcess(argv, workdir / f"redis-{p}.log", name="redis-server")
 
@@ -448,6 +453,7 @@ def start_redis(workdir: Path, port: int | None = None, *, timeout: float = 30) 
                 socket_connect_timeout=0.2,
                 socket_timeout=0.5,
                 retry=Retry(NoBackoff(), 0),
+                password=password,
             )
             try:
                 return bool(client.ping())

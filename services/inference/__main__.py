@@ -1,69 +1,60 @@
-"""`python -m services.inference`: serve until SIGTERM, then drain. Configuration:
-environment variables `PERENNIAL_*` (README.md, "Configuration")."""
+"""`python -m services.inference`: serve until SIGTERM, then drain. Configuration: the
+`PERENNIAL_*` variables of `InferenceSettings` (`--help` lists them)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 
-import redis
 from grpc_health.v1 import health
 
-from perennial import runtime
+from perennial import redis_connect, runtime
 from perennial.backbone import TextBackbone
-from perennial.config import env
 from perennial.grpc_security import ServerSecurity
 from perennial.store import SnapshotStore
-from services.inference.batching import BatchingConfig
-from services.inference.metrics import InferenceMetrics
-from services.inference.monitor import InferenceDriftMonitor
-from services.inference.plane import DataPlane, ServingConfig
-from services.inference.server import InferenceServicer, ServerConfig, build_server, set_health
+from services.inference.metrics import InferenceDriftMetrics, InferenceMetrics
+from services.inference.monitor import InferenceDriftMonitor, frozen_token_embedder
+from services.inference.plane import DataPlane
+from services.inference.server import InferenceServicer, build_server, set_health
+from services.inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 
 
-def main() -> None:
-    redis_url = env("PERENNIAL_REDIS_URL")
-    address = f"{env('PERENNIAL_GRPC_HOST', '0.0.0.0')}:{env('PERENNIAL_GRPC_PORT', 8001, int)}"
-    batching = BatchingConfig(
-        max_batch_size=env("PERENNIAL_MAX_BATCH_SIZE", 64, int),
-        max_queue_delay_seconds=env("PERENNIAL_MAX_QUEUE_DELAY_MS", 2.0, float) / 1000,
-        max_queue_size=env("PERENNIAL_MAX_QUEUE_SIZE", 256, int),
-    )
-    serving = ServingConfig(
-        memory_bytes=env("PERENNIAL_ADAPTER_MEMORY_BYTES", 1 << 30, int),
-        max_text_chars=env("PERENNIAL_MAX_TEXT_CHARS", 4096, int),
-        max_rows=batching.max_batch_size,
-        reconcile_seconds=env("PERENNIAL_RECONCILE_SECONDS", 10.0, float),
-    )
-    server_config = ServerConfig(
-        workers=env("PERENNIAL_GRPC_WORKERS", 128, int),
-        max_message_bytes=env("PERENNIAL_MAX_MESSAGE_BYTES", 16 << 20, int),
-    )
-    security = ServerSecurity.from_env()
-    registry, stop = runtime.start("inference")
+def serve(settings: InferenceSettings) -> None:
+    """Start, serve until SIGTERM, drain."""
+    security = ServerSecurity.from_settings(settings)
+    store = SnapshotStore(redis_connect.connect(settings))
+    registry, stop = runtime.start("inference", settings)
     metrics = InferenceMetrics(registry)
-    servicer, health_servicer = InferenceServicer(metrics, batching), health.HealthServicer()
+    servicer = InferenceServicer(metrics, settings.batching())
+    health_servicer = health.HealthServicer()
     set_health(health_servicer, False)  # NOT_SERVING until the backbone is loaded
-    server = build_server(servicer, health_servicer, server_config, security)
-    security.add_port(server, address)
+    server = build_server(servicer, health_servicer, settings.server(), security)
+    runtime.listen(server, security, settings.grpc_host, settings.grpc_port, "grpc_port")
     server.start()
-    log.info("listening", extra={"fields": {"address": address}})
+    log.info(
+        "listening", extra={"fields": {"host": settings.grpc_host, "port": settings.grpc_port}}
+    )
 
-    store = SnapshotStore(redis.Redis.from_url(redis_url))
-    store.redis.ping()
-    backbone = TextBackbone.load(env("PERENNIAL_BACKBONE_PATH", None))
-    plane = DataPlane(backbone, store, metrics, serving)
-    servicer.monitor = InferenceDriftMonitor.from_env(registry, backbone)
+    runtime.check_redis(store.redis, settings.redis_url or settings.redis_sentinels)
+    backbone = TextBackbone.load(settings.backbone_path)
+    plane = DataPlane(backbone, store, metrics, settings.serving())
+    servicer.monitor = InferenceDriftMonitor(
+        InferenceDriftMetrics(registry), frozen_token_embedder(backbone), settings.monitor()
+    )
     threading.Thread(target=plane.watch, args=(stop,), name="watcher", daemon=True).start()
     servicer.attach(plane)
     set_health(health_servicer, True)
     log.info("serving")
 
     stop.wait()
-    servicer.drain(server, health_servicer, grace=env("PERENNIAL_DRAIN_SECONDS", 10.0, float))
+    servicer.drain(server, health_servicer, grace=settings.drain_seconds)
     log.info("stopped")
+
+
+def main() -> None:
+    runtime.main("perennial-inference", InferenceSettings, serve)
 
 
 if __name__ == "__main__":

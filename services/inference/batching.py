@@ -172,7 +172,7 @@ class Batcher(Generic[Key, Result]):
             self.metrics.batch_size.observe(sum(len(job.rows) for job in live))
             try:
                 results = self._run([(job.key, job.rows) for job in live])
-            except BaseException as error:  # delivered to every caller; the thread keeps going
+            except Exception as error:  # delivered to every caller; the thread keeps going
                 for job in live:
                     job.future.set_exception(error)
                 continue

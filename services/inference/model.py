@@ -1,6 +1,6 @@
 """One adapter version, ready to run, and the two functions that run models.
 
-`load_model` and `predict` are the one place that knows the learners' types.
+`load_version` and `predict` are the one place that knows the learners' types.
 `predict` runs a batch that mixes adapters as ONE backbone forward when every
 version is an LAE ensemble of LoRA modules: each row carries its own LoRA
 weights (`perennial.pet.lora.RowwiseLoRA`), online and offline rows side by side
@@ -10,13 +10,14 @@ fall back to one `scores` call per version (`predict_grouped`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from perennial.backbone import TextBackbone
-from perennial.learners import Predictor, load_predictor
+from perennial.learners import LearnerConfig, Predictor, load_predictor
 from perennial.learners.lae import ensemble_probabilities
 from perennial.pet import activate
 from perennial.pet.lora import RowwiseLoRA
@@ -30,6 +31,7 @@ class ServedVersion:
     manifest: Manifest
     model: Predictor
     nbytes: int
+    learner: str  # the learner that wrote the snapshot (`LearnerConfig.learner`)
 
     @property
     def adapter(self) -> str:
@@ -56,10 +58,12 @@ class Prediction:
         return [self.served.classes[i] for i in self.scores.argmax(-1).tolist()]
 
 
-def load_model(backbone, blob: bytes) -> Predictor:
-    """Build an adapter version's predictor from its verified safetensors blob."""
+def load_version(backbone, manifest: Manifest, blob: bytes) -> ServedVersion:
+    """Build an adapter version from its verified safetensors blob."""
     tensors, metadata = from_safetensors(blob)
-    return load_predictor(backbone, tensors, metadata)
+    model = load_predictor(backbone, tensors, metadata)
+    learner = LearnerConfig.from_dict(json.loads(metadata["learner"])).learner
+    return ServedVersion(manifest, model, model_bytes(model), learner)
 
 
 def predict(backbone, work: Sequence[tuple[ServedVersion, list]]) -> list[torch.Tensor]:

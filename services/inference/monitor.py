@@ -14,14 +14,12 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from prometheus_client import CollectorRegistry
 from river import base
 
-from perennial.config import env
 from perennial.drift import EmbeddingDrift, PredictionDrift
 from perennial.monitoring import BackgroundWorker
 from services.inference.metrics import InferenceDriftMetrics
@@ -60,14 +58,6 @@ class MonitorConfig:
         for name in ("input_alpha", "prediction_alpha"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
-
-    @classmethod
-    def from_env(cls) -> MonitorConfig:
-        """`PERENNIAL_DRIFT_<FIELD>` (e.g. PERENNIAL_DRIFT_INPUT_WINDOW) overrides each default."""
-        values = {}
-        for name, default in asdict(cls()).items():
-            values[name] = env(f"PERENNIAL_DRIFT_{name.upper()}", default, type(default))
-        return cls(**values)
 
 
 def frozen_token_embedder(backbone) -> Embedder:
@@ -117,15 +107,6 @@ class InferenceDriftMonitor:
             "drift-inference",
             config.queue_size,
             lambda adapter: metrics.dropped.labels(adapter).inc(),
-        )
-
-    @classmethod
-    def from_env(cls, registry: CollectorRegistry, backbone) -> InferenceDriftMonitor:
-        """The service's monitor: frozen token embeddings of `backbone`, `MonitorConfig.from_env()`."""
-        return cls(
-            InferenceDriftMetrics(registry),
-            frozen_token_embedder(backbone),
-            MonitorConfig.from_env(),
         )
 
     def submit(self, adapter: str, texts: Sequence[str], labels: Sequence[str]) -> bool:

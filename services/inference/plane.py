@@ -29,7 +29,7 @@ from perennial.backbone import TextBackbone
 from perennial.errors import InvalidInput, NotFound
 from perennial.store import IntegrityError, Manifest, SnapshotStore
 from services.inference.metrics import InferenceMetrics
-from services.inference.model import Prediction, ServedVersion, load_model, model_bytes, predict
+from services.inference.model import Prediction, ServedVersion, load_version, predict
 
 log = logging.getLogger(__name__)
 MAX_PARENT_HOPS = 64  # manifests walked back to account freshness of skipped versions
@@ -155,12 +155,8 @@ class DataPlane:
 
     # -- building, admitting, swapping --------------------------------------------------------
     def _build(self, adapter: str, version: str) -> ServedVersion:
-        try:
-            manifest, blob = self.store.fetch(adapter, version)
-        except KeyError as error:
-            raise NotFound(f"{error.args[0]}; it may never have existed or was deleted") from error
-        model = load_model(self.backbone, blob)
-        return ServedVersion(manifest, model, model_bytes(model))
+        manifest, blob = self.store.fetch(adapter, version)
+        return load_version(self.backbone, manifest, blob)
 
     def _admit(self, served: ServedVersion, current: bool = False) -> None:
         """Make `served` resident — with `current`, also the adapter's default, in the same step

@@ -103,7 +103,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.ModelMetadataResponse(
             name=request.name,
             versions=[served.version],
-            platform="perennial_lae",
+            platform=f"perennial_{served.learner}",
             inputs=[
                 tensor(name=name, datatype=datatype, shape=shape)
                 for name, datatype, shape in [input_spec(self._plane().backbone)]
@@ -278,6 +278,7 @@ def build_server(
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a port another process holds is an error, not shared
         ],
         maximum_concurrent_rpcs=config.workers,
     )

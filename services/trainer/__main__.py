@@ -1,5 +1,5 @@
-"""`python -m services.trainer`: run the trainer until SIGTERM. Configuration: environment
-variables `PERENNIAL_*` (see README.md)."""
+"""`python -m services.trainer`: run the trainer until SIGTERM. Configuration: the
+`PERENNIAL_*` variables of `TrainerSettings` (`--help` lists them)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ import threading
 
 from grpc_health.v1 import health
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from perennial import device, redis_connect, runtime
 from perennial.backbone import TextBackbone
-from perennial.config import env
 from perennial.grpc_security import ServerSecurity
 from perennial.store import SnapshotStore
 from services.trainer.control import ControlServicer, build_control_server, set_health
 from services.trainer.events import EventPublisher
 from services.trainer.ingest import Ingest
 from services.trainer.kube_events import EventRecorder
-from services.trainer.metrics import TrainerMetrics
+from services.trainer.metrics import TrainerDriftMetrics, TrainerMetrics
 from services.trainer.monitor import TrainerDriftMonitor
 from services.trainer.settings import TrainerSettings
 from services.trainer.worker import Trainer
@@ -26,39 +26,47 @@ from services.trainer.worker import Trainer
 log = logging.getLogger(__name__)
 
 
-def main() -> None:
-    settings = TrainerSettings.from_env()
-    ServerSecurity.from_env()  # fail before loading anything if TLS or token settings are wrong
-    registry, stop = runtime.start("trainer")
+def serve(settings: TrainerSettings) -> None:
+    """Start, consume and train until SIGTERM, then snapshot and commit."""
+    security = ServerSecurity.from_settings(settings)  # unreadable files fail before any loading
+    where = device.select(settings.device)
+    store = SnapshotStore(redis_connect.connect(settings))
+    registry, stop = runtime.start("trainer", settings)
     metrics = TrainerMetrics(registry)
     health_servicer = health.HealthServicer()
-    set_health(health_servicer, False)
+    set_health(health_servicer, False)  # NOT_SERVING, control calls UNAVAILABLE, until attached
+    control = ControlServicer()
+    server = build_control_server(control, health_servicer, interceptors=security.interceptors())
+    runtime.listen(server, security, settings.control_host, settings.control_port, "control_port")
+    server.start()
 
-    store = SnapshotStore(redis_connect.connect(settings.redis_url))
-    store.redis.ping()  # fail at start, with the URL's error, if Redis is unreachable
-    backbone = TextBackbone.load(env("PERENNIAL_BACKBONE_PATH", None)).to(
-        device.select(env("PERENNIAL_DEVICE", "auto"))
-    )
-    producer = KafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", **settings.kafka_security
+    runtime.check_redis(store.redis, settings.redis_url or settings.redis_sentinels)
+    backbone = TextBackbone.load(settings.backbone_path).to(where)
+    try:
+        producer = KafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap, acks="all", **settings.kafka_options()
+        )
+    except KafkaError as error:
+        raise runtime.StartupError(
+            f"Kafka at {settings.kafka_bootstrap} is not usable: {error}"
+        ) from None
+    kubernetes = EventRecorder.for_pod(
+        settings.pod_name,
+        settings.pod_namespace,
+        settings.pod_uid,
+        enabled=settings.kubernetes_events,
     )
     events = EventPublisher(
-        producer.send,
-        settings.events_topic,
-        settings.source,
-        kubernetes=EventRecorder.from_environment(),
+        producer.send, settings.events_topic, settings.source, kubernetes=kubernetes
     )
-    trainer = Trainer(
-        settings, backbone, store, metrics, events, drift=TrainerDriftMonitor.from_env(registry)
+    drift = TrainerDriftMonitor(
+        TrainerDriftMetrics(registry),
+        queue_size=settings.drift_queue_size,
+        forgetting_every_seconds=settings.forgetting_every_seconds,
     )
+    trainer = Trainer(settings, backbone, store, metrics, events, drift=drift)
     ingest = Ingest(settings, trainer, metrics, producer, events)
-
-    security = ServerSecurity.from_env()
-    server = build_control_server(
-        ControlServicer(trainer, ingest), health_servicer, interceptors=security.interceptors()
-    )
-    security.add_port(server, f"{env('PERENNIAL_CONTROL_HOST', '0.0.0.0')}:{settings.control_port}")
-    server.start()
+    control.attach(trainer, ingest)
     training = threading.Thread(target=trainer.run, args=(stop,), name="training")
     training.start()
     set_health(health_servicer, True)
@@ -72,6 +80,10 @@ def main() -> None:
         ingest.close()  # commits what that snapshot covers
         server.stop(grace=5).wait()
         producer.close()
+
+
+def main() -> None:
+    runtime.main("perennial-trainer", TrainerSettings, serve)
 
 
 if __name__ == "__main__":

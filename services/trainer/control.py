@@ -44,9 +44,24 @@ def version_info(
 class ControlServicer(trainer_pb2_grpc.TrainerServicer):
     """The `perennial.v1.Trainer` handlers: protobuf in, trainer commands, protobuf out."""
 
-    def __init__(self, trainer: Trainer, ingest: Ingest) -> None:
-        self.trainer = trainer
-        self.ingest = ingest
+    def __init__(self, trainer: Trainer | None = None, ingest: Ingest | None = None) -> None:
+        self._trainer, self._ingest = trainer, ingest
+
+    def attach(self, trainer: Trainer, ingest: Ingest) -> None:
+        """Serve `trainer` from now on (the port is open, answering UNAVAILABLE, before this)."""
+        self._trainer, self._ingest = trainer, ingest
+
+    @property
+    def trainer(self) -> Trainer:
+        if self._trainer is None:
+            raise NotReady("the trainer is starting; retry shortly")
+        return self._trainer
+
+    @property
+    def ingest(self) -> Ingest:
+        if self._ingest is None:
+            raise NotReady("the trainer is starting; retry shortly")
+        return self._ingest
 
     def _run(self, command):
         try:
@@ -141,6 +156,7 @@ def build_control_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="control"),
         interceptors=[*interceptors, DomainErrorInterceptor()],
+        options=[("grpc.so_reuseport", 0)],  # a port another process holds is an error, not shared
     )
     trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -52,10 +52,10 @@ class Ingest:
             group_id=settings.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
             max_poll_records=max(settings.batch_size * 8, 128),
-            **settings.kafka_security,
+            **settings.kafka_options(),
         )
         self._committed: dict[str, int] = {}
         self._backpressure = False

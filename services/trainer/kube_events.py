@@ -64,14 +64,6 @@ class PodRef:
     namespace: str
     uid: str = ""
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> PodRef | None:
-        """PERENNIAL_POD_NAME / _NAMESPACE / _UID, or None when name or namespace is unset."""
-        name, namespace = environ.get("PERENNIAL_POD_NAME"), environ.get("PERENNIAL_POD_NAMESPACE")
-        if not name or not namespace:
-            return None
-        return cls(name, namespace, environ.get("PERENNIAL_POD_UID", ""))
-
 
 def event_name(pod: PodRef, now: datetime) -> str:
     """`<pod>.<hex nanoseconds>`, the naming client-go uses: unique and sortable."""
@@ -150,17 +142,24 @@ class EventRecorder:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_environment(
-        cls, environ: Mapping[str, str] = os.environ, **kwargs: object
+    def for_pod(
+        cls,
+        name: str,
+        namespace: str,
+        uid: str = "",
+        *,
+        enabled: bool = True,
+        environ: Mapping[str, str] = os.environ,
+        **kwargs: object,
     ) -> EventRecorder:
-        """A recorder for this pod, or a disabled one (logged once) outside a cluster,
-        without the downward-API variables, or with PERENNIAL_KUBERNETES_EVENTS=false."""
-        if environ.get("PERENNIAL_KUBERNETES_EVENTS", "true").lower() in ("false", "0", "no"):
+        """A recorder for the pod the downward API names (PERENNIAL_POD_NAME/_NAMESPACE/_UID),
+        or a disabled one (logged once) when switched off, unnamed, or outside a cluster."""
+        if not enabled:
             log.info(
                 "kubernetes events off", extra={"fields": {"reason": "PERENNIAL_KUBERNETES_EVENTS"}}
             )
             return cls(None, None, **kwargs)  # type: ignore[arg-type]
-        pod = PodRef.from_env(environ)
+        pod = PodRef(name, namespace, uid) if name and namespace else None
         api = in_cluster_api(environ) if pod is not None else None
         if pod is None or api is None:
             why = (

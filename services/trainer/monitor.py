@@ -12,10 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry
 from river import base
 
-from perennial.config import env
 from perennial.drift import ErrorRateDrift, NewClass
 from perennial.forgetting import AccuracyMatrix
 from perennial.monitoring import BackgroundWorker
@@ -73,15 +71,6 @@ class TrainerDriftMonitor:
         ] = {}  # adapter -> (monotonic time, classes)
         self._worker = BackgroundWorker(
             "drift-trainer", queue_size, lambda adapter: metrics.dropped.labels(adapter).inc()
-        )
-
-    @classmethod
-    def from_env(cls, registry: CollectorRegistry) -> TrainerDriftMonitor:
-        """PERENNIAL_DRIFT_QUEUE_SIZE, PERENNIAL_FORGETTING_EVERY_SECONDS."""
-        return cls(
-            TrainerDriftMetrics(registry),
-            queue_size=env("PERENNIAL_DRIFT_QUEUE_SIZE", 1024, int),
-            forgetting_every_seconds=env("PERENNIAL_FORGETTING_EVERY_SECONDS", 30.0, float),
         )
 
     def evaluation_due(self, adapter: str, classes: int) -> bool:

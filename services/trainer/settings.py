@@ -1,112 +1,147 @@
-"""Trainer configuration from `PERENNIAL_*` environment variables."""
+"""The trainer's configuration: every `PERENNIAL_*` variable it reads, declared once."""
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Literal, Self
 
-from perennial.config import ConfigError, env
+from pydantic import Field, SecretStr, model_validator
+
+from perennial.config import GrpcSecuritySettings, ProcessSettings, RedisSettings, variable
+from perennial.learners import DEFAULT_LEARNER, LearnerConfig
+from perennial.learners.config import LEARNER_NAMES
+from perennial.pet import METHODS
 from services.trainer.guardrail import GuardrailConfig
 
-SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_G = GuardrailConfig
+Learner = Literal[LEARNER_NAMES]  # type: ignore[valid-type]
+PET = Literal[tuple(sorted(METHODS))]  # type: ignore[valid-type]
 
 
-@dataclass(frozen=True)
-class TrainerSettings:
-    """The trainer's configuration."""
+class TrainerSettings(ProcessSettings, RedisSettings, GrpcSecuritySettings):
+    """The trainer's settings (`python -m services.trainer --help` lists them)."""
 
-    kafka_bootstrap: str
-    redis_url: str
-    topic: str = "perennial.examples"
-    dead_letter_topic: str = "perennial.examples.dlq"
-    events_topic: str = "perennial.events"
-    group_id: str = "perennial-trainer"
-    batch_size: int = 16
-    batch_wait_seconds: float = 2.0
-    snapshot_every_examples: int = 64
-    snapshot_every_seconds: float = 5.0
-    retain_versions: int = 20
-    max_pending: int = 2048  # records buffered before partitions are paused (back-pressure)
-    max_record_bytes: int = 1024 * 1024  # larger records are dead-lettered (RecordTooLarge)
-    prequential_budget: float = (
-        0.05  # share of learning time spent predicting before learning (drift)
+    kafka_bootstrap: str = Field(description="Kafka bootstrap servers, host:port[,host:port]")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka transport"
     )
-    seed: int = 0
-    control_port: int = 50051
-    source: str = field(default_factory=socket.gethostname)  # names this replica in events
-    guardrail: GuardrailConfig = field(default_factory=GuardrailConfig)
-    kafka_security: dict[str, str] = field(default_factory=dict)
+    kafka_sasl_mechanism: str = Field(
+        "SCRAM-SHA-512", description="SASL mechanism (SASL_* protocols)"
+    )
+    kafka_sasl_username: str = Field("", description="SASL user name (SASL_* protocols)")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (from a Secret)")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA of the brokers (SSL, SASL_SSL)")
+    kafka_session_timeout_ms: int = Field(
+        10_000,
+        ge=1000,
+        description="consumer-group session timeout: a dead trainer's partitions move after this",
+    )
+    kafka_heartbeat_interval_ms: int = Field(
+        3000,
+        ge=100,
+        description="consumer-group heartbeat interval (below a third of the session timeout)",
+    )
+    topic: str = Field("perennial.examples", description="examples topic")
+    dead_letter_topic: str = Field(
+        "perennial.examples.dlq", description="dead letters, with the reason in headers"
+    )
+    events_topic: str = Field(
+        "perennial.events", description="lifecycle events (perennial.v1.Event)"
+    )
+    group_id: str = Field("perennial-trainer", description="consumer group of the trainer replicas")
+    learner: Learner = Field(DEFAULT_LEARNER, description="continual learner (docs/LEARNING.md)")
+    pet: PET = Field("lora", description="PET method of learners that adapt one")
+    seed: int = Field(0, description="seed of new adapters' initialisation")
+    device: str = Field("auto", description="where the backbone runs: auto, cpu, cuda, cuda:N")
+    batch_size: int = Field(16, ge=1, description="micro-batch size")
+    batch_wait_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="flush a partial batch after this long without new examples (inf: never)",
+    )
+    snapshot_every_examples: int = Field(64, ge=1, description="snapshot cadence by examples")
+    snapshot_every_seconds: float = Field(
+        5.0, gt=0, description="snapshot cadence by time (inf: never)"
+    )
+    retain_versions: int = Field(
+        20, ge=1, description="versions kept per adapter (plus head, candidate and their parents)"
+    )
+    max_pending: int = Field(
+        2048, ge=1, description="records buffered before partitions are paused"
+    )
+    max_record_bytes: int = Field(1 << 20, ge=1, description="larger records are dead-lettered")
+    prequential_budget: float = Field(
+        0.05,
+        ge=0,
+        description="share of learning time spent predicting before learning (drift signal); 1: every batch, 0: off",
+    )
+    forgetting_every_seconds: float = Field(
+        30.0, ge=0, description="evaluate the holdout for the accuracy matrix at most this often"
+    )
+    holdout_every: int = Field(
+        _G.every, ge=0, description="hold out every n-th example per class (0: guardrail off)"
+    )
+    holdout_per_class: int = Field(_G.per_class, ge=1, description="holdout texts kept per class")
+    guardrail_margin: float = Field(
+        _G.margin, ge=0, le=1, description="tolerated holdout accuracy drop on known classes"
+    )
+    guardrail_min_holdout: int = Field(
+        _G.min_holdout,
+        ge=0,
+        description="fewer holdout texts than this: no verdict, the candidate is promoted",
+    )
+    control_host: str = Field("0.0.0.0", description="listen address of the control API")
+    control_port: int = Field(
+        50051, ge=0, le=65535, description="port of the control API and gRPC health"
+    )
+    kubernetes_events: bool = Field(
+        True, description="record Kubernetes Events on the trainer's Pod"
+    )
 
-    def __post_init__(self) -> None:
-        counts = {
-            "batch_size": self.batch_size,
-            "snapshot_every_examples": self.snapshot_every_examples,
-            "retain_versions": self.retain_versions,
-        }
-        bad = {name: value for name, value in counts.items() if value < 1}
-        if bad:
-            raise ConfigError(f"{bad}: each must be >= 1")
-        if self.prequential_budget < 0:
-            raise ConfigError(
-                f"prequential_budget={self.prequential_budget}: must be >= 0 (0 turns it off)"
+    @model_validator(mode="after")
+    def _kafka_credentials(self) -> Self:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"{variable('kafka_security_protocol')}={self.kafka_security_protocol} needs "
+                f"{variable('kafka_sasl_username')} and {variable('kafka_sasl_password')}"
             )
+        if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
+            raise ValueError(
+                f"{variable('kafka_heartbeat_interval_ms')}={self.kafka_heartbeat_interval_ms} must be at most a "
+                f"third of {variable('kafka_session_timeout_ms')}={self.kafka_session_timeout_ms}"
+            )
+        return self
 
-    @classmethod
-    def from_env(cls) -> TrainerSettings:
-        d = cls.__dataclass_fields__
-        return cls(
-            kafka_bootstrap=env("PERENNIAL_KAFKA_BOOTSTRAP"),
-            redis_url=env("PERENNIAL_REDIS_URL"),
-            topic=env("PERENNIAL_TOPIC", d["topic"].default),
-            dead_letter_topic=env("PERENNIAL_DEAD_LETTER_TOPIC", d["dead_letter_topic"].default),
-            events_topic=env("PERENNIAL_EVENTS_TOPIC", d["events_topic"].default),
-            group_id=env("PERENNIAL_GROUP_ID", d["group_id"].default),
-            batch_size=env("PERENNIAL_BATCH_SIZE", d["batch_size"].default, int),
-            batch_wait_seconds=env(
-                "PERENNIAL_BATCH_WAIT_SECONDS", d["batch_wait_seconds"].default, float
-            ),
-            snapshot_every_examples=env(
-                "PERENNIAL_SNAPSHOT_EVERY_EXAMPLES", d["snapshot_every_examples"].default, int
-            ),
-            snapshot_every_seconds=env(
-                "PERENNIAL_SNAPSHOT_EVERY_SECONDS", d["snapshot_every_seconds"].default, float
-            ),
-            retain_versions=env("PERENNIAL_RETAIN_VERSIONS", d["retain_versions"].default, int),
-            max_pending=env("PERENNIAL_MAX_PENDING", d["max_pending"].default, int),
-            max_record_bytes=env("PERENNIAL_MAX_RECORD_BYTES", d["max_record_bytes"].default, int),
-            prequential_budget=env(
-                "PERENNIAL_PREQUENTIAL_BUDGET", d["prequential_budget"].default, float
-            ),
-            seed=env("PERENNIAL_SEED", d["seed"].default, int),
-            control_port=env("PERENNIAL_CONTROL_PORT", d["control_port"].default, int),
-            source=env("PERENNIAL_POD_NAME", socket.gethostname()),
-            guardrail=GuardrailConfig(
-                every=env("PERENNIAL_HOLDOUT_EVERY", GuardrailConfig.every, int),
-                per_class=env("PERENNIAL_HOLDOUT_PER_CLASS", GuardrailConfig.per_class, int),
-                margin=env("PERENNIAL_GUARDRAIL_MARGIN", GuardrailConfig.margin, float),
-                min_holdout=env(
-                    "PERENNIAL_GUARDRAIL_MIN_HOLDOUT", GuardrailConfig.min_holdout, int
-                ),
-            ),
-            kafka_security=kafka_security_from_env(),
+    @cached_property
+    def guardrail(self) -> GuardrailConfig:
+        return GuardrailConfig(
+            self.holdout_every,
+            self.holdout_per_class,
+            self.guardrail_margin,
+            self.guardrail_min_holdout,
         )
 
+    @property
+    def source(self) -> str:
+        """Names this replica in events: the Pod name, else the host name."""
+        return self.pod_name or socket.gethostname()
 
-def kafka_security_from_env() -> dict[str, str]:
-    """kafka-python client options for TLS and SASL (empty: PLAINTEXT)."""
-    protocol = env("PERENNIAL_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
-    if protocol not in SECURITY_PROTOCOLS:
-        raise ConfigError(
-            f"PERENNIAL_KAFKA_SECURITY_PROTOCOL={protocol!r}: use one of {SECURITY_PROTOCOLS}"
-        )
-    options: dict[str, str] = {}
-    if protocol != "PLAINTEXT":
-        options["security_protocol"] = protocol
-    if protocol.startswith("SASL"):
-        options["sasl_mechanism"] = env("PERENNIAL_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
-        options["sasl_plain_username"] = env("PERENNIAL_KAFKA_SASL_USERNAME")
-        options["sasl_plain_password"] = env("PERENNIAL_KAFKA_SASL_PASSWORD")
-    cafile = env("PERENNIAL_KAFKA_SSL_CAFILE", None)
-    if cafile:
-        options["ssl_cafile"] = cafile
-    return options
+    def learner_config(self) -> LearnerConfig:
+        return LearnerConfig(learner=self.learner, pet=METHODS[self.pet].config(), seed=self.seed)
+
+    def kafka_options(self) -> dict[str, object]:
+        """kafka-python client options for the transport (empty: PLAINTEXT)."""
+        options: dict[str, object] = {}
+        if self.kafka_security_protocol != "PLAINTEXT":
+            options["security_protocol"] = self.kafka_security_protocol
+        if self.kafka_security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_cafile is not None:
+            options["ssl_cafile"] = str(self.kafka_ssl_cafile)
+        return options

@@ -106,7 +106,7 @@ class Trainer:
         self.store = store
         self.metrics = metrics
         self.events = events
-        self.learner_config = learner_config or LearnerConfig.from_env(seed=settings.seed)
+        self.learner_config = learner_config or settings.learner_config()
         self.adapters: dict[str, AdapterState] = {}
         self._inbox: queue.Queue[Incoming | tuple[Callable[[], Any], Future]] = queue.Queue()
         self._parked: deque[Incoming] = deque()  # received, waiting for Redis to load their adapter
@@ -318,8 +318,10 @@ class Trainer:
             if state.dirty:
                 try:
                     self._snapshot(adapter, state)
+                    state.last_error = ""
                 except redis.RedisError as error:
                     self._dependency_error("redis", error)
+                    state.last_error = f"snapshot failed, retrying: {error}"
                     self._snapshot_failed = True  # retried every RETRY_SECONDS
         self._last_snapshot = time.monotonic()
         self._since_snapshot = 0
@@ -328,8 +330,9 @@ class Trainer:
     def _snapshot(self, adapter: str, state: AdapterState, force_promote: bool = False) -> Manifest:
         started = time.perf_counter()
         verdict = None
+        tensors, metadata = state.learner.state()
         if state.head is not None and not force_promote and self.settings.guardrail.enabled:
-            candidate = self._labeller(load_predictor(self.backbone, *state.learner.state()))
+            candidate = self._labeller(load_predictor(self.backbone, tensors, metadata))
             verdict = judge(
                 self.settings.guardrail,
                 state.reservoir,
@@ -338,7 +341,6 @@ class Trainer:
                 self._head_labeller(adapter, state.head),
             )
         promote = verdict is None or verdict.promote
-        tensors, metadata = state.learner.state()
         metrics = {
             "steps": state.learner.steps,
             "holdout_examples": sum(
@@ -502,10 +504,7 @@ class Trainer:
                 raise NotFound(f"adapter {adapter!r} has no version yet")
             version = state.latest.version
         previous = state.head
-        try:
-            manifest = self.store.promote(adapter, version)
-        except KeyError as error:
-            raise NotFound(str(error.args[0])) from error
+        manifest = self.store.promote(adapter, version)
         state.head, state.held_reason = manifest, ""
         self.events.promoted(adapter, version, previous.version if previous else None, forced=True)
         return manifest
@@ -514,10 +513,7 @@ class Trainer:
         if not version:
             raise InvalidInput("rollback needs a version; list them with ListVersions")
         previous = self.store.head(adapter)
-        try:
-            manifest = self.store.rollback(adapter, version)
-        except KeyError as error:
-            raise NotFound(str(error.args[0])) from error
+        manifest = self.store.rollback(adapter, version)
         # Learning since that version is discarded: continue from it. Records not yet
         # learned are routed again, against the rolled-back state.
         state = self.adapters.pop(adapter, None)

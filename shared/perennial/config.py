@@ -1,27 +1,197 @@
-"""Configuration from the environment: one helper, clear errors naming the variable."""
+"""Typed settings from `PERENNIAL_*` environment variables, on pydantic-settings.
+
+Each service has ONE settings class (`services.inference.settings.InferenceSettings`,
+`services.trainer.settings.TrainerSettings`) built from the mixins here, so a variable
+both services read (Redis, TLS, logging) is declared once, with its type, default and
+a one-line description. `load` turns a validation failure into a `ConfigError` whose
+message names the variable and says what is wrong; `settings_table` renders the
+declarations for `--help` and for docs/CONFIGURATION.md (a test keeps that file, the
+README and the chart in step with the classes).
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from typing import TypeVar
+import sys
+from pathlib import Path
+from typing import Literal, Self, get_args
 
-T = TypeVar("T")
-_MISSING = object()
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PREFIX = "PERENNIAL_"
 
 
 class ConfigError(ValueError):
-    """A missing or malformed environment variable."""
+    """A missing or malformed setting; the message names the variable."""
 
 
-def env(name: str, default: object = _MISSING, cast: Callable[[str], T] = str) -> T:
-    """`cast(os.environ[name])`, or `default`; a missing required value names the variable."""
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        if default is _MISSING:
-            raise ConfigError(f"environment variable {name} is required but not set")
-        return default  # type: ignore[return-value]
-    try:
-        return cast(raw)
-    except ValueError as error:
-        raise ConfigError(f"environment variable {name}={raw!r} is invalid: {error}") from error
+def variable(field: str) -> str:
+    """The environment variable of a settings field."""
+    return PREFIX + field.upper()
+
+
+class Settings(BaseSettings):
+    """Base of every settings class: `PERENNIAL_` prefix, immutable, unknown variables ignored."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore")
+
+    @classmethod
+    def load(cls, **overrides: object) -> Self:
+        """Read the environment (plus `overrides`); raise `ConfigError` naming each bad variable."""
+        try:
+            return cls(**overrides)
+        except ValidationError as error:
+            raise ConfigError(_explain(error)) from None
+
+
+def _explain(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        name = str(item["loc"][0]) if item["loc"] else ""
+        if item["type"] == "missing":
+            problems.append(f"{variable(name)} is required but not set")
+        elif name:
+            shown = "***" if "password" in name or "token" in name else item.get("input")
+            problems.append(f"{variable(name)}={shown!r}: {item['msg']}")
+        else:
+            problems.append(item["msg"].removeprefix("Value error, "))
+    return "; ".join(problems)
+
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class ProcessSettings(Settings):
+    """What every service process reads: logging, threads, metrics endpoint, the backbone."""
+
+    log_level: LogLevel = Field("INFO", description="log level of the JSON logs on stdout")
+    torch_threads: int = Field(
+        0, ge=0, description="torch intra-op threads (0: torch's default, one per core)"
+    )
+    metrics_host: str = Field("0.0.0.0", description="listen address of Prometheus /metrics")
+    metrics_port: int = Field(
+        9100, ge=0, le=65535, description="port of Prometheus /metrics (0: any free port)"
+    )
+    backbone_path: Path | None = Field(
+        None, description="a transformers encoder directory (unset: the bundled all-MiniLM-L6-v2)"
+    )
+    pod_name: str = Field("", description="this Pod's name (downward API); names the replica")
+    pod_namespace: str = Field("", description="this Pod's namespace (downward API)")
+    pod_uid: str = Field("", description="this Pod's uid (downward API)")
+    drift_queue_size: int = Field(
+        1024, ge=2, description="batches waiting for the drift monitor's thread; more are dropped"
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class RedisSettings(Settings):
+    """The Redis connection both services use (`perennial.redis_connect.connect`)."""
+
+    redis_url: str = Field(
+        "",
+        description="redis://host:6379/0 or rediss:// (TLS), a Cluster seed node with "
+        "PERENNIAL_REDIS_CLUSTER; required unless PERENNIAL_REDIS_SENTINELS is set",
+    )
+    redis_password: SecretStr | None = Field(
+        None, description="Redis password (from a Secret), if not in the URL"
+    )
+    redis_sentinels: str = Field(
+        "", description="host:port,host:port of Redis Sentinels: find the master through them"
+    )
+    redis_sentinel_master: str = Field("mymaster", description="the master's name in Sentinel")
+    redis_cluster: bool = Field(False, description="Redis Cluster (an adapter's keys share a slot)")
+    redis_tls_ca_file: Path | None = Field(
+        None, description="CA of the Redis server certificate (with rediss://)"
+    )
+    redis_timeout_seconds: float = Field(
+        5.0, gt=0, description="connect and socket timeout of Redis calls"
+    )
+
+    @model_validator(mode="after")
+    def _redis_target(self) -> Self:
+        if self.redis_sentinels:
+            try:
+                self.sentinel_nodes()
+            except ValueError:
+                raise ValueError(
+                    f"{variable('redis_sentinels')}={self.redis_sentinels!r}: use host:port,host:port"
+                ) from None
+        elif not self.redis_url:
+            raise ValueError(
+                f"{variable('redis_url')} is required but not set (or set {variable('redis_sentinels')})"
+            )
+        elif self.redis_url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                f"{variable('redis_url')}={self.redis_url!r}: not a Redis URL; "
+                "use redis://host:port/db, rediss:// for TLS, or unix:///path"
+            )
+        if self.redis_tls_ca_file is not None and not self.redis_url.startswith("rediss://"):
+            raise ValueError(
+                f"{variable('redis_tls_ca_file')} is set but {variable('redis_url')} is not rediss://"
+            )
+        return self
+
+    def sentinel_nodes(self) -> list[tuple[str, int]]:
+        """The Sentinels as (host, port) pairs."""
+        nodes = []
+        for item in self.redis_sentinels.split(","):
+            host, port = item.strip().rsplit(":", 1)
+            nodes.append((host, int(port)))
+        return nodes
+
+
+class GrpcSecuritySettings(Settings):
+    """TLS and bearer-token settings of a gRPC server (`perennial.grpc_security`)."""
+
+    tls_cert_file: Path | None = Field(None, description="PEM certificate chain: serve TLS")
+    tls_key_file: Path | None = Field(None, description="PEM private key of the certificate")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA: require client certificates signed by it (mutual TLS)"
+    )
+    auth_token: SecretStr | None = Field(
+        None, description="bearer token every call but health and reflection must carry"
+    )
+    auth_token_file: Path | None = Field(
+        None, description="a file holding the bearer token (a mounted Secret), read at start"
+    )
+
+
+def _type_name(annotation: object) -> str:
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if getattr(annotation, "__origin__", None) is Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if args:
+        return " or ".join(_type_name(a) for a in args)
+    return {SecretStr: "secret", Path: "path"}.get(annotation, getattr(annotation, "__name__", "?"))
+
+
+def _default(value: object) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def settings_table(cls: type[Settings]) -> str:
+    """A markdown table of every variable of `cls`: name, type, default, description."""
+    rows = ["| variable | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, field in cls.model_fields.items():
+        default = "required" if field.is_required() else _default(field.default)
+        rows.append(
+            f"| `{variable(name)}` | {_type_name(field.annotation)} | {default} | {field.description} |"
+        )
+    return "\n".join(rows)
+
+
+def help_requested(cls: type[Settings], service: str, argv: list[str] | None = None) -> bool:
+    """`--help` / `-h`: print the service's settings and return True (the caller exits)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not ({"--help", "-h"} & set(argv)):
+        return False
+    print(f"{service}: configured only by environment variables.\n\n{settings_table(cls)}")
+    return True

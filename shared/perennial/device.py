@@ -13,7 +13,7 @@ import contextlib
 
 import torch
 
-from perennial.config import ConfigError
+from perennial.config import ConfigError, variable
 
 
 def select(setting: str = "auto") -> torch.device:
@@ -23,13 +23,15 @@ def select(setting: str = "auto") -> torch.device:
     try:
         device = torch.device(setting)
     except RuntimeError as error:
-        raise ConfigError(f"PERENNIAL_DEVICE={setting!r}: use auto, cpu, cuda or cuda:N") from error
+        raise ConfigError(
+            f"{variable('device')}={setting!r}: use auto, cpu, cuda or cuda:N"
+        ) from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            f"PERENNIAL_DEVICE={setting!r} but torch sees no CUDA device; use auto or cpu"
+            f"{variable('device')}={setting!r} but torch sees no CUDA device; use auto or cpu"
         )
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"PERENNIAL_DEVICE={setting!r}: use auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"{variable('device')}={setting!r}: use auto, cpu, cuda or cuda:N")
     return device
 
 

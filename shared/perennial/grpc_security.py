@@ -2,7 +2,7 @@
 
 Server side (both services call these in `main()`):
 
-- `ServerSecurity.from_env()` reads
+- `ServerSecurity.from_settings(settings)` reads
   `PERENNIAL_TLS_CERT_FILE` + `PERENNIAL_TLS_KEY_FILE` (PEM; set both → TLS),
   `PERENNIAL_TLS_CLIENT_CA_FILE` (PEM; set → mutual TLS: clients must present a
   certificate signed by this CA), and `PERENNIAL_AUTH_TOKEN` or
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import grpc
 
-from perennial.config import ConfigError, env
+from perennial.config import ConfigError, GrpcSecuritySettings, variable
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,13 @@ OPEN_METHOD_PREFIXES = (
 )
 
 
-def _read(path: str, variable: str) -> bytes:
+def _read(path: Path, field: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as error:
-        raise ConfigError(f"{variable}={path!r} cannot be read: {error}") from error
+        raise ConfigError(
+            f"{variable(field)}={str(path)!r} cannot be read: {error.strerror}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -77,31 +79,21 @@ class ServerSecurity:
             )
 
     @classmethod
-    def from_env(cls) -> ServerSecurity:
-        """Read the `PERENNIAL_TLS_*` and `PERENNIAL_AUTH_TOKEN(_FILE)` variables; unset = off."""
-        files = {
-            name: env(name, None)
-            for name in (
-                "PERENNIAL_TLS_CERT_FILE",
-                "PERENNIAL_TLS_KEY_FILE",
-                "PERENNIAL_TLS_CLIENT_CA_FILE",
-            )
+    def from_settings(cls, settings: GrpcSecuritySettings) -> ServerSecurity:
+        """Read the configured PEM and token files; unset = off. Unreadable files are a
+        `ConfigError` naming the variable."""
+        pem = {
+            name: _read(getattr(settings, name), name) if getattr(settings, name) else None
+            for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
         }
-        pem = {name: _read(path, name) if path else None for name, path in files.items()}
-        token, token_file = (
-            env("PERENNIAL_AUTH_TOKEN", None),
-            env("PERENNIAL_AUTH_TOKEN_FILE", None),
-        )
-        if token and token_file:
-            raise ConfigError("set PERENNIAL_AUTH_TOKEN or PERENNIAL_AUTH_TOKEN_FILE, not both")
-        if token_file:
-            token = _read(token_file, "PERENNIAL_AUTH_TOKEN_FILE").decode().strip()
-        return cls(
-            pem["PERENNIAL_TLS_CERT_FILE"],
-            pem["PERENNIAL_TLS_KEY_FILE"],
-            pem["PERENNIAL_TLS_CLIENT_CA_FILE"],
-            token,
-        )
+        token = settings.auth_token.get_secret_value() if settings.auth_token else None
+        if token and settings.auth_token_file:
+            raise ConfigError(
+                f"set {variable('auth_token')} or {variable('auth_token_file')}, not both"
+            )
+        if settings.auth_token_file:
+            token = _read(settings.auth_token_file, "auth_token_file").decode().strip()
+        return cls(pem["tls_cert_file"], pem["tls_key_file"], pem["tls_client_ca_file"], token)
 
     @property
     def tls(self) -> bool:

@@ -1,13 +1,8 @@
-"""A Redis client from the environment: a single server, Sentinel, or Cluster.
+"""The one Redis connector of both services: a single server, Sentinel or Cluster.
 
-    PERENNIAL_REDIS_URL              redis://host:6379/0 (single server or a Cluster seed node)
-    PERENNIAL_REDIS_SENTINELS        "host:port,host:port": use Sentinel to find the master
-    PERENNIAL_REDIS_SENTINEL_MASTER  the master's name (default "mymaster")
-    PERENNIAL_REDIS_CLUSTER          "true": Redis Cluster (every adapter's keys share a hash slot)
-    PERENNIAL_REDIS_PASSWORD         password (from a Secret), if not in the URL
-
-Timeouts are short so that an unreachable Redis surfaces as an error the
-services retry, instead of a call that hangs.
+Everything comes from `perennial.config.RedisSettings` (password, TLS, Sentinel,
+Cluster, timeouts). Timeouts are short so that an unreachable Redis surfaces as an
+error the services retry, instead of a call that hangs.
 """
 
 from __future__ import annotations
@@ -16,42 +11,27 @@ import redis
 from redis.cluster import RedisCluster
 from redis.sentinel import Sentinel
 
-from perennial.config import ConfigError, env
-
-SOCKET_TIMEOUT_SECONDS = 5.0
+from perennial.config import RedisSettings
 
 
-def _flag(value: str) -> bool:
-    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value.lower() in ("true", "1", "yes")
-
-
-def connect(url: str | None = None) -> redis.Redis:
-    options = {
-        "socket_timeout": SOCKET_TIMEOUT_SECONDS,
-        "socket_connect_timeout": SOCKET_TIMEOUT_SECONDS,
+def connect(settings: RedisSettings) -> redis.Redis:
+    """A client for the configured Redis; nothing is sent until the first command."""
+    options: dict[str, object] = {
+        "socket_timeout": settings.redis_timeout_seconds,
+        "socket_connect_timeout": settings.redis_timeout_seconds,
         "health_check_interval": 30,
     }
-    password = env("PERENNIAL_REDIS_PASSWORD", None)
-    if password:
-        options["password"] = password
-    sentinels = env("PERENNIAL_REDIS_SENTINELS", "")
-    if sentinels:
-        try:
-            nodes = [
-                (host, int(port))
-                for host, port in (item.rsplit(":", 1) for item in sentinels.split(","))
-            ]
-        except ValueError as error:
-            raise ConfigError(
-                f"PERENNIAL_REDIS_SENTINELS={sentinels!r}: use host:port,host:port"
-            ) from error
+    if settings.redis_password is not None:
+        options["password"] = settings.redis_password.get_secret_value()
+    if settings.redis_tls_ca_file is not None:
+        options["ssl_ca_certs"] = str(settings.redis_tls_ca_file)
+    if settings.redis_sentinels:
         sentinel = Sentinel(
-            nodes, sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT_SECONDS}, **options
+            settings.sentinel_nodes(),
+            sentinel_kwargs={"socket_timeout": settings.redis_timeout_seconds},
+            **options,
         )
-        return sentinel.master_for(env("PERENNIAL_REDIS_SENTINEL_MASTER", "mymaster"), **options)
-    url = url or env("PERENNIAL_REDIS_URL")
-    if env("PERENNIAL_REDIS_CLUSTER", False, _flag):
-        return RedisCluster.from_url(url, **options)
-    return redis.Redis.from_url(url, **options)
+        return sentinel.master_for(settings.redis_sentinel_master, **options)
+    if settings.redis_cluster:
+        return RedisCluster.from_url(settings.redis_url, **options)
+    return redis.Redis.from_url(settings.redis_url, **options)

@@ -1,29 +1,57 @@
-"""Process start-up shared by the services: logs, threads, metrics endpoint, signals."""
+"""Process start-up shared by the services: logs, threads, metrics endpoint, signals, and
+start-up errors that read as one line instead of a traceback."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import sys
 import threading
+from collections.abc import Callable
 
+import grpc
+import redis
 import torch
 from prometheus_client import CollectorRegistry, start_http_server
 
 from perennial import logs
-from perennial.config import env
+from perennial.config import ConfigError, ProcessSettings, Settings, help_requested, variable
+from perennial.grpc_security import ServerSecurity
 
 log = logging.getLogger(__name__)
 
 
-def start(service: str) -> tuple[CollectorRegistry, threading.Event]:
+class StartupError(RuntimeError):
+    """A dependency the service needs at start is not usable (Redis unreachable, a port taken)."""
+
+
+def main(service: str, settings_class: type[Settings], run: Callable[[Settings], None]) -> None:
+    """Run a service's `run(settings)`: `--help` prints the settings; a configuration or
+    start-up mistake is one JSON log line and exit status 2, never a traceback."""
+    if help_requested(settings_class, service):
+        raise SystemExit(0)
+    logs.configure("INFO")
+    try:
+        settings = settings_class.load()
+        run(settings)
+    except (ConfigError, StartupError) as error:
+        kind = "configuration error" if isinstance(error, ConfigError) else "cannot start"
+        log.error(kind, extra={"fields": {"service": service, "error": str(error)}})
+        print(f"{service}: {kind}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def start(service: str, settings: ProcessSettings) -> tuple[CollectorRegistry, threading.Event]:
     """Configure logging and torch threads, serve /metrics, turn SIGTERM/SIGINT into an event."""
-    logs.configure(env("PERENNIAL_LOG_LEVEL", "INFO"))
-    threads = env("PERENNIAL_TORCH_THREADS", 0, int)
-    if threads > 0:
-        torch.set_num_threads(threads)
+    logs.configure(settings.log_level)
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
     registry = CollectorRegistry()
-    port = env("PERENNIAL_METRICS_PORT", 9100 if service == "trainer" else 9101, int)
-    start_http_server(port, addr=env("PERENNIAL_METRICS_ADDR", "0.0.0.0"), registry=registry)
+    try:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
+    except OSError as error:
+        raise StartupError(_bind_error("metrics_port", settings.metrics_port, error)) from None
     stop = threading.Event()
 
     def _stop(signum: int, _frame) -> None:
@@ -35,5 +63,39 @@ def start(service: str) -> tuple[CollectorRegistry, threading.Event]:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    log.info("starting", extra={"fields": {"service": service, "metrics_port": port}})
+    log.info(
+        "starting", extra={"fields": {"service": service, "metrics_port": settings.metrics_port}}
+    )
     return registry, stop
+
+
+def _bind_error(field: str, port: int, error: OSError | RuntimeError) -> str:
+    if (
+        isinstance(error, OSError)
+        and error.errno == errno.EADDRINUSE
+        or "bind" in str(error).lower()
+    ):
+        return f"{variable(field)}={port}: the port is already in use; choose another"
+    return f"{variable(field)}={port}: cannot listen: {error}"
+
+
+def listen(server: grpc.Server, security: ServerSecurity, host: str, port: int, field: str) -> None:
+    """Open the server's port (TLS when configured); a taken port names its variable."""
+    try:
+        bound = security.add_port(server, f"{host}:{port}")
+    except RuntimeError as error:
+        raise StartupError(_bind_error(field, port, error)) from None
+    if port and not bound:
+        raise StartupError(_bind_error(field, port, RuntimeError("bind failed")))
+
+
+def check_redis(client: redis.Redis, where: str) -> None:
+    """Fail at start, saying why, when Redis cannot be used (unreachable, wrong password)."""
+    try:
+        client.ping()
+    except redis.AuthenticationError as error:
+        raise StartupError(
+            f"Redis at {where} refused the credentials ({error}); check PERENNIAL_REDIS_PASSWORD"
+        ) from None
+    except redis.RedisError as error:
+        raise StartupError(f"Redis at {where} is not usable: {error}") from None

@@ -33,6 +33,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from perennial.errors import NotFound
+
 UPDATES_CHANNEL = "perennial:updates"
 MAX_EVENT_TIMES = 1024  # event times kept per manifest, for the freshness histogram
 
@@ -204,7 +206,7 @@ class SnapshotStore:
     def _retained(self, adapter: str, version: str) -> Manifest:
         manifest = self.manifest(adapter, version)
         if manifest is None:
-            raise KeyError(f"adapter {adapter!r} has no retained version {version!r}")
+            raise NotFound(f"adapter {adapter!r} has no retained version {version!r}")
         return manifest
 
     def _announce(self, adapter: str, version: str) -> None:
@@ -233,7 +235,9 @@ class SnapshotStore:
             pipe.get(self._key(adapter, "blob", version))
             text, blob = pipe.execute()
         if text is None or blob is None:
-            raise KeyError(f"adapter {adapter!r} has no version {version!r}")
+            raise NotFound(
+                f"adapter {adapter!r} has no version {version!r}; it may never have existed or was deleted"
+            )
         manifest = Manifest.from_json(text)
         digest = hashlib.sha256(blob).hexdigest()
         if digest != manifest.sha256:

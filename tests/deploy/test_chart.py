@@ -472,7 +472,7 @@ def test_numbers_stay_whole_and_unset_knobs_are_left_to_the_services(render) -> 
     assert _env(full, "inference")["PERENNIAL_MAX_MESSAGE_BYTES"] == "16777216"
     assert _env(full, "trainer")["PERENNIAL_GUARDRAIL_MARGIN"] == "0.02"
     assert _env(full, "inference")["PERENNIAL_DRIFT_INPUT_WINDOW"] == "512"
-    assert _env(full, "trainer")["PERENNIAL_DRIFT_ERROR_DELTA"] == "0.002"
+    assert _env(full, "trainer")["PERENNIAL_FORGETTING_EVERY_SECONDS"] == "60"
     default = _env(render({}), "trainer")
     assert (
         not {"PERENNIAL_GUARDRAIL_MARGIN", "PERENNIAL_RETAIN_VERSIONS", "PERENNIAL_MAX_PENDING"}

@@ -25,7 +25,11 @@ def _recorder(endpoint, **kwargs) -> EventRecorder:
         endpoint.environ, token_file=str(endpoint.token_file), ca_file=str(endpoint.ca_file)
     )
     assert api is not None
-    return EventRecorder(api, PodRef.from_env(endpoint.environ), **kwargs)
+    env = endpoint.environ
+    pod = PodRef(
+        env["PERENNIAL_POD_NAME"], env["PERENNIAL_POD_NAMESPACE"], env["PERENNIAL_POD_UID"]
+    )
+    return EventRecorder(api, pod, **kwargs)
 
 
 def test_event_body_names_the_pod_reason_and_type() -> None:
@@ -106,9 +110,7 @@ def test_api_errors_are_logged_not_raised(api_endpoint, caplog) -> None:
 
 def test_outside_a_cluster_recording_is_skipped_with_one_log_line(caplog) -> None:
     with caplog.at_level(logging.INFO, logger="services.trainer.kube_events"):
-        recorder = EventRecorder.from_environment(
-            {"PERENNIAL_POD_NAME": "p", "PERENNIAL_POD_NAMESPACE": "ns"}
-        )
+        recorder = EventRecorder.for_pod("p", "ns", environ={})
         for _ in range(3):
             recorder.record(EventReason.PROMOTED, "no cluster here")
     assert not recorder.enabled
@@ -117,13 +119,9 @@ def test_outside_a_cluster_recording_is_skipped_with_one_log_line(caplog) -> Non
 
 
 def test_skipped_without_downward_api_or_when_switched_off(api_endpoint) -> None:
-    environ = dict(api_endpoint.environ)
-    assert (
-        EventRecorder.from_environment({**environ, "PERENNIAL_KUBERNETES_EVENTS": "false"}).enabled
-        is False
-    )
-    del environ["PERENNIAL_POD_NAME"]
-    assert EventRecorder.from_environment(environ).enabled is False
+    environ = api_endpoint.environ
+    assert EventRecorder.for_pod("p", "ml", enabled=False, environ=environ).enabled is False
+    assert EventRecorder.for_pod("", "ml", environ=environ).enabled is False
     # service host set but no token mounted (the inference pods): no API client
     assert in_cluster_api(api_endpoint.environ, token_file="/nonexistent/token") is None
 

@@ -96,6 +96,11 @@ def test_state_round_trip_resumes_and_serves(name, tiny_backbone):
     for learner in (straight, resumed):
         learner.learn(TEXTS[:4], LABELS[:4])
     resumed = restore_learner(tiny_backbone, *from_safetensors(to_safetensors(*resumed.state())))
+    for name_, tensor in vars(
+        straight
+    ).items():  # the restored state IS the live state, bit for bit
+        if isinstance(tensor, torch.Tensor):
+            assert torch.equal(getattr(resumed, name_), tensor), name_
     for learner in (straight, resumed):
         learner.learn(TEXTS[4:], LABELS[4:])
     assert (resumed.classes, resumed.steps, resumed.examples) == (straight.classes, 2, 6)

@@ -8,11 +8,13 @@ import torch.nn.functional as F
 from perennial import evaluation
 from perennial.learners import (
     DEFAULT_LEARNER,
+    LEARNERS,
     LearnerConfig,
     build_learner,
     load_predictor,
     restore_learner,
 )
+from perennial.learners.config import LEARNER_NAMES
 from perennial.learners.lae import LAELearner
 from perennial.pet import AdapterConfig, LoRAConfig, PrefixConfig
 from perennial.store import from_safetensors, to_safetensors
@@ -174,15 +176,14 @@ def test_config_rejects_bad_values(fields, message):
         LearnerConfig(**fields)
 
 
-def test_config_from_env_and_dict_round_trip():
-    config = LearnerConfig.from_env(
-        seed=3, environ={"PERENNIAL_LEARNER": "lae", "PERENNIAL_PET": "prefix"}
-    )
-    assert (config.learner, config.pet.method, config.seed) == ("lae", "prefix", 3)
+def test_config_dict_round_trip():
+    config = LearnerConfig(learner="lae", pet=PrefixConfig(length=4), seed=3)
     assert LearnerConfig.from_dict(config.to_dict()) == config
-    assert LearnerConfig.from_env(environ={}).learner == DEFAULT_LEARNER
-    with pytest.raises(ValueError, match="PERENNIAL_PET must be one of .* got 'bitfit'"):
-        LearnerConfig.from_env(environ={"PERENNIAL_PET": "bitfit"})
+    assert LearnerConfig().learner == DEFAULT_LEARNER
+
+
+def test_every_configured_learner_name_has_a_class():
+    assert set(LEARNERS) == set(LEARNER_NAMES)
 
 
 def _stream_accuracy_matrix(learner, split):

@@ -6,6 +6,7 @@ import threading
 import pytest
 import torch
 
+from perennial.errors import NotFound
 from perennial.store import (
     IntegrityError,
     SnapshotStore,
@@ -63,7 +64,7 @@ def test_fetch_detects_a_corrupted_blob(store):
     store.redis.set(f"perennial:{{ad}}:blob:{manifest.version}", _blob(666.0))
     with pytest.raises(IntegrityError, match="sha256"):
         store.fetch("ad", manifest.version)
-    with pytest.raises(KeyError, match="no version"):
+    with pytest.raises(NotFound, match="no version"):
         store.fetch("ad", "v999999-nothing")
 
 
@@ -111,7 +112,7 @@ def test_rollback_serves_an_old_version_and_fences_the_newer_lineage(store):
     with pytest.raises(StaleParent):
         _publish(store, _blob(3.0), parent=second)
     assert _publish(store, _blob(3.0), parent=first).parent == first.version
-    with pytest.raises(KeyError, match="no retained version"):
+    with pytest.raises(NotFound, match="no retained version"):
         store.rollback("ad", "v000099-nothing")
 
 
@@ -125,7 +126,7 @@ def test_prune_keeps_the_newest_and_the_pointers_with_their_parents(store):
     assert kept == [m.version for m in (manifests[1], manifests[2], manifests[5], manifests[6])]
     assert sorted(deleted) == sorted(m.version for m in (manifests[0], manifests[3], manifests[4]))
     assert store.manifest("ad", manifests[0].version) is None
-    with pytest.raises(KeyError):
+    with pytest.raises(NotFound):
         store.fetch("ad", manifests[3].version)
 
 

@@ -203,7 +203,10 @@ class RanPAC(_FeatureLearner):
         ) % _HELD_OUT_EVERY == _HELD_OUT_EVERY - 1
         for part, rows in ((0, ~held_out), (1, held_out)):
             if rows.any():
-                self.gram[part] += h[rows].T @ h[rows]
+                # h.T @ h is not exactly symmetric on every CPU's BLAS; symmetrising each increment
+                # makes the live Gram matrix exactly what its stored upper triangle restores.
+                increment = h[rows].T @ h[rows]
+                self.gram[part] += (increment + increment.T) * 0.5
                 self.targets[part] += h[rows].T @ y[rows]
 
     def head(self) -> torch.Tensor:

@@ -11,10 +11,9 @@ The default is the best task-free learner measured by `make bench-learning`
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 
-from perennial.pet import METHODS, LoRAConfig, PETConfig, config_from_dict
+from perennial.pet import LoRAConfig, PETConfig, config_from_dict
 
 LEARNER_NAMES = ("lae", "naive", "simplecil", "ranpac")
 DEFAULT_LEARNER = "ranpac"
@@ -94,18 +93,3 @@ class LearnerConfig:
         fields["pet"] = config_from_dict(fields["pet"])
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
         return cls(**fields)
-
-    @classmethod
-    def from_env(cls, seed: int = 0, environ: dict[str, str] | None = None) -> LearnerConfig:
-        """PERENNIAL_LEARNER (default: the measured best) and PERENNIAL_PET (lora|adapter|prefix,
-        default lora) with every other knob at its default."""
-        environ = os.environ if environ is None else environ
-        learner = environ.get("PERENNIAL_LEARNER", DEFAULT_LEARNER).strip().lower()
-        method = environ.get("PERENNIAL_PET", "lora").strip().lower()
-        if method not in METHODS:
-            raise ValueError(f"PERENNIAL_PET must be one of {sorted(METHODS)}, got {method!r}")
-        if learner not in LEARNER_NAMES:
-            raise ValueError(
-                f"PERENNIAL_LEARNER must be one of {sorted(LEARNER_NAMES)}, got {learner!r}"
-            )
-        return cls(learner=learner, pet=METHODS[method].config(), seed=seed)

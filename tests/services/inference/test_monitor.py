@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from perennial.config import ConfigError
 from services.inference.metrics import InferenceDriftMetrics
 from services.inference.monitor import InferenceDriftMonitor, MonitorConfig, frozen_token_embedder
+from services.inference.settings import InferenceSettings
 
 SMALL = MonitorConfig(
     input_reference=64, input_window=32, prediction_reference=64, prediction_window=32
@@ -105,11 +107,14 @@ def test_monitor_config_names_the_bad_value() -> None:
         MonitorConfig(input_alpha=0)
 
 
-def test_monitor_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_monitor_config_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERENNIAL_REDIS_URL", "redis://127.0.0.1:1/0")
     monkeypatch.setenv("PERENNIAL_DRIFT_INPUT_WINDOW", "48")
     monkeypatch.setenv("PERENNIAL_DRIFT_PREDICTION_ALPHA", "0.01")
-    config = MonitorConfig.from_env()
+    config = InferenceSettings.load().monitor()
     assert (config.input_window, config.prediction_alpha, config.queue_size) == (48, 0.01, 1024)
     monkeypatch.setenv("PERENNIAL_DRIFT_QUEUE_SIZE", "many")
-    with pytest.raises(ValueError, match="PERENNIAL_DRIFT_QUEUE_SIZE='many' is invalid"):
-        MonitorConfig.from_env()
+    with pytest.raises(
+        ConfigError, match="PERENNIAL_DRIFT_QUEUE_SIZE='many': Input should be a valid integer"
+    ):
+        InferenceSettings.load()

@@ -77,6 +77,7 @@ def test_model_ready_and_metadata_describe_the_model(service, learner):
     )
     metadata = client.get_model_metadata("demo")
     assert metadata.versions == [manifest.version]
+    assert metadata.platform == "perennial_lae"  # the learner that wrote this snapshot
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
         ("text", "BYTES", [-1])
     ]

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from perennial.config import ConfigError
+from perennial.config import ConfigError, GrpcSecuritySettings
 from perennial.grpc_security import ServerSecurity, bearer_metadata, channel_credentials
 
 from .conftest import publish
@@ -190,22 +190,26 @@ def test_security_from_the_environment(monkeypatch, pki, tmp_path):
         "PERENNIAL_AUTH_TOKEN_FILE",
     ):
         monkeypatch.delenv(name, raising=False)
-    assert ServerSecurity.from_env() == ServerSecurity()
+
+    def security() -> ServerSecurity:
+        return ServerSecurity.from_settings(GrpcSecuritySettings.load())
+
+    assert security() == ServerSecurity()
     token_file = tmp_path / "token"
     token_file.write_text("from-a-file\n")
     monkeypatch.setenv("PERENNIAL_TLS_CERT_FILE", str(pki["server_cert"]))
     monkeypatch.setenv("PERENNIAL_TLS_KEY_FILE", str(pki["server_key"]))
     monkeypatch.setenv("PERENNIAL_TLS_CLIENT_CA_FILE", str(pki["ca"]))
     monkeypatch.setenv("PERENNIAL_AUTH_TOKEN_FILE", str(token_file))
-    security = ServerSecurity.from_env()
-    assert security.tls and security.mutual_tls and security.token == "from-a-file"
+    configured = security()
+    assert configured.tls and configured.mutual_tls and configured.token == "from-a-file"
     monkeypatch.setenv("PERENNIAL_AUTH_TOKEN", "also")
     with pytest.raises(ConfigError, match="not both"):
-        ServerSecurity.from_env()
+        security()
     monkeypatch.delenv("PERENNIAL_AUTH_TOKEN")
     monkeypatch.delenv("PERENNIAL_TLS_KEY_FILE")
     with pytest.raises(ConfigError, match="PERENNIAL_TLS_KEY_FILE"):
-        ServerSecurity.from_env()
+        security()
     monkeypatch.setenv("PERENNIAL_TLS_KEY_FILE", str(tmp_path / "missing.key"))
-    with pytest.raises(ConfigError, match="missing.key"):
-        ServerSecurity.from_env()
+    with pytest.raises(ConfigError, match="PERENNIAL_TLS_KEY_FILE=.*missing.key.* cannot be read"):
+        security()

@@ -12,7 +12,6 @@ from perennial.pet import LoRAConfig
 from perennial.store import SnapshotStore, StaleParent
 from perennial.v1 import events_pb2
 from services.trainer.events import EventPublisher
-from services.trainer.guardrail import GuardrailConfig
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.settings import TrainerSettings
 from services.trainer.worker import Incoming, Trainer
@@ -39,12 +38,12 @@ def make_trainer(redis_client, tiny_backbone):
     def make(**overrides) -> tuple[Trainer, Sent]:
         fields = {
             "kafka_bootstrap": "unused:9092",
-            "redis_url": "unused",
+            "redis_url": "redis://unused",
             "batch_size": 4,
             "snapshot_every_examples": 8,
             "snapshot_every_seconds": 3600,
             "batch_wait_seconds": 3600,
-            "guardrail": GuardrailConfig(every=0),
+            "holdout_every": 0,
             **overrides,
         }
         sent = Sent()
@@ -97,7 +96,7 @@ def test_replayed_records_below_the_manifest_are_skipped(make_trainer):
 
 def test_guardrail_holds_a_forgetful_candidate_and_force_promote(make_trainer, monkeypatch):
     trainer, sent = make_trainer(
-        guardrail=GuardrailConfig(every=2, per_class=4, margin=0.0, min_holdout=1)
+        holdout_every=2, holdout_per_class=4, guardrail_margin=0.0, guardrail_min_holdout=1
     )
     offset = feed(trainer, ["animal", "plant"] * 8)
     head = trainer.store.head("ad")
@@ -174,7 +173,7 @@ def test_pause_stops_learning_until_resumed(make_trainer):
 
 def test_a_holdout_too_small_to_judge_promotes(make_trainer, monkeypatch):
     trainer, sent = make_trainer(
-        guardrail=GuardrailConfig(every=2, per_class=4, margin=0.0, min_holdout=100)
+        holdout_every=2, holdout_per_class=4, guardrail_margin=0.0, guardrail_min_holdout=100
     )
     offset = feed(trainer, ["animal", "plant"] * 8)
     trainer._head_labeller("ad", trainer.store.head("ad"))
@@ -186,3 +185,20 @@ def test_a_holdout_too_small_to_judge_promotes(make_trainer, monkeypatch):
         "ad"
     )  # 8 holdout texts < 100: no verdict
     assert "held" not in sent.kinds()
+
+
+def test_a_failed_snapshot_is_the_adapters_last_error_until_one_succeeds(make_trainer):
+    import redis
+
+    from perennial_dev.localstack import free_port
+
+    trainer, _ = make_trainer()
+    feed(trainer, ["animal", "plant"] * 4)  # snapshot at 8 examples
+    working = trainer.store.redis
+    trainer.store.redis = redis.Redis(port=free_port(), socket_connect_timeout=0.5)  # Redis away
+    feed(trainer, ["animal", "plant"] * 4, start=8)
+    assert trainer.adapters["ad"].last_error.startswith("snapshot failed, retrying:")
+    trainer.store.redis = working
+    trainer.snapshot_all()
+    assert trainer.adapters["ad"].last_error == ""
+    assert trainer.store.latest("ad").examples == 16

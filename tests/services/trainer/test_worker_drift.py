@@ -9,7 +9,6 @@ from perennial.learners import LearnerConfig
 from perennial.pet import LoRAConfig
 from perennial.store import SnapshotStore
 from services.trainer.events import EventPublisher
-from services.trainer.guardrail import GuardrailConfig
 from services.trainer.metrics import TrainerDriftMetrics, TrainerMetrics
 from services.trainer.monitor import TrainerDriftMonitor
 from services.trainer.settings import TrainerSettings
@@ -28,13 +27,15 @@ def test_prequential_new_classes_and_forgetting_reach_the_metrics(
     registry = CollectorRegistry()
     settings = TrainerSettings(
         kafka_bootstrap="unused:9092",
-        redis_url="unused",
+        redis_url="redis://unused",
         batch_size=4,
         prequential_budget=1.0,
         snapshot_every_examples=8,
         snapshot_every_seconds=3600,
         batch_wait_seconds=3600,
-        guardrail=GuardrailConfig(every=2, per_class=4, margin=1.0),
+        holdout_every=2,
+        holdout_per_class=4,
+        guardrail_margin=1.0,
     )
     monitor = TrainerDriftMonitor(TrainerDriftMetrics(registry), forgetting_every_seconds=0)
     trainer = Trainer(

@@ -1,0 +1,112 @@
+"""The inference service's configuration: every `PERENNIAL_*` variable it reads, declared once."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from perennial.config import GrpcSecuritySettings, ProcessSettings, RedisSettings
+from services.inference.batching import BatchingConfig
+from services.inference.monitor import MonitorConfig
+from services.inference.plane import ServingConfig
+from services.inference.server import ServerConfig
+
+_M = MonitorConfig
+
+
+class InferenceSettings(ProcessSettings, RedisSettings, GrpcSecuritySettings):
+    """The inference service's settings (`python -m services.inference --help` lists them)."""
+
+    metrics_port: int = Field(
+        9101, ge=0, le=65535, description="port of Prometheus /metrics (0: any free port)"
+    )
+    grpc_host: str = Field("0.0.0.0", description="listen address of the gRPC server")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="port of the gRPC server")
+    grpc_workers: int = Field(
+        ServerConfig.workers,
+        ge=1,
+        description="request threads = most concurrent RPCs (beyond: RESOURCE_EXHAUSTED)",
+    )
+    max_message_bytes: int = Field(
+        ServerConfig.max_message_bytes, ge=1024, description="largest gRPC request or reply"
+    )
+    max_batch_size: int = Field(
+        BatchingConfig.max_batch_size,
+        ge=1,
+        description="rows per model call (dynamic batching); also the most rows one request may carry",
+    )
+    max_queue_delay_ms: float = Field(
+        BatchingConfig.max_queue_delay_seconds * 1000,
+        ge=0,
+        description="longest wait for a batch to fill",
+    )
+    max_queue_size: int = Field(
+        BatchingConfig.max_queue_size,
+        ge=1,
+        description="requests waiting for the model; more are rejected with RESOURCE_EXHAUSTED",
+    )
+    adapter_memory_bytes: int = Field(
+        ServingConfig.memory_bytes,
+        ge=1,
+        description="memory budget of resident adapter versions (LRU beyond it)",
+    )
+    max_text_chars: int = Field(
+        ServingConfig.max_text_chars, ge=1, description="longest accepted text"
+    )
+    reconcile_seconds: float = Field(
+        ServingConfig.reconcile_seconds,
+        gt=0,
+        description="compare served versions with the Redis heads this often (missed announcements)",
+    )
+    drain_seconds: float = Field(
+        10.0, ge=0, description="grace period for in-flight requests on SIGTERM"
+    )
+    drift_input_reference: int = Field(
+        _M.input_reference, ge=2, description="input drift: reference window (texts)"
+    )
+    drift_input_window: int = Field(
+        _M.input_window, ge=2, description="input drift: test window (texts)"
+    )
+    drift_input_alpha: float = Field(
+        _M.input_alpha, gt=0, lt=1, description="input drift: false-alarm probability per test"
+    )
+    drift_prediction_reference: int = Field(
+        _M.prediction_reference,
+        ge=2,
+        description="prediction drift: reference window (predictions)",
+    )
+    drift_prediction_window: int = Field(
+        _M.prediction_window, ge=2, description="prediction drift: test window (predictions)"
+    )
+    drift_prediction_alpha: float = Field(
+        _M.prediction_alpha,
+        gt=0,
+        lt=1,
+        description="prediction drift: false-alarm probability per test",
+    )
+
+    def batching(self) -> BatchingConfig:
+        return BatchingConfig(
+            self.max_batch_size, self.max_queue_delay_ms / 1000, self.max_queue_size
+        )
+
+    def serving(self) -> ServingConfig:
+        return ServingConfig(
+            self.adapter_memory_bytes,
+            self.max_text_chars,
+            self.max_batch_size,
+            self.reconcile_seconds,
+        )
+
+    def server(self) -> ServerConfig:
+        return ServerConfig(self.grpc_workers, self.max_message_bytes)
+
+    def monitor(self) -> MonitorConfig:
+        return MonitorConfig(
+            queue_size=self.drift_queue_size,
+            input_reference=self.drift_input_reference,
+            input_window=self.drift_input_window,
+            input_alpha=self.drift_input_alpha,
+            prediction_reference=self.drift_prediction_reference,
+            prediction_window=self.drift_prediction_window,
+            prediction_alpha=self.drift_prediction_alpha,
+        )
