@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+import pytest
 from kubernetes import client
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
+from perennial.cli.cluster import NoCluster
 from perennial.cli.pods import list_release_pods, parse_adapter_versions
 from perennial.kube import in_cluster_api
 from services.inference.metrics import InferenceMetrics
@@ -254,15 +256,14 @@ def test_release_pods_with_the_versions_they_serve(api_endpoint) -> None:
     assert len(api_endpoint.requests) == 4
 
 
-def test_release_pods_outside_any_cluster_is_an_empty_list_and_one_log_line(
-    monkeypatch, tmp_path, caplog
+def test_release_pods_outside_any_cluster_is_an_error_naming_kubeconfig(
+    monkeypatch, tmp_path
 ) -> None:
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with caplog.at_level(logging.INFO, logger="perennial.kube"):
-        assert list_release_pods("prod", "ml") == []
-    assert [r.getMessage() for r in caplog.records] == ["kubernetes skipped"]
+    with pytest.raises(NoCluster, match="KUBECONFIG=.*no-such-kubeconfig does not exist"):
+        list_release_pods("prod", "ml")
 
 
 def test_parse_ignores_unrelated_metrics() -> None:

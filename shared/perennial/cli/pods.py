@@ -1,4 +1,5 @@
-"""`perennial pods`: the pods of a Helm release and the adapter versions each serves.
+"""The pods of a Helm release, their addresses, and the adapter versions each serves
+(`perennial pods`; `perennial status --release` takes the trainers' addresses from here).
 
 Versions are read by *calling each pod*: its /metrics endpoint through the API
 server's pod proxy (`GET pods/<name>:<port>/proxy/metrics`), so it works from an
@@ -17,7 +18,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
-from perennial.kube import REQUEST_TIMEOUT, connect
+from perennial.cli.cluster import connect_cluster
+from perennial.kube import REQUEST_TIMEOUT
 from perennial.metrics import full_name
 
 # Metric families that name what a pod serves (services/*/metrics.py).
@@ -51,6 +53,8 @@ class ReleasePod:
     node: str = ""
     restarts: int = 0
     started: datetime | None = None
+    ip: str = ""  # the pod's IP ("" until it is scheduled and has one)
+    ports: dict[str, int] = field(default_factory=dict)  # named container ports -> number
     adapters: tuple[AdapterVersion, ...] = field(default_factory=tuple)
     error: str = ""  # why adapters could not be read (pod not running, proxy refused, ...)
 
@@ -74,17 +78,20 @@ def parse_adapter_versions(metrics_text: str) -> tuple[AdapterVersion, ...]:
     )
 
 
-def release_selector(release: str) -> str:
-    """Label selector of a release's pods (labels set by helm/perennial)."""
-    return f"app.kubernetes.io/instance={release},app.kubernetes.io/part-of=perennial"
+def release_selector(release: str, component: str | None = None) -> str:
+    """Label selector of a release's pods (labels set by helm/perennial), of one component
+    ("trainer", "inference") when given."""
+    selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/part-of=perennial"
+    return f"{selector},app.kubernetes.io/component={component}" if component else selector
 
 
-def _metrics_port(pod: client.V1Pod) -> int | None:
-    for container in pod.spec.containers or []:
-        for port in container.ports or []:
-            if port.name == "metrics":
-                return port.container_port
-    return None
+def _named_ports(pod: client.V1Pod) -> dict[str, int]:
+    return {
+        port.name: port.container_port
+        for container in pod.spec.containers or []
+        for port in container.ports or []
+        if port.name
+    }
 
 
 def _is_ready(pod: client.V1Pod) -> bool:
@@ -92,23 +99,29 @@ def _is_ready(pod: client.V1Pod) -> bool:
 
 
 def list_release_pods(
-    release: str, namespace: str, *, api: client.ApiClient | None = None, read_versions: bool = True
+    release: str,
+    namespace: str,
+    *,
+    api: client.ApiClient | None = None,
+    read_versions: bool = True,
+    component: str | None = None,
 ) -> list[ReleasePod]:
-    """The pods of `release` in `namespace`, sorted by component and name.
+    """The pods of `release` in `namespace` (only `component`'s, when given), sorted by
+    component and name.
 
-    `api`: an API client (default: `connect()`: the kubeconfig, as kubectl would, or the
-    in-cluster service account; with neither, one log line and an empty list). With
+    `api`: an API client (default: `connect_cluster()`: the kubeconfig, as kubectl would, or the
+    in-cluster service account; with neither it raises `perennial.cli.cluster.NoCluster`). With
     `read_versions`, each running pod's /metrics is read through the API server proxy; a pod
     that cannot be read keeps its row with `error` set. API errors of the listing itself
     (e.g. 403: the caller may not list pods) raise `kubernetes.client.ApiException`.
     """
     if api is None:
-        api = connect()
-        if api is None:
-            return []
+        api = connect_cluster().api
     core = client.CoreV1Api(api)
     pods = core.list_namespaced_pod(
-        namespace, label_selector=release_selector(release), _request_timeout=REQUEST_TIMEOUT
+        namespace,
+        label_selector=release_selector(release, component),
+        _request_timeout=REQUEST_TIMEOUT,
     ).items
     rows = []
     for pod in pods:
@@ -122,10 +135,12 @@ def list_release_pods(
             node=pod.spec.node_name or "",
             restarts=sum(s.restart_count or 0 for s in statuses),
             started=pod.status.start_time,
+            ip=pod.status.pod_ip or "",
+            ports=_named_ports(pod),
         )
         adapters: tuple[AdapterVersion, ...] = ()
         error = ""
-        port = _metrics_port(pod)
+        port = row["ports"].get("metrics")
         if read_versions and row["phase"] == "Running" and port is not None:
             try:
                 text = core.connect_get_namespaced_pod_proxy_with_path(

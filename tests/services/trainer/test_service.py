@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -94,10 +95,10 @@ def test_control_api_needs_the_token_and_the_cli_drives_it(stream):
         f"{stream.topic}:0"
     ]
 
-    def cli(*args):
+    def cli(*args):  # the connection option after the command, as an operator may type it
         env = {**os.environ, "PERENNIAL_AUTH_TOKEN": "s3cret"}
         return subprocess.run(
-            [sys.executable, "-m", "perennial.cli", "--target", trainer.grpc_address, *args],
+            [sys.executable, "-m", "perennial.cli", *args, "--target", trainer.grpc_address],
             capture_output=True,
             text=True,
             env=env,
@@ -108,14 +109,17 @@ def test_control_api_needs_the_token_and_the_cli_drives_it(stream):
     assert snapshot.returncode == 0, snapshot.stderr
     versions = cli("versions", stream.adapter)
     assert versions.returncode == 0 and store.latest(stream.adapter).version in versions.stdout
+    newest = json.loads(cli("versions", stream.adapter, "-o", "json").stdout)["versions"][0]
+    assert newest["version"] == store.latest(stream.adapter).version and newest["candidate"]
     first = store.versions(stream.adapter)[0]
     rollback = cli("rollback", stream.adapter, first)
     assert rollback.returncode == 0, rollback.stderr
     assert store.head(stream.adapter).version == first
     paused = cli("pause", stream.adapter)
     assert paused.returncode == 0 and "yes" in paused.stdout
+    assert json.loads(cli("resume", stream.adapter, "-o", "json").stdout)["paused"] is False
     missing = cli("rollback", stream.adapter, "v999999-none")
-    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+    assert missing.returncode == 1 and missing.stderr.startswith("perennial: NOT_FOUND: ")
     events = consume_all(stream.bootstrap, f"{stream.topic}.events", 3)
     kinds = {events_pb2.Event.FromString(e.value).WhichOneof("kind") for e in events}
     assert "snapshot_published" in kinds
