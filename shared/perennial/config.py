@@ -31,9 +31,9 @@ def variable(field: str) -> str:
 
 
 class Settings(BaseSettings):
-    """Base of every settings class: `PERENNIAL_` prefix, immutable, unknown variables ignored."""
+    """Base of every settings class: `PERENNIAL_` prefix, immutable, no unknown fields."""
 
-    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="forbid")
 
     @classmethod
     def load(cls, **overrides: object) -> Self:

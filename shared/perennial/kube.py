@@ -42,23 +42,3 @@ def in_cluster_api(
     configuration = client.Configuration()
     InClusterConfigLoader(token_file, ca_file, environ=environ).load_and_set(configuration)
     return client.ApiClient(configuration)
-
-
-def connect(environ: Mapping[str, str] = os.environ) -> client.ApiClient | None:
-    """An API client as kubectl would build one (KUBECONFIG, or ~/.kube/config), else the
-    in-cluster service account, else None with one log line (no Kubernetes to ask)."""
-    from kubernetes import config
-    from kubernetes.config.config_exception import ConfigException
-
-    kubeconfig = environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-    try:
-        return config.new_client_from_config(config_file=kubeconfig)
-    except (ConfigException, FileNotFoundError, OSError):
-        pass
-    api = in_cluster_api(environ)
-    if api is None:
-        log.info(
-            "kubernetes skipped",
-            extra={"fields": {"reason": "no kubeconfig and not in a Kubernetes cluster"}},
-        )
-    return api

@@ -69,7 +69,11 @@ def test_the_chart_environment_loads_into_the_service_settings(
     assert sorted(set(environment) - _declared(cls) - extra_env) == []
     # values from Secrets and the downward API are resolved by Kubernetes: stand-ins here
     plain = {k: v if isinstance(v, str) else "from-kubernetes" for k, v in environment.items()}
-    fields = {name.removeprefix("PERENNIAL_").lower(): value for name, value in plain.items()}
+    fields = {
+        name.removeprefix("PERENNIAL_").lower(): value
+        for name, value in plain.items()
+        if name not in extra_env
+    }
     cls(**fields)  # validates: raises on any value the service would refuse at start
 
 

@@ -26,7 +26,6 @@ from perennial.store import SnapshotStore
 from perennial_dev.localstack import create_topics
 from services.trainer.control import ControlServicer, build_control_server
 from services.trainer.events import EventPublisher
-from services.trainer.guardrail import GuardrailConfig
 from services.trainer.ingest import Ingest
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.settings import TrainerSettings
@@ -62,14 +61,14 @@ def _replica(
 ) -> TrainerReplica:
     settings = TrainerSettings(
         kafka_bootstrap=kafka_broker.bootstrap,
-        redis_url="unused",  # the store below is given its client
+        redis_url="redis://unused",  # the store below is given its client
         topic=topic,
         group_id=f"group-{topic}",
         batch_size=4,
         snapshot_every_examples=8,
         snapshot_every_seconds=3600,
         batch_wait_seconds=3600,
-        guardrail=GuardrailConfig(every=0),
+        holdout_every=0,
     )
     metrics = TrainerMetrics(CollectorRegistry())
     trainer = Trainer(
