@@ -42,7 +42,8 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
         for target in targets:
             while target and target not in known:
                 target = target.rpartition(".")[0]
-            if target and target != name:
+            # a module's own parent packages are always imported before it: no edge
+            if target and target != name and not name.startswith(target + "."):
                 found.add(target)
     return found
 

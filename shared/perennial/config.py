@@ -75,6 +75,14 @@ class ProcessSettings(Settings):
     backbone_path: Path | None = Field(
         None, description="a transformers encoder directory (unset: the bundled all-MiniLM-L6-v2)"
     )
+    runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "onnx",
+        description="runtime of the frozen backbone; trainer and inference must use the same",
+    )
+    onnx_cache_dir: Path | None = Field(
+        None,
+        description="where exported ONNX graphs are cached (unset: $XDG_CACHE_HOME/perennial/onnx)",
+    )
     pod_name: str = Field("", description="this Pod's name (downward API); names the replica")
     pod_namespace: str = Field("", description="this Pod's namespace (downward API)")
     pod_uid: str = Field("", description="this Pod's uid (downward API)")

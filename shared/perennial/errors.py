@@ -23,3 +23,8 @@ class DeadlineExceeded(RuntimeError):
 
 class Unauthenticated(PermissionError):
     """The caller did not present valid credentials (UNAUTHENTICATED)."""
+
+
+class FailedPrecondition(RuntimeError):
+    """The request is valid but the system is not in a state to answer it, e.g. a snapshot made
+    with another backbone runtime than this replica's (FAILED_PRECONDITION)."""

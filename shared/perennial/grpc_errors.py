@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2
 
 from perennial.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidInput,
     NotFound,
     NotReady,
@@ -30,6 +31,7 @@ STATUS = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
 INTERNAL_MESSAGE = "internal error; the server log has the details"
 

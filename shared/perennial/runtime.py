@@ -16,6 +16,7 @@ import torch
 from prometheus_client import CollectorRegistry, start_http_server
 
 from perennial import logs
+from perennial.backbone import TextBackbone
 from perennial.config import ConfigError, ProcessSettings, Settings, help_requested, variable
 from perennial.grpc_security import ServerSecurity
 
@@ -87,6 +88,19 @@ def listen(server: grpc.Server, security: ServerSecurity, host: str, port: int, 
         raise StartupError(_bind_error(field, port, error)) from None
     if port and not bound:
         raise StartupError(_bind_error(field, port, RuntimeError("bind failed")))
+
+
+def load_backbone(settings: ProcessSettings, device: torch.device | None = None) -> TextBackbone:
+    """The configured backbone on `device`, its frozen part on the configured runtime."""
+    device = device or torch.device("cpu")
+    if settings.runtime != "torch" and device.type != "cpu":
+        raise ConfigError(
+            f"{variable('runtime')}={settings.runtime} runs on the CPU, the backbone on {device}: "
+            f"set {variable('runtime')}=torch on both services"
+        )
+    backbone = TextBackbone.load(settings.backbone_path).to(device)
+    backbone.use_runtime(settings.runtime, settings.onnx_cache_dir, settings.torch_threads)
+    return backbone
 
 
 def check_redis(client: redis.Redis, where: str) -> None:

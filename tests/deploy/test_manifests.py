@@ -51,9 +51,13 @@ def test_plain_manifests_apply_in_order_and_differ_only_where_expected() -> None
     changed = {key for key in cpu if cpu[key] != gpu[key]}
     assert changed == {
         ("ConfigMap", "perennial-trainer"),
+        ("ConfigMap", "perennial-inference"),
         ("Deployment", "perennial-trainer"),
         ("Deployment", "perennial-inference"),
-    }  # inference: only the config checksum
+    }  # inference: the runtime (torch beside a GPU trainer) and the config checksum
+    inference_config = gpu[("ConfigMap", "perennial-inference")]["data"]
+    assert inference_config["PERENNIAL_RUNTIME"] == "torch"
+    assert cpu[("ConfigMap", "perennial-inference")]["data"]["PERENNIAL_RUNTIME"] == "onnx"
     trainer = gpu[("Deployment", "perennial-trainer")]["spec"]["template"]["spec"]["containers"][0]
     assert trainer["resources"]["limits"]["nvidia.com/gpu"] == 1
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from perennial.errors import FailedPrecondition
 from perennial.learners import LearnerConfig, build_learner, load_predictor, restore_learner
 from perennial.learners.analytic import RanPAC, SimpleCIL
 from perennial.store import from_safetensors, to_safetensors
@@ -121,3 +122,12 @@ def test_learner_and_config_must_agree(tiny_backbone):
         SimpleCIL(tiny_backbone, LearnerConfig(learner="ranpac"))
     with pytest.raises(ValueError, match="need equally many inputs and labels, got 1 and 2"):
         build_learner(tiny_backbone, LearnerConfig(learner="ranpac")).learn(["x"], ["a", "b"])
+
+
+def test_a_snapshot_of_another_runtime_is_refused(tiny_backbone):
+    learner = build_learner(tiny_backbone, LearnerConfig(learner="ranpac", projection_dim=16))
+    learner.learn(TEXTS[:4], LABELS[:4])
+    tensors, metadata = learner.state()
+    assert metadata["runtime"] == "torch"
+    with pytest.raises(FailedPrecondition, match="set PERENNIAL_RUNTIME=onnx"):
+        load_predictor(tiny_backbone, tensors, {**metadata, "runtime": "onnx"})

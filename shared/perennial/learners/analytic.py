@@ -26,7 +26,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from perennial.learners.config import LearnerConfig
+from perennial.learners.config import LearnerConfig, check_runtime
 from perennial.pet import activate
 
 _HELD_OUT_EVERY = 5  # every fifth example's statistics validate the ridge strength
@@ -88,6 +88,7 @@ class _FeatureLearner:
             "learner": json.dumps(self.config.to_dict(), sort_keys=True),
             "steps": str(self.steps),
             "examples": str(self.examples),
+            "runtime": self.backbone.runtime,  # the statistics hold features of this runtime
         }
 
     def _restore_counters(self, metadata: dict[str, str]) -> None:
@@ -97,6 +98,7 @@ class _FeatureLearner:
 
     @classmethod
     def from_state(cls, backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]):
+        check_runtime(backbone, metadata)
         learner = cls(backbone, LearnerConfig.from_dict(json.loads(metadata["learner"])))
         learner._restore_counters(metadata)
         learner._load(tensors)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from perennial.errors import FailedPrecondition
 from perennial.pet import LoRAConfig, PETConfig, config_from_dict
 
 LEARNER_NAMES = ("lae", "naive", "simplecil", "ranpac")
@@ -93,3 +94,14 @@ class LearnerConfig:
         fields["pet"] = config_from_dict(fields["pet"])
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
         return cls(**fields)
+
+
+def check_runtime(backbone, metadata: dict[str, str]) -> None:
+    """Refuse a snapshot whose features came from another backbone runtime than `backbone`'s:
+    an analytic head's statistics are only valid for the features they were summed from."""
+    made_with = metadata.get("runtime", "torch")
+    if made_with != backbone.runtime:
+        raise FailedPrecondition(
+            f"the snapshot's features were computed with runtime {made_with!r}, this backbone runs "
+            f"{backbone.runtime!r}: set PERENNIAL_RUNTIME={made_with} (trainer and inference must agree)"
+        )

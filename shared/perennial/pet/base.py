@@ -41,6 +41,11 @@ def activate(module: PETModule | None) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
+def current() -> PETModule | None:
+    """The module `activate` set for this thread or task (None: the bare backbone)."""
+    return _ACTIVE.get()
+
+
 def active(method: str, path: str) -> PETModule | None:
     """The active module if it is of `method` and has weights for the layer at `path`."""
     module = _ACTIVE.get()
