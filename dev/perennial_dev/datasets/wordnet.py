@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
@@ -67,6 +67,25 @@ NOUN_LEXNAMES: Mapping[int, str] = {
     28: "noun.time",
 }
 
+VERB_LEXNAMES: Mapping[int, str] = {
+    29: "verb.body",
+    30: "verb.change",
+    31: "verb.cognition",
+    32: "verb.communication",
+    33: "verb.competition",
+    34: "verb.consumption",
+    35: "verb.contact",
+    36: "verb.creation",
+    37: "verb.emotion",
+    38: "verb.motion",
+    39: "verb.perception",
+    40: "verb.possession",
+    41: "verb.social",
+    42: "verb.stative",
+    43: "verb.weather",
+}
+"""The verb part of the lexicographer-file table (lexnames(5WN))."""
+
 TOPS_LABEL = "noun.Tops"
 """The unique beginners of the noun hierarchy: the root, not a category, so excluded."""
 
@@ -108,10 +127,19 @@ def read_noun_glosses(wordnet_dir: Path = WORDNET_DIR) -> list[Gloss]:
         FileNotFoundError: ``data.noun`` is missing (install ``wordnet-base``).
         ValueError: a line is malformed or has an unknown noun lex_filenum.
     """
-    path = Path(wordnet_dir) / "data.noun"
+    return _read_glosses(Path(wordnet_dir) / "data.noun", "n", NOUN_LEXNAMES)
+
+
+def read_verb_glosses(wordnet_dir: Path = WORDNET_DIR) -> list[Gloss]:
+    """Read every verb synset's definition and supersense (``verb.motion``, …) from
+    ``data.verb``, exactly as :func:`read_noun_glosses` reads nouns."""
+    return _read_glosses(Path(wordnet_dir) / "data.verb", "v", VERB_LEXNAMES)
+
+
+def _read_glosses(path: Path, pos: str, lexnames: Mapping[int, str]) -> list[Gloss]:
     if not path.is_file():
         raise FileNotFoundError(
-            f"WordNet noun data not found at {path}; install the Debian package "
+            f"WordNet data not found at {path}; install the Debian package "
             "`wordnet-base` (apt-get install wordnet-base) or pass wordnet_dir"
         )
     glosses: list[Gloss] = []
@@ -121,15 +149,13 @@ def read_noun_glosses(wordnet_dir: Path = WORDNET_DIR) -> list[Gloss]:
                 continue
             head, sep, gloss = line.partition(_GLOSS_SEPARATOR)
             fields = head.split()
-            if not sep or len(fields) < 4 or fields[2] != "n":
-                raise ValueError(f"{path}:{lineno}: not a noun synset line: {line[:80]!r}")
+            if not sep or len(fields) < 4 or fields[2] != pos:
+                raise ValueError(f"{path}:{lineno}: not a synset line of {pos!r}: {line[:80]!r}")
             synset, lex_filenum = fields[0], fields[1]
             try:
-                label = NOUN_LEXNAMES[int(lex_filenum)]
+                label = lexnames[int(lex_filenum)]
             except (ValueError, KeyError):
-                raise ValueError(
-                    f"{path}:{lineno}: unknown noun lex_filenum {lex_filenum!r}"
-                ) from None
+                raise ValueError(f"{path}:{lineno}: unknown lex_filenum {lex_filenum!r}") from None
             if label == TOPS_LABEL:
                 continue
             text = _definition(gloss)
@@ -155,6 +181,7 @@ class ClassIncrementalSplit:
     stages: tuple[tuple[str, ...], ...]
     train: tuple[Gloss, ...]
     test: dict[str, tuple[Gloss, ...]]
+    validation: dict[str, tuple[Gloss, ...]] = field(default_factory=dict)
 
 
 def _require_positive(name: str, value: int) -> None:
@@ -169,8 +196,10 @@ def class_incremental_split(
     classes_per_stage: int = 4,
     train_per_class: int = 60,
     test_per_class: int = 20,
+    validation_per_class: int = 0,
     min_per_class: int = 300,
     seed: int = 0,
+    sample_seed: int | None = None,
 ) -> ClassIncrementalSplit:
     """Build a deterministic class-incremental stream from labelled glosses.
 
@@ -179,9 +208,11 @@ def class_incremental_split(
     ``seed`` (of the sorted class names), truncated to ``num_classes``; a given
     seed's order for fewer classes is a prefix of its order for more. Each class
     gets ``train_per_class + test_per_class`` distinct synsets sampled without
-    replacement (by a generator seeded from ``seed`` and the class name, so a
-    class's sample does not depend on which other classes are in the split);
-    the first ``test_per_class`` go to test, the rest to train. Duplicate
+    replacement (by a generator seeded from ``sample_seed``, default ``seed``, and the
+    class name, so a class's sample does not depend on which other classes are in the
+    split, and with a fixed ``sample_seed`` not on the class order either); the first
+    ``test_per_class`` go to test, the next ``validation_per_class`` to validation (carved
+    from the training data: for every choice a benchmark makes), the rest to train. Duplicate
     synsets in ``glosses`` are collapsed to their first occurrence, so train
     and test never share a synset.
 
@@ -191,9 +222,11 @@ def class_incremental_split(
         classes_per_stage: how many classes arrive together in one stage.
         train_per_class: stream examples per class.
         test_per_class: held-out examples per class.
+        validation_per_class: examples per class for choices (hyper-parameters), not streamed.
         min_per_class: the fewest synsets a class needs to be eligible; at least
             ``train_per_class + test_per_class``.
         seed: seeds every random choice (``random.Random``).
+        sample_seed: seeds each class's sample instead of ``seed`` (fixed samples, many orders).
 
     Raises:
         ValueError: a size is not positive, ``min_per_class`` is smaller than
@@ -209,11 +242,11 @@ def class_incremental_split(
         _require_positive(name, value)
     if num_classes is not None:
         _require_positive("num_classes", num_classes)
-    needed = train_per_class + test_per_class
+    needed = train_per_class + test_per_class + validation_per_class
     if min_per_class < needed:
         raise ValueError(
             f"min_per_class={min_per_class} is smaller than train_per_class + "
-            f"test_per_class = {needed}"
+            f"test_per_class + validation_per_class = {needed}"
         )
 
     by_class: dict[str, list[Gloss]] = {}
@@ -241,11 +274,14 @@ def class_incremental_split(
 
     train_of: dict[str, list[Gloss]] = {}
     test: dict[str, tuple[Gloss, ...]] = {}
+    validation: dict[str, tuple[Gloss, ...]] = {}
+    sampling = seed if sample_seed is None else sample_seed
     for label in classes:
         members = sorted(by_class[label], key=lambda g: g.synset)
-        sample = random.Random(f"{seed}:class:{label}").sample(members, needed)
+        sample = random.Random(f"{sampling}:class:{label}").sample(members, needed)
         test[label] = tuple(sample[:test_per_class])
-        train_of[label] = sample[test_per_class:]
+        validation[label] = tuple(sample[test_per_class : test_per_class + validation_per_class])
+        train_of[label] = sample[test_per_class + validation_per_class :]
 
     stages = tuple(
         classes[start : start + classes_per_stage]
@@ -257,7 +293,9 @@ def class_incremental_split(
         random.Random(f"{seed}:stage:{index}").shuffle(stage_examples)
         train.extend(stage_examples)
 
-    return ClassIncrementalSplit(classes=classes, stages=stages, train=tuple(train), test=test)
+    return ClassIncrementalSplit(
+        classes=classes, stages=stages, train=tuple(train), test=test, validation=validation
+    )
 
 
 def stage_of(split: ClassIncrementalSplit, label: str) -> int:

@@ -10,11 +10,13 @@ import pytest
 from perennial_dev.datasets.wordnet import (
     NOUN_LEXNAMES,
     TOPS_LABEL,
+    VERB_LEXNAMES,
     WORDNET_DIR,
     ClassIncrementalSplit,
     Gloss,
     class_incremental_split,
     read_noun_glosses,
+    read_verb_glosses,
     stage_of,
 )
 
@@ -205,3 +207,29 @@ def test_stage_of(split: ClassIncrementalSplit) -> None:
 def test_bad_arguments(glosses: list[Gloss], kwargs: dict[str, int], value: str) -> None:
     with pytest.raises(ValueError, match=rf"(?<![\d-]){value}(?!\d)"):
         class_incremental_split(glosses, **kwargs)
+
+
+def test_verb_supersenses_are_read_like_nouns() -> None:
+    verbs = read_verb_glosses()
+    labels = {g.label for g in verbs}
+    assert labels <= set(VERB_LEXNAMES.values()) and "verb.motion" in labels
+    assert all(g.text and '; "' not in g.text for g in verbs)
+    assert len({g.synset for g in verbs}) == len(verbs)
+
+
+def test_validation_is_carved_from_training_data_and_samples_can_be_fixed() -> None:
+    glosses = read_noun_glosses()
+    first, second = (
+        class_incremental_split(glosses, num_classes=6, train_per_class=10, test_per_class=5,
+                                validation_per_class=4, seed=seed, sample_seed=7)
+        for seed in (0, 1)
+    )  # fmt: skip
+    assert first.classes != second.classes or first.stages != second.stages
+    common = set(first.classes) & set(second.classes)
+    for label in first.classes:
+        train = {g.synset for g in first.train if g.label == label}
+        held = {g.synset for g in first.validation[label]} | {g.synset for g in first.test[label]}
+        assert len(first.validation[label]) == 4 and len(train) == 10 and not train & held
+    for label in common:  # the same class gets the same sample whatever the order
+        assert first.validation[label] == second.validation[label]
+        assert first.test[label] == second.test[label]
