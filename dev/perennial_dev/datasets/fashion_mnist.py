@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import random
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,7 @@ class ImageSplit:
     stages: tuple[tuple[str, ...], ...]
     train: tuple[tuple[torch.Tensor, str], ...]
     test: dict[str, tuple[torch.Tensor, ...]]
+    validation: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
 
 
 def class_incremental_images(
@@ -72,12 +73,15 @@ def class_incremental_images(
     classes_per_stage: int = 2,
     train_per_class: int = 100,
     test_per_class: int = 50,
+    validation_per_class: int = 0,
     seed: int = 0,
+    sample_seed: int | None = None,
     directory: Path = FASHION_MNIST_DIR,
 ) -> ImageSplit:
-    """Classes in a seeded order, `classes_per_stage` per stage; per class a seeded sample
-    of `train_per_class` training images (streamed stage by stage, shuffled within a
-    stage) and `test_per_class` images from the official test set."""
+    """Classes in a seeded order, `classes_per_stage` per stage; per class a sample (seeded by
+    `sample_seed`, default `seed`) of `train_per_class` training images, streamed stage by
+    stage and shuffled within a stage, `validation_per_class` more from the official training
+    set (for choices, never streamed) and `test_per_class` from the official test set."""
     for name, value in (
         ("classes_per_stage", classes_per_stage),
         ("train_per_class", train_per_class),
@@ -85,32 +89,34 @@ def class_incremental_images(
     ):
         if value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if validation_per_class < 0:
+        raise ValueError(f"validation_per_class must be >= 0, got {validation_per_class!r}")
     rng = random.Random(seed)
     order = list(CLASSES)
     rng.shuffle(order)
     stages = tuple(
         tuple(order[i : i + classes_per_stage]) for i in range(0, len(order), classes_per_stage)
     )
-    pools = {}
-    for split in ("train", "test"):
-        images, labels = read_fashion_mnist(split, directory)
-        pools[split] = (images, labels)
+    pools = {split: read_fashion_mnist(split, directory) for split in ("train", "test")}
+    sampling = seed if sample_seed is None else sample_seed
+
+    def sample(split: str, label: str, count: int) -> list[torch.Tensor]:
+        images, labels = pools[split]
+        indices = [i for i, name in enumerate(labels) if name == label]
+        return [
+            images[i] for i in random.Random(f"{sampling}:{split}:{label}").sample(indices, count)
+        ]
+
     train: list[tuple[torch.Tensor, str]] = []
     test: dict[str, tuple[torch.Tensor, ...]] = {}
+    validation: dict[str, tuple[torch.Tensor, ...]] = {}
     for stage in stages:
         stage_examples = []
         for label in stage:
-            for split, count, sink in (
-                ("train", train_per_class, stage_examples),
-                ("test", test_per_class, None),
-            ):
-                images, labels = pools[split]
-                indices = [i for i, name in enumerate(labels) if name == label]
-                chosen = random.Random(f"{seed}:{split}:{label}").sample(indices, count)
-                if sink is None:
-                    test[label] = tuple(images[i] for i in chosen)
-                else:
-                    sink.extend((images[i], label) for i in chosen)
+            test[label] = tuple(sample("test", label, test_per_class))
+            drawn = sample("train", label, train_per_class + validation_per_class)
+            validation[label] = tuple(drawn[train_per_class:])
+            stage_examples.extend((image, label) for image in drawn[:train_per_class])
         rng.shuffle(stage_examples)
         train.extend(stage_examples)
-    return ImageSplit(tuple(order), stages, tuple(train), test)
+    return ImageSplit(tuple(order), stages, tuple(train), test, validation)

@@ -50,3 +50,20 @@ def test_image_backbone_embeds_grayscale_images():
     assert not torch.allclose(features[0], features[1])
     with pytest.raises(ValueError, match="image_size must be >= 32, got 8"):
         ImageBackbone(backbone.encoder, image_size=8)
+
+
+def test_validation_images_are_carved_from_the_training_set() -> None:
+    split = class_incremental_images(
+        train_per_class=6, test_per_class=2, validation_per_class=3, seed=0, sample_seed=5
+    )
+    other = class_incremental_images(
+        train_per_class=6, test_per_class=2, validation_per_class=3, seed=1, sample_seed=5
+    )
+    for label in split.classes:
+        streamed = [image for image, name in split.train if name == label]
+        assert len(streamed) == 6 and len(split.validation[label]) == 3
+        assert not any(torch.equal(a, b) for a in streamed for b in split.validation[label])
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(split.validation[label], other.validation[label], strict=True)
+        )
