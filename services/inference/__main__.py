@@ -14,6 +14,7 @@ from perennial.store import SnapshotStore
 from services.inference.metrics import InferenceDriftMetrics, InferenceMetrics
 from services.inference.monitor import InferenceDriftMonitor, frozen_token_embedder
 from services.inference.plane import DataPlane
+from services.inference.rest import RestServer
 from services.inference.server import InferenceServicer, build_server, set_health
 from services.inference.settings import InferenceSettings
 
@@ -31,9 +32,20 @@ def serve(settings: InferenceSettings) -> None:
     set_health(health_servicer, False)  # NOT_SERVING until the backbone is loaded
     server = build_server(servicer, health_servicer, settings.server(), security)
     runtime.listen(server, security, settings.grpc_host, settings.grpc_port, "grpc_port")
+    # the same operations over HTTP/JSON: one batcher, one set of limits, metrics and statistics
+    rest = RestServer(servicer.operations, settings.rest(), security)
+    runtime.bind(rest.start, settings.rest_host, settings.rest_port, "rest_port")
     server.start()
     log.info(
-        "listening", extra={"fields": {"host": settings.grpc_host, "port": settings.grpc_port}}
+        "listening",
+        extra={
+            "fields": {
+                "host": settings.grpc_host,
+                "port": settings.grpc_port,
+                "rest_host": settings.rest_host,
+                "rest_port": rest.port,
+            }
+        },
     )
 
     runtime.check_redis(store.redis, settings.redis_url or settings.redis_sentinels)
@@ -48,7 +60,7 @@ def serve(settings: InferenceSettings) -> None:
     log.info("serving")
 
     stop.wait()
-    servicer.drain(server, health_servicer, grace=settings.drain_seconds)
+    servicer.drain(server, health_servicer, grace=settings.drain_seconds, others=[rest.stop])
     log.info("stopped")
 
 

@@ -63,6 +63,7 @@ class Job(Generic[Key]):
     enqueued: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
     cancelled: bool = False
+    started: float | None = None  # when its batch reached the model (time.monotonic())
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
@@ -76,10 +77,12 @@ class Batcher(Generic[Key, Result]):
         run: Callable[[Sequence[tuple[Key, list]]], list[Result]],
         config: BatchingConfig,
         metrics: InferenceMetrics,
+        on_executed: Callable[[list[Job], float], None] | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self._run = run
+        self._on_executed = on_executed  # (jobs, seconds) after each model call: statistics
         self._queue: deque[Job] = deque()
         self._rows = 0
         self._condition = threading.Condition()
@@ -166,6 +169,7 @@ class Batcher(Generic[Key, Result]):
                     )
                 else:
                     live.append(job)
+                    job.started = now
                     self.metrics.queue_duration.observe(now - job.enqueued)
             if not live:
                 continue
@@ -177,6 +181,12 @@ class Batcher(Generic[Key, Result]):
                     job.future.set_exception(error)
                 continue
             finally:
-                self.metrics.batch_duration.observe(time.monotonic() - now)
+                elapsed = time.monotonic() - now
+                self.metrics.batch_duration.observe(elapsed)
+            if self._on_executed is not None:
+                try:
+                    self._on_executed(live, elapsed)
+                except Exception:  # statistics must never fail a batch
+                    log.exception("recording a batch failed")
             for job, result in zip(live, results, strict=True):
                 job.future.set_result(result)

@@ -1,252 +1,193 @@
-"""gRPC layer of the inference service: protobuf ↔ data plane, nothing else.
+"""gRPC layer of the inference service: protobuf ↔ `InferenceOperations`, nothing else.
 
 Serves `inference.GRPCInferenceService` (the Open Inference Protocol as KServe and
-Triton define it; we use the stubs `tritonclient` publishes, so the wire contract
-is exactly what its clients send), `grpc.health.v1` and server reflection.
-Handlers raise domain errors; `DomainErrorInterceptor` turns them into status codes.
+Triton define it, with the model repository, configuration and statistics extensions;
+we use the stubs `tritonclient` publishes, so the wire contract is exactly what its
+clients send), `grpc.health.v1` and server reflection. The REST transport (`rest.py`)
+calls the same operations. Handlers raise domain errors; `DomainErrorInterceptor`
+turns them into status codes.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-import numpy as np
-import torch
+from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from perennial import __version__, grpc_errors
-from perennial.errors import InvalidInput, NotFound, NotReady
-from perennial.grpc_errors import DomainErrorInterceptor, status_of
+from perennial import grpc_errors
+from perennial.errors import InvalidInput
+from perennial.grpc_errors import DomainErrorInterceptor
 from perennial.grpc_security import ServerSecurity
-from perennial.monitoring import NoMonitor
-from services.inference.batching import Batcher, BatchingConfig
+from services.inference.batching import BatchingConfig
 from services.inference.metrics import InferenceMetrics
-from services.inference.model import Prediction, predict
-from services.inference.plane import DataPlane
-from services.inference.tensors import (
-    decode_bytes,
-    decode_fp32,
-    element_count,
-    encode_bytes,
-    encode_fp32,
-    typed_fp32,
+from services.inference.operations import (
+    InferenceOperations,
+    InferRequest,
+    InferResult,
+    InputTensor,
 )
+from services.inference.tensors import encode_bytes, encode_fp32
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-TEXT_INPUT = "text"
-IMAGE_INPUT = "image"
-OUTPUTS = ("probabilities", "label", "classes")
 NO_DEADLINE_SECONDS = 365 * 24 * 3600.0
-OTHER_ADAPTER = (
-    "_other"  # metric label of requests for adapters that are not resident (bounded labels)
-)
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """Open Inference Protocol handlers; NOT ready until `attach` gives it a data plane."""
+    """Open Inference Protocol over gRPC: protobuf ↔ `InferenceOperations` (shared with REST).
+
+    `plane`, `batcher`, `monitor`, `draining`, `ready` and `attach` are the operations' own."""
 
     def __init__(
-        self, metrics: InferenceMetrics, batching: BatchingConfig = BatchingConfig(), monitor=None
+        self,
+        metrics: InferenceMetrics,
+        batching: BatchingConfig = BatchingConfig(),
+        monitor=None,
+        operations: InferenceOperations | None = None,
     ) -> None:
-        self.metrics = metrics
-        self.batching = batching
-        self.monitor = monitor or NoMonitor()  # drift: `submit` only queues, off the request path
-        self.plane: DataPlane | None = None
-        self.batcher: Batcher | None = None
-        self.draining = False
+        self.operations = operations or InferenceOperations(metrics, batching, monitor)
 
-    def attach(self, plane: DataPlane) -> None:
-        """Start batching on `plane`; from now on the server is ready."""
-        self.batcher = Batcher(
-            functools.partial(predict, plane.backbone), self.batching, self.metrics
-        ).start()
-        self.plane = plane
+    def attach(self, plane) -> None:
+        self.operations.attach(plane)
 
-    @property
-    def ready(self) -> bool:
-        return self.plane is not None and not self.draining
+    plane = property(lambda self: self.operations.plane)
+    ready = property(lambda self: self.operations.ready)
+    draining = property(lambda self: self.operations.draining)
+    batcher = property(
+        lambda self: self.operations.batcher,
+        lambda self, value: setattr(self.operations, "batcher", value),
+    )
+    monitor = property(
+        lambda self: self.operations.monitor,
+        lambda self, value: setattr(self.operations, "monitor", value),
+    )
 
-    def _plane(self) -> DataPlane:
-        if self.plane is None or self.draining:
-            raise NotReady("the server is starting or draining; retry shortly")
-        return self.plane
-
+    # -- the protocol: each method converts, calls its operation, converts back ------------------
     def ServerLive(self, request, context):
-        return service_pb2.ServerLiveResponse(live=True)
+        return _message(self.operations.server_live(), service_pb2.ServerLiveResponse())
 
     def ServerReady(self, request, context):
-        return service_pb2.ServerReadyResponse(ready=self.ready)
+        return _message(self.operations.server_ready(), service_pb2.ServerReadyResponse())
 
     def ServerMetadata(self, request, context):
-        return service_pb2.ServerMetadataResponse(
-            name="perennial", version=__version__, extensions=[]
-        )
+        return _message(self.operations.server_metadata(), service_pb2.ServerMetadataResponse())
 
     def ModelReady(self, request, context):
-        try:
-            self._plane().get(_model_name(request.name), request.version)
-        except NotFound:
-            return service_pb2.ModelReadyResponse(ready=False)
-        return service_pb2.ModelReadyResponse(ready=True)
+        answer = self.operations.model_ready(request.name, request.version)
+        return service_pb2.ModelReadyResponse(ready=answer["ready"])
 
     def ModelMetadata(self, request, context):
-        served = self._plane().get(_model_name(request.name), request.version)
-        tensor = service_pb2.ModelMetadataResponse.TensorMetadata
-        return service_pb2.ModelMetadataResponse(
-            name=request.name,
-            versions=[served.version],
-            platform=f"perennial_{served.learner}",
-            inputs=[
-                tensor(name=name, datatype=datatype, shape=shape)
-                for name, datatype, shape in [input_spec(self._plane().backbone)]
-            ],
-            outputs=[
-                tensor(name="probabilities", datatype="FP32", shape=[-1, len(served.classes)]),
-                tensor(name="label", datatype="BYTES", shape=[-1]),
-                tensor(name="classes", datatype="BYTES", shape=[len(served.classes)]),
-            ],
+        answer = self.operations.model_metadata(request.name, request.version)
+        return _message(answer, service_pb2.ModelMetadataResponse())
+
+    def ModelConfig(self, request, context):
+        config = self.operations.model_config(request.name, request.version)
+        return service_pb2.ModelConfigResponse(
+            config=_message(config, model_config_pb2.ModelConfig())
         )
 
-    def ModelInfer(self, request, context):
-        started, error = time.perf_counter(), None
-        try:
-            return self._infer(request, context)
-        except Exception as raised:
-            error = raised
-            raise
-        finally:
-            resident = (
-                self.plane is not None
-                and self.plane.current_version(request.model_name) is not None
-            )
-            adapter = request.model_name if resident else OTHER_ADAPTER
-            code = status_of(error).name
-            self.metrics.requests.labels(adapter, code).inc()
-            self.metrics.request_duration.labels(adapter, code).observe(
-                time.perf_counter() - started
-            )
+    def RepositoryIndex(self, request, context):
+        index = self.operations.repository_index(ready_only=request.ready)
+        return _message(index, service_pb2.RepositoryIndexResponse())
 
-    def _infer(self, request, context):
-        plane = self._plane()
-        texts = _inputs(request, input_spec(plane.backbone))
-        wanted = [output.name for output in request.outputs] or list(OUTPUTS)
-        unknown = sorted(set(wanted) - set(OUTPUTS))
-        if unknown:
-            raise InvalidInput(f"unknown output(s) {unknown}; this model offers {list(OUTPUTS)}")
-        plane.validate(texts)
-        served = plane.get(_model_name(request.model_name), request.model_version)
+    def ModelStatistics(self, request, context):
+        stats = self.operations.model_statistics(request.name, request.version)
+        return _message(stats, service_pb2.ModelStatisticsResponse())
+
+    def ModelInfer(self, request, context):
         remaining = context.time_remaining()
         no_deadline = remaining is None or remaining > NO_DEADLINE_SECONDS  # gRPC says ~infinity
         deadline = None if no_deadline else time.monotonic() + remaining
-        job = self.batcher.submit(served, texts, deadline)
-        context.add_callback(lambda: setattr(job, "cancelled", True))  # caller gone: skip the work
-        prediction = Prediction(served, self.batcher.result(job, deadline))
-        if isinstance(texts[0], str):  # the drift monitor embeds texts
-            self.monitor.submit(served.adapter, texts, prediction.labels)
-        return _response(request, prediction, wanted)
+        result = self.operations.infer(_infer_request(request), deadline, context.add_callback)
+        return _response(result)
 
     def drain(
-        self, server: grpc.Server, health_servicer: health.HealthServicer, grace: float
+        self,
+        server: grpc.Server,
+        health_servicer: health.HealthServicer,
+        grace: float,
+        others: Sequence[Callable[[float], object]] = (),
     ) -> None:
-        """SIGTERM: NOT_SERVING, refuse new requests, let in-flight ones finish, stop."""
-        self.draining = True
+        """SIGTERM: NOT_SERVING, refuse new requests, let in-flight ones finish, stop.
+        `others` stop the other transports (e.g. REST) within the same grace period."""
+        self.operations.draining = True
         set_health(health_servicer, False)
-        server.stop(grace=grace).wait()
-        if self.batcher is not None:
-            self.batcher.stop(timeout=grace)
+        with futures.ThreadPoolExecutor(max(1, len(others))) as pool:
+            for stop in others:
+                pool.submit(stop, grace)
+            server.stop(grace=grace).wait()
+        self.operations.stop(timeout=grace)
 
 
-def _response(request, prediction: Prediction, wanted: list[str]):
-    version = prediction.served.version
-    response = service_pb2.ModelInferResponse(
-        model_name=request.model_name, model_version=version, id=request.id
-    )
-    response.parameters["adapter_version"].string_param = version
-    for name in wanted:
-        if name == "probabilities":
-            scores = prediction.scores.numpy()
-            response.outputs.add(name=name, datatype="FP32", shape=list(scores.shape))
-            response.raw_output_contents.append(encode_fp32(scores))
-        else:
-            items = prediction.labels if name == "label" else prediction.served.classes
-            response.outputs.add(name=name, datatype="BYTES", shape=[len(items)])
-            response.raw_output_contents.append(encode_bytes([item.encode() for item in items]))
-    return response
+def _message(answer: dict, message):
+    """The protocol's JSON object as its protobuf message (the field names are the same)."""
+    return json_format.ParseDict(answer, message)
 
 
-def _model_name(name: str) -> str:
-    if not name:
-        raise InvalidInput("model_name is empty; set it to the adapter id")
-    return name
-
-
-def input_spec(backbone) -> tuple[str, str, list[int]]:
-    """(name, datatype, shape) of the model input: BYTES text, or FP32 images [N, (C,) H, W]."""
-    if hasattr(backbone, "tokenize"):
-        return TEXT_INPUT, "BYTES", [-1]
-    return IMAGE_INPUT, "FP32", [-1, -1, -1, -1]
-
-
-def _inputs(request, spec: tuple[str, str, list[int]]) -> list:
-    """The request's rows: strings for a text model, [(C,) H, W] float tensors for an image model."""
-    name, datatype, _ = spec
-    if len(request.inputs) != 1:
-        raise InvalidInput(f"expected exactly one input named {name!r}, got {len(request.inputs)}")
-    tensor = request.inputs[0]
-    if tensor.name != name:
-        raise InvalidInput(f"input is named {tensor.name!r}; name it {name!r}")
-    if tensor.datatype != datatype:
-        kind = "text: send BYTES (UTF-8)" if datatype == "BYTES" else "images: send FP32"
-        raise InvalidInput(
-            f"input {name!r} has datatype {tensor.datatype}; this model takes {kind}"
-        )
-    if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
+def _infer_request(request) -> InferRequest:
+    raw = request.raw_input_contents
+    # (with another number of inputs than one, the operation says how many it takes)
+    if raw and len(raw) != len(request.inputs) and len(request.inputs) == 1:
         raise InvalidInput(
             f"{len(request.raw_input_contents)} raw_input_contents for "
             f"{len(request.inputs)} inputs; send one per input"
         )
-    return _texts(request, tensor) if datatype == "BYTES" else _images(request, tensor)
-
-
-def _images(request, tensor) -> list[torch.Tensor]:
-    shape = list(tensor.shape)
-    if len(shape) not in (3, 4):
-        raise InvalidInput(
-            f"input {IMAGE_INPUT!r} has shape {shape}; send [N, H, W] or [N, C, H, W]"
+    inputs = []
+    for index, tensor in enumerate(request.inputs):
+        raw_tensor = raw[index] if index < len(raw) else None
+        typed = (
+            tensor.contents.bytes_contents
+            if tensor.datatype == "BYTES"
+            else tensor.contents.fp32_contents
         )
-    if request.raw_input_contents:
-        array = decode_fp32(request.raw_input_contents[0], shape)
-    else:
-        array = typed_fp32(tensor.contents.fp32_contents, shape)
-    if not np.isfinite(array).all():
-        raise InvalidInput(f"input {IMAGE_INPUT!r} holds NaN or infinite values")
-    return list(torch.from_numpy(array.copy()))
-
-
-def _texts(request, tensor) -> list[str]:
-    if len(tensor.shape) != 1:
-        raise InvalidInput(
-            f"input {TEXT_INPUT!r} has shape {list(tensor.shape)}; send a 1-D shape [N]"
+        inputs.append(
+            InputTensor(tensor.name, tensor.datatype, list(tensor.shape), raw_tensor, typed)
         )
-    count = element_count(tensor.shape)
-    if request.raw_input_contents:
-        items = decode_bytes(request.raw_input_contents[0], count)
+    parameters = {key: _parameter(value) for key, value in request.parameters.items()}
+    return InferRequest(
+        request.model_name,
+        inputs,
+        request.model_version,
+        request.id,
+        [output.name for output in request.outputs],
+        parameters,
+    )
+
+
+def _parameter(value) -> object:
+    kind = value.WhichOneof("parameter_choice")
+    return getattr(value, kind) if kind else None
+
+
+def _response(result: InferResult):
+    response = service_pb2.ModelInferResponse(
+        model_name=result.model_name, model_version=result.model_version, id=result.id
+    )
+    for key, value in result.parameters.items():
+        _set_parameter(response.parameters[key], value)
+    for output in result.outputs:
+        response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
+        response.raw_output_contents.append(
+            encode_fp32(output.data) if output.datatype == "FP32" else encode_bytes(output.data)
+        )
+    return response
+
+
+def _set_parameter(parameter, value) -> None:
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
     else:
-        items = list(tensor.contents.bytes_contents)
-        if len(items) != count:
-            raise InvalidInput(f"input holds {len(items)} strings but its shape says {count}")
-    try:
-        return [item.decode("utf-8") for item in items]
-    except UnicodeDecodeError as error:
-        raise InvalidInput(f"input {TEXT_INPUT!r} is not valid UTF-8: {error}") from error
+        parameter.string_param = str(value)
 
 
 @dataclass(frozen=True)

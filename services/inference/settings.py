@@ -8,6 +8,7 @@ from perennial.config import GrpcSecuritySettings, ProcessSettings, RedisSetting
 from services.inference.batching import BatchingConfig
 from services.inference.monitor import MonitorConfig
 from services.inference.plane import ServingConfig
+from services.inference.rest import RestConfig
 from services.inference.server import ServerConfig
 
 _M = MonitorConfig
@@ -21,13 +22,22 @@ class InferenceSettings(ProcessSettings, RedisSettings, GrpcSecuritySettings):
     )
     grpc_host: str = Field("0.0.0.0", description="listen address of the gRPC server")
     grpc_port: int = Field(8001, ge=0, le=65535, description="port of the gRPC server")
+    rest_host: str = Field(
+        "0.0.0.0", description="listen address of the REST (HTTP/JSON) server, same protocol"
+    )
+    rest_port: int = Field(
+        8000, ge=0, le=65535, description="port of the REST server (0: any free port)"
+    )
     grpc_workers: int = Field(
         ServerConfig.workers,
         ge=1,
-        description="request threads = most concurrent RPCs (beyond: RESOURCE_EXHAUSTED)",
+        description="request threads of each transport = most concurrent requests on gRPC and "
+        "on REST (beyond: RESOURCE_EXHAUSTED, HTTP 429)",
     )
     max_message_bytes: int = Field(
-        ServerConfig.max_message_bytes, ge=1024, description="largest gRPC request or reply"
+        ServerConfig.max_message_bytes,
+        ge=1024,
+        description="largest gRPC request or reply, largest REST request body (HTTP 413)",
     )
     max_batch_size: int = Field(
         BatchingConfig.max_batch_size,
@@ -99,6 +109,9 @@ class InferenceSettings(ProcessSettings, RedisSettings, GrpcSecuritySettings):
 
     def server(self) -> ServerConfig:
         return ServerConfig(self.grpc_workers, self.max_message_bytes)
+
+    def rest(self) -> RestConfig:
+        return RestConfig(self.grpc_workers, self.max_message_bytes)
 
     def monitor(self) -> MonitorConfig:
         return MonitorConfig(

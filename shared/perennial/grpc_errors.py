@@ -34,6 +34,18 @@ STATUS = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
 INTERNAL_MESSAGE = "internal error; the server log has the details"
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
 
 
 def status_of(error: BaseException | None) -> grpc.StatusCode:
@@ -44,6 +56,11 @@ def status_of(error: BaseException | None) -> grpc.StatusCode:
         if isinstance(error, kind):
             return code
     return grpc.StatusCode.INTERNAL
+
+
+def http_status_of(error: BaseException | None) -> int:
+    """The HTTP status an exception becomes (200 for None): its gRPC code's HTTP twin."""
+    return HTTP_STATUS.get(status_of(error), 500)
 
 
 class DomainErrorInterceptor(grpc.ServerInterceptor):
@@ -60,9 +77,12 @@ class DomainErrorInterceptor(grpc.ServerInterceptor):
                 return behaviour(request, context)
             except tuple(STATUS) as error:
                 context.abort(status_of(error), str(error))
-            except Exception:
-                if context.code() not in (None, grpc.StatusCode.OK):
-                    raise  # the handler aborted with a status of its own
+            except Exception as error:
+                code = context.code()
+                if code not in (None, grpc.StatusCode.OK):
+                    # the handler chose a status (an abort, or UNIMPLEMENTED from a generated
+                    # base class): answer it, without the traceback an escaping exception logs
+                    context.abort(code, context.details() or str(error))
                 log.exception("internal error", extra={"fields": {"method": method}})
                 context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 

@@ -1,4 +1,5 @@
-"""Transport security and bearer-token auth for every Perennial gRPC server and client.
+"""Transport security and bearer-token auth for every Perennial gRPC server and client
+(and the inference service's REST port, which takes the same settings).
 
 Server side (both services call these in `main()`):
 
@@ -25,9 +26,12 @@ takes headers instead of credentials.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
-from collections.abc import Callable
+import os
+import ssl
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +117,24 @@ class ServerSecurity:
             require_client_auth=self.mutual_tls,
         )
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """TLS for an HTTP server with the same certificate, key and client CA (mutual TLS), or None."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        with _pem_path(self.cert_chain) as cert, _pem_path(self.private_key) as key:
+            context.load_cert_chain(cert, key)
+        if self.mutual_tls:
+            context.load_verify_locations(cadata=self.client_ca.decode())
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def authorized(self, authorization: str) -> bool:
+        """Whether an `Authorization` header value passes (always, when no token is set)."""
+        if not self.token:
+            return True
+        return hmac.compare_digest(authorization.encode(), f"Bearer {self.token}".encode())
+
     def interceptors(self) -> list[grpc.ServerInterceptor]:
         return [BearerTokenInterceptor(self.token)] if self.token else []
 
@@ -136,6 +158,18 @@ class ServerSecurity:
             },
         )
         return port
+
+
+@contextlib.contextmanager
+def _pem_path(pem: bytes) -> Iterator[str]:
+    """A path holding `pem` that never touches a disk (an anonymous memory file): `ssl` loads
+    certificates and keys only from paths, and the key was read once, at start."""
+    descriptor = os.memfd_create("pem", os.MFD_CLOEXEC)
+    try:
+        os.write(descriptor, pem)
+        yield f"/proc/self/fd/{descriptor}"
+    finally:
+        os.close(descriptor)
 
 
 class BearerTokenInterceptor(grpc.ServerInterceptor):

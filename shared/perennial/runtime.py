@@ -90,6 +90,15 @@ def listen(server: grpc.Server, security: ServerSecurity, host: str, port: int, 
         raise StartupError(_bind_error(field, port, RuntimeError("bind failed")))
 
 
+def bind(start: Callable[[str, int], int], host: str, port: int, field: str) -> int:
+    """Call `start(host, port)` (a server that listens and returns its port); a taken port
+    names its variable."""
+    try:
+        return start(host, port)
+    except OSError as error:
+        raise StartupError(_bind_error(field, port, error)) from None
+
+
 def load_backbone(settings: ProcessSettings, device: torch.device | None = None) -> TextBackbone:
     """The configured backbone on `device`, its frozen part on the configured runtime."""
     device = device or torch.device("cpu")

@@ -1,5 +1,6 @@
 """Fixtures for the inference service: LAE learners on the tiny backbone, snapshots in real
-Redis, and the gRPC server in-process (real sockets, real tritonclient calls)."""
+Redis, and the gRPC and REST servers in-process on the same operations (real sockets, real
+tritonclient calls)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+import tritonclient.http as triton_http
 from grpc_health.v1 import health
 from prometheus_client import CollectorRegistry
 
@@ -23,6 +25,7 @@ from perennial_dev.localstack import free_port
 from services.inference.batching import Batcher, BatchingConfig
 from services.inference.metrics import InferenceMetrics
 from services.inference.plane import DataPlane, ServingConfig
+from services.inference.rest import RestConfig, RestServer
 from services.inference.server import InferenceServicer, ServerConfig, build_server, set_health
 
 TEXTS = ["a small dog", "a tall tree", "an old house"]
@@ -69,7 +72,12 @@ class Service:
     health: health.HealthServicer
     registry: CollectorRegistry
     server: grpc.Server
+    rest: RestServer
     stopped: list = field(default_factory=list)
+
+    @property
+    def rest_address(self) -> str:
+        return f"127.0.0.1:{self.rest.port}"
 
     def ready(self) -> Service:
         self.servicer.attach(self.plane)
@@ -78,6 +86,9 @@ class Service:
 
     def client(self, **kwargs) -> triton.InferenceServerClient:
         return triton.InferenceServerClient(self.address, **kwargs)
+
+    def http_client(self, **kwargs) -> triton_http.InferenceServerClient:
+        return triton_http.InferenceServerClient(self.rest_address, **kwargs)
 
     def infer(self, texts=TEXTS, model="demo", version="", outputs=None, **kwargs):
         requested = [triton.InferRequestedOutput(name) for name in outputs] if outputs else None
@@ -98,7 +109,9 @@ class Service:
             gate.wait()
             return original._run(work)
 
-        self.servicer.batcher = Batcher(held, original.config, original.metrics).start()
+        self.servicer.batcher = Batcher(
+            held, original.config, original.metrics, original._on_executed
+        ).start()
         return gate
 
 
@@ -126,10 +139,13 @@ def start_service(redis_client, tiny_backbone) -> Iterator[Callable[..., Service
         server = build_server(servicer, health_servicer, server_config, security)
         port = security.add_port(server, f"127.0.0.1:{free_port()}")
         server.start()
+        rest_config = RestConfig(server_config.workers, server_config.max_message_bytes)
+        rest = RestServer(servicer.operations, rest_config, security)
+        rest.start("127.0.0.1", 0)
         store = SnapshotStore(redis_client)
         plane = DataPlane(backbone or tiny_backbone, store, metrics, serving)
         service = Service(
-            f"127.0.0.1:{port}", store, servicer, plane, health_servicer, registry, server
+            f"127.0.0.1:{port}", store, servicer, plane, health_servicer, registry, server, rest
         )
         started.append(service)
         return service
@@ -137,6 +153,7 @@ def start_service(redis_client, tiny_backbone) -> Iterator[Callable[..., Service
     yield start
     for service in started:
         service.server.stop(grace=None)
+        service.rest.stop(grace=0)
         if service.servicer.batcher is not None:
             service.servicer.batcher.stop(timeout=5)
 
