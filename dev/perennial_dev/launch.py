@@ -29,6 +29,7 @@ class Service:
     process: ManagedProcess
     metrics_port: int
     grpc_port: int | None = None
+    rest_port: int | None = None
 
     @property
     def metrics_url(self) -> str:
@@ -37,6 +38,10 @@ class Service:
     @property
     def grpc_address(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def rest_address(self) -> str:
+        return f"127.0.0.1:{self.rest_port}"
 
     def scrape(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
@@ -114,14 +119,16 @@ def _wait_serving(service: Service, what: str) -> None:
 def start_inference(
     workdir: Path, *, redis_url: str, log_name: str = "inference.log", **settings: object
 ) -> Service:
-    """Start the inference service; ready once gRPC health says SERVING."""
-    metrics_port, grpc_port = free_port(), free_port()
+    """Start the inference service (gRPC and REST); ready once gRPC health says SERVING."""
+    metrics_port, grpc_port, rest_port = free_port(), free_port(), free_port()
     environment = _environment(
         {
             "PERENNIAL_REDIS_URL": redis_url,
             "PERENNIAL_METRICS_PORT": metrics_port,
             "PERENNIAL_GRPC_HOST": "127.0.0.1",
             "PERENNIAL_GRPC_PORT": grpc_port,
+            "PERENNIAL_REST_HOST": "127.0.0.1",
+            "PERENNIAL_REST_PORT": rest_port,
             **settings,
         }
     )
@@ -131,7 +138,7 @@ def start_inference(
         name="inference",
         env=environment,
     )
-    service = Service(process, metrics_port, grpc_port)
+    service = Service(process, metrics_port, grpc_port, rest_port)
     with _stopped_on_failure(process):
         _wait_serving(service, "inference gRPC health SERVING")
     return service

@@ -373,7 +373,7 @@ def _images(tensor: InputTensor) -> list[torch.Tensor]:
     if tensor.raw is not None:
         array = decode_fp32(tensor.raw, shape)
     else:
-        array = typed_fp32(tensor.data or [], shape)
+        array = typed_fp32([] if tensor.data is None else tensor.data, shape)
     if not np.isfinite(array).all():
         raise InvalidInput(f"input {IMAGE_INPUT!r} holds NaN or infinite values")
     return list(torch.from_numpy(array.copy()))
@@ -388,7 +388,7 @@ def _texts(tensor: InputTensor) -> list[str]:
     if tensor.raw is not None:
         items = decode_bytes(tensor.raw, count)
     else:
-        items = list(tensor.data or [])
+        items = [] if tensor.data is None else list(tensor.data)
         if len(items) != count:
             raise InvalidInput(f"input holds {len(items)} strings but its shape says {count}")
     try:

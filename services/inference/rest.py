@@ -253,7 +253,8 @@ class RestServer:
         body = await request.read()
         options = _json_object(body) if body.strip() else {}
         ready = options.get("ready", False)
-        return web.json_response(await self._call(self.operations.repository_index, bool(ready)))
+        index = await self._call(self.operations.repository_index, bool(ready))
+        return web.json_response(index["models"])  # over HTTP the index is a bare list
 
     async def _infer(self, request: web.Request) -> web.Response:
         body = await request.read()

@@ -78,20 +78,29 @@ TRAINER = {**REDIS, "PERENNIAL_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
     ],
 )
 def test_a_configuration_mistake_is_one_line_naming_the_variable(service, environment, message):
-    result = run(
-        service, {"PERENNIAL_METRICS_PORT": "0", "PERENNIAL_GRPC_PORT": "0", **environment}
-    )
+    ports = {"PERENNIAL_METRICS_PORT": "0", "PERENNIAL_GRPC_PORT": "0", "PERENNIAL_REST_PORT": "0"}
+    result = run(service, {**ports, **environment})
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("service", SERVICES)
-@pytest.mark.parametrize("variable", ["PERENNIAL_METRICS_PORT", "port"])
+@pytest.mark.parametrize(
+    ("service", "variable"),
+    [
+        ("inference", "PERENNIAL_METRICS_PORT"),
+        ("inference", "PERENNIAL_GRPC_PORT"),
+        ("inference", "PERENNIAL_REST_PORT"),
+        ("trainer", "PERENNIAL_METRICS_PORT"),
+        ("trainer", "PERENNIAL_CONTROL_PORT"),
+    ],
+)
 def test_a_taken_port_names_its_variable(service, variable, taken_port) -> None:
-    grpc_port = {"inference": "PERENNIAL_GRPC_PORT", "trainer": "PERENNIAL_CONTROL_PORT"}[service]
-    variable = grpc_port if variable == "port" else variable
-    ports = {"PERENNIAL_METRICS_PORT": "0", grpc_port: "0", variable: str(taken_port)}
+    own = {
+        "inference": ("PERENNIAL_GRPC_PORT", "PERENNIAL_REST_PORT"),
+        "trainer": ("PERENNIAL_CONTROL_PORT",),
+    }[service]
+    ports = {"PERENNIAL_METRICS_PORT": "0", **dict.fromkeys(own, "0"), variable: str(taken_port)}
     result = run(service, {**TRAINER, **ports})
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"{variable}={taken_port}: the port is already in use" in result.stderr
@@ -137,3 +146,17 @@ def test_an_unreachable_kafka_is_one_line(redis_server) -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Kafka at 127.0.0.1:1 is not usable" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_inference_serves_rest_beside_grpc_and_stops_both(redis_server, tmp_path) -> None:
+    import tritonclient.http as triton_http
+
+    inference = start_inference(tmp_path, redis_url=redis_server.url)
+    try:
+        client = triton_http.InferenceServerClient(inference.rest_address, network_timeout=10)
+        assert client.is_server_live() and client.is_server_ready()
+        assert not client.is_model_ready("nothing-yet")  # a Redis read through the data plane
+        assert client.get_model_repository_index() == []
+        client.close()
+    finally:
+        assert inference.stop() == 0  # SIGTERM: both transports drain, the process exits cleanly
