@@ -135,11 +135,34 @@ def test_default_ports(render) -> None:
     assert _env(rendered, "inference")["PERENNIAL_METRICS_PORT"] == "9101"
     assert _env(rendered, "trainer")["PERENNIAL_CONTROL_PORT"] == "50051"
     assert _env(rendered, "trainer")["PERENNIAL_METRICS_PORT"] == "9100"
+    assert _env(rendered, "inference")["PERENNIAL_REST_PORT"] == "8000"
     service = rendered.one("Service", "inference")
     assert {(p["name"], p["port"], p["appProtocol"]) for p in service["spec"]["ports"]} == {
         ("grpc", 8001, "kubernetes.io/h2c"),
+        ("http", 8000, "http"),
         ("metrics", 9101, "http"),
     }
+
+
+@pytest.mark.parametrize("value_set", ["default", "full"])
+def test_the_rest_port_is_declared_served_and_allowed_where_the_service_listens(
+    render, value_set: str
+) -> None:
+    rendered = render(VALUE_SETS[value_set])
+    listening = int(_env(rendered, "inference")["PERENNIAL_REST_PORT"])
+    container = _pod_spec(rendered, "inference")["containers"][0]
+    assert {"name": "http", "containerPort": listening, "protocol": "TCP"} in container["ports"]
+    [port] = [
+        p for p in rendered.one("Service", "inference")["spec"]["ports"] if p["name"] == "http"
+    ]
+    assert port["targetPort"] == "http"
+    tls = VALUE_SETS[value_set].get("tls", {}).get("enabled", False)
+    assert port["appProtocol"] == ("https" if tls else "http")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert "httpGet" not in container[probe]  # gRPC health stays the probe
+    if rendered.all("NetworkPolicy"):
+        client_rule = rendered.one("NetworkPolicy", "inference")["spec"]["ingress"][0]
+        assert {"port": listening, "protocol": "TCP"} in client_rule["ports"]
 
 
 def test_with_tls_the_probes_exec_the_health_script_with_the_pod_certificates(render) -> None:
@@ -390,7 +413,10 @@ def test_network_policies(render) -> None:
     rendered = render(FULL)
     inference = rendered.one("NetworkPolicy", "inference")["spec"]
     grpc_rule, metrics_rule = inference["ingress"]
-    assert grpc_rule["ports"] == [{"port": 8001, "protocol": "TCP"}]
+    assert grpc_rule["ports"] == [
+        {"port": 8001, "protocol": "TCP"},  # gRPC
+        {"port": 8000, "protocol": "TCP"},  # REST
+    ]
     assert grpc_rule["from"] == FULL["networkPolicy"]["clientSelectors"]
     assert metrics_rule["from"] == FULL["networkPolicy"]["monitoringSelectors"]
     trainer = rendered.one("NetworkPolicy", "trainer")["spec"]

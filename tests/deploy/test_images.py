@@ -22,7 +22,7 @@ DOCKERFILES = {
     "trainer-cuda": ROOT / "services" / "trainer" / "Dockerfile.cuda",
 }
 PORTS = {
-    "inference": {"8001", "9101"},
+    "inference": {"8000", "8001", "9101"},
     "trainer": {"50051", "9100"},
     "trainer-cuda": {"50051", "9100"},
 }
