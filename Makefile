@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 DEBIAN_PACKAGES := redis-server wordnet-base prometheus dataset-fashion-mnist
 PROTO_OUT := shared
 
-.PHONY: help setup system venv proto proto-check lint docs lock demo test test-unit test-e2e bench-training bench-drift bench-learning bench-serving chart-sync chart-lint k8s k8s-check clean
+.PHONY: help setup system venv proto proto-check lint docs lock demo test test-unit test-e2e bench-training bench-drift bench-learning bench-serving bench-protocols bench-rest-servers bench-perf-analyzer chart-sync chart-lint k8s k8s-check clean
 
 help:
 	@echo "make demo        start broker, Redis, trainer, inference and stream WordNet through them"
@@ -20,6 +20,8 @@ help:
 	@echo "make bench-learning  learner x PET quality on WordNet and Fashion-MNIST -> docs/LEARNING.md"
 	@echo "make bench-drift     drift detectors vs river's defaults -> docs/DRIFT.md"
 	@echo "make bench-serving   inference vs KServe vs the in-process compute limit -> docs/BENCHMARKS.md"
+	@echo "make bench-protocols REST vs gRPC latency at concurrency 1 and 8 -> docs/BENCHMARKS.md"
+	@echo "make bench-perf-analyzer  perf_analyzer drives the service for one point -> docs/BENCHMARKS.md"
 	@echo "make k8s         sync the chart's rules/dashboard copies, regenerate deploy/k8s from helm/perennial"
 	@echo "make chart-lint  helm lint --strict, kubernetes-validate of deploy/k8s, hadolint of the Dockerfiles"
 
@@ -103,6 +105,26 @@ $(VENV_KSERVE)/.installed: bench/requirements-kserve.txt
 
 bench-serving: setup $(VENV_KSERVE)/.installed
 	$(PY) -m bench.serving --doc docs/BENCHMARKS.md $(BENCH_ARGS)
+
+# REST vs gRPC on one inference process (tritonclient.http / .grpc, concurrency 1 and 8); the
+# section also renders bench/rest-servers-results.json (bench-rest-servers: the HTTP servers
+# compared before choosing aiohttp, in their own venv .venv-rest).
+bench-protocols: setup
+	$(PY) -m bench.protocols --doc docs/BENCHMARKS.md $(BENCH_ARGS)
+
+VENV_REST := .venv-rest
+$(VENV_REST)/.installed: bench/requirements-rest-servers.txt
+	@test -x $(VENV_REST)/bin/python || $(PYTHON) -m venv $(VENV_REST)
+	$(VENV_REST)/bin/pip install --quiet -r bench/requirements-rest-servers.txt
+	@touch $@
+
+bench-rest-servers: $(VENV_REST)/.installed
+	$(VENV_REST)/bin/python bench/rest_servers.py --out bench/rest-servers-results.json
+
+# perf_analyzer (PyPI perf-analyzer) for one point on each protocol; on a glibc < 2.38 system it
+# runs through Debian 13's C/C++ runtime, downloaded with apt into .cache/ (bench/perf_analyzer.py).
+bench-perf-analyzer: setup
+	$(PY) -m bench.perf_analyzer --doc docs/BENCHMARKS.md $(BENCH_ARGS)
 
 # Kubernetes (helm/perennial, deploy/k8s). The chart embeds copies of the Prometheus rules and the
 # Grafana dashboard (Helm reads files only from inside a chart); chart-sync refreshes them.

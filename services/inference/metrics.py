@@ -14,13 +14,13 @@ class InferenceMetrics:
         common = metric_args("inference", registry)
         self.requests = Counter(
             "requests",
-            "ModelInfer requests by adapter and gRPC status code.",
+            "Inference requests (gRPC and REST) by adapter and gRPC status code.",
             ["adapter", "code"],
             **common,
         )
         self.request_duration = Histogram(
             "request_duration",
-            "ModelInfer latency by adapter and gRPC status code.",
+            "Inference latency (gRPC and REST) by adapter and gRPC status code.",
             ["adapter", "code"],
             unit="seconds",
             buckets=LATENCY_BUCKETS,
