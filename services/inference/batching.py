@@ -64,6 +64,7 @@ class Job(Generic[Key]):
     future: Future = field(default_factory=Future)
     cancelled: bool = False
     started: float | None = None  # when its batch reached the model (time.monotonic())
+    model_seconds: float | None = None  # how long its batch's model call took
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
@@ -183,6 +184,8 @@ class Batcher(Generic[Key, Result]):
             finally:
                 elapsed = time.monotonic() - now
                 self.metrics.batch_duration.observe(elapsed)
+            for job in live:
+                job.model_seconds = elapsed
             if self._on_executed is not None:
                 try:
                     self._on_executed(live, elapsed)

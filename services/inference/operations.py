@@ -31,7 +31,7 @@ from services.inference.batching import Batcher, BatchingConfig, Job
 from services.inference.metrics import InferenceMetrics
 from services.inference.model import Prediction, predict
 from services.inference.plane import DataPlane
-from services.inference.statistics import InferenceStatistics, RequestTimes
+from services.inference.statistics import InferenceStatistics, RequestTimes, triton_version
 from services.inference.tensors import decode_bytes, decode_fp32, element_count, typed_fp32
 
 log = logging.getLogger(__name__)
@@ -218,9 +218,18 @@ class InferenceOperations:
         return {"models": models}
 
     def model_statistics(self, name: str = "", version: str = "") -> dict:
-        """Statistics of resident versions: all, one adapter's, or one version's."""
+        """Statistics of resident versions: all, one adapter's, or one version's (named by its
+        id or, as the statistics name it, by its sequence number)."""
         plane = self._plane()
-        if name:
+        if name and version.isdigit():
+            wanted = [
+                key
+                for key in plane.resident()
+                if key[0] == name and triton_version(key[1]) == str(int(version))
+            ]
+            if not wanted:
+                raise NotFound(f"adapter {name!r} has no resident version with sequence {version}")
+        elif name:
             served = plane.get(model_name(name), version)
             wanted = (
                 [(name, served.version)]
@@ -275,6 +284,7 @@ class InferenceOperations:
             if served is not None:
                 if job is not None and job.started is not None:
                     times["queue"] = job.started - job.enqueued
+                    times["compute_infer"] = job.model_seconds or 0.0
                 self.statistics.record_request(
                     served.adapter, served.version, error is None, RequestTimes(elapsed, **times)
                 )
@@ -341,9 +351,12 @@ def model_name(name: str) -> str:
 
 
 def input_spec(backbone) -> tuple[str, str, list[int]]:
-    """(name, datatype, shape) of the model input: BYTES text, or FP32 images [N, (C,) H, W]."""
+    """(name, datatype, shape) of the model input: BYTES texts [N, 1] (or [N]), or FP32 images
+    [N, (C,) H, W]. Texts are advertised as [-1, 1], Triton's layout for one string per row:
+    load generators that build requests from the metadata (perf_analyzer) need a per-row
+    dimension; [N] is accepted as well."""
     if hasattr(backbone, "tokenize"):
-        return TEXT_INPUT, "BYTES", [-1]
+        return TEXT_INPUT, "BYTES", [-1, 1]
     return IMAGE_INPUT, "FP32", [-1, -1, -1, -1]
 
 
@@ -380,9 +393,10 @@ def _images(tensor: InputTensor) -> list[torch.Tensor]:
 
 
 def _texts(tensor: InputTensor) -> list[str]:
-    if len(tensor.shape) != 1:
+    shape = list(tensor.shape)
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
         raise InvalidInput(
-            f"input {TEXT_INPUT!r} has shape {list(tensor.shape)}; send a 1-D shape [N]"
+            f"input {TEXT_INPUT!r} has shape {shape}; send one text per row: [N] or [N, 1]"
         )
     count = element_count(tensor.shape)
     if tensor.raw is not None:

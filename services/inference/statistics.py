@@ -2,11 +2,17 @@
 them (Triton's `ModelStatistics`): request counts and cumulative durations of the queue and of
 the compute phases, model executions, and a breakdown by batch size.
 
-Phases of one request, in nanoseconds: `compute_input` = decoding and validating the request
-up to the batch queue; `queue` = waiting for its batch; `compute_infer` = the model call of that
-batch (shared by every request in it); `compute_output` = turning scores into output tensors.
-`success` / `fail` = the whole request on the server. One model call that runs rows of several
+Phases of one request, in nanoseconds, counted per request as Triton counts them (and all of
+one request's at once: perf_analyzer requires the compute counts to be equal):
+`compute_input` = decoding and validating the request up to the batch queue; `queue` =
+waiting for its batch; `compute_infer` = the model call of that batch (shared by every request
+in it); `compute_output` = turning scores into output tensors. `success` / `fail` = the whole
+request on the server. Executions are counted per model call: one that runs rows of several
 versions counts as one execution of each, with that version's rows as its batch size.
+
+Versions are reported as Triton names them, by an integer: our version ids are
+`v<sequence>-<sha256 prefix>`, so a version's statistics carry its sequence number
+(`v000012-3f2a...` → "12"); perf_analyzer parses the version with `std::stoll`.
 
 Memory is bounded: the least recently used entries beyond `max_entries` are dropped (the data
 plane reports only resident versions, so a dropped entry is one that left memory long ago).
@@ -14,11 +20,13 @@ plane reports only resident versions, so a dropped entry is one that left memory
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+VERSION_ID = re.compile(r"^v(\d+)-[0-9a-f]+$")  # perennial.store's version ids
 PHASES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 BATCH_PHASES = ("compute_input", "compute_infer", "compute_output")
 
@@ -47,12 +55,13 @@ class _VersionStats:
 
 @dataclass(frozen=True)
 class RequestTimes:
-    """Durations (seconds) of one answered request's phases; `None` where it did not get that far."""
+    """Durations (seconds) of one request and, if it was answered, of its phases."""
 
     total: float
-    compute_input: float | None = None
-    queue: float | None = None
-    compute_output: float | None = None
+    compute_input: float = 0.0
+    queue: float = 0.0
+    compute_infer: float = 0.0
+    compute_output: float = 0.0
 
 
 class InferenceStatistics:
@@ -80,9 +89,8 @@ class InferenceStatistics:
             entry.phases["success" if ok else "fail"].add(times.total)
             if not ok:
                 return
-            for phase in ("compute_input", "queue", "compute_output"):
-                if getattr(times, phase) is not None:
-                    entry.phases[phase].add(getattr(times, phase))
+            for phase in ("compute_input", "queue", "compute_infer", "compute_output"):
+                entry.phases[phase].add(getattr(times, phase))
 
     def record_execution(self, rows: dict[tuple[str, str], int], seconds: float) -> None:
         """One model call: `rows` per (adapter, version) it ran, `seconds` it took."""
@@ -91,7 +99,6 @@ class InferenceStatistics:
                 entry = self._entry(key)
                 entry.inference_count += count
                 entry.execution_count += 1
-                entry.phases["compute_infer"].add(seconds)
                 batch = entry.batches.setdefault(count, {p: _Duration() for p in BATCH_PHASES})
                 batch["compute_infer"].add(seconds)
 
@@ -107,7 +114,7 @@ class InferenceStatistics:
                 stats.append(
                     {
                         "name": adapter,
-                        "version": version,
+                        "version": triton_version(version),
                         "last_inference": entry.last_inference_ms,
                         "inference_count": entry.inference_count,
                         "execution_count": entry.execution_count,
@@ -120,3 +127,9 @@ class InferenceStatistics:
                     }
                 )
         return {"model_stats": stats}
+
+
+def triton_version(version: str) -> str:
+    """The integer Triton would name `version` by: its sequence number (else the id itself)."""
+    match = VERSION_ID.match(version)
+    return str(int(match[1])) if match else version

@@ -75,7 +75,7 @@ CASES = [
         "INVALID_ARGUMENT",
         "shape says 5",
     ),
-    ("2-D shape", lambda r: r.inputs[0].shape.append(1), "INVALID_ARGUMENT", "1-D shape"),
+    ("2-D shape", lambda r: r.inputs[0].shape.append(2), "INVALID_ARGUMENT", "[N] or [N, 1]"),
     (
         "negative dim",
         lambda r: r.inputs[0].shape.__setitem__(0, -1),

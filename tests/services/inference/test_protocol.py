@@ -79,7 +79,7 @@ def test_model_ready_and_metadata_describe_the_model(service, learner):
     assert metadata.versions == [manifest.version]
     assert metadata.platform == "perennial_lae"  # the learner that wrote this snapshot
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
-        ("text", "BYTES", [-1])
+        ("text", "BYTES", [-1, 1])  # one text per row; [N] is accepted too
     ]
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [
         ("probabilities", "FP32", [-1, 3]),
@@ -89,6 +89,19 @@ def test_model_ready_and_metadata_describe_the_model(service, learner):
     with pytest.raises(InferenceServerException) as caught:
         client.get_model_metadata("nope")
     assert caught.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_texts_as_n_by_1_give_the_same_answer_as_n(service, learner):
+    publish(service.store, learner)
+    service.ready()
+    flat = service_pb2.ModelInferRequest(model_name="demo")
+    flat.inputs.add(name="text", datatype="BYTES", shape=[3])
+    flat.raw_input_contents.append(encode_bytes([t.encode() for t in TEXTS]))
+    column = service_pb2.ModelInferRequest()
+    column.CopyFrom(flat)
+    column.inputs[0].shape[:] = [3, 1]  # Triton's layout, what perf_analyzer sends
+    stub = _stub(service)
+    assert stub.ModelInfer(column).raw_output_contents == stub.ModelInfer(flat).raw_output_contents
 
 
 def test_typed_contents_give_the_same_answer_as_raw(service, learner):

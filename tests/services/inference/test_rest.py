@@ -141,7 +141,7 @@ def test_plain_json_requests_as_curl_sends_them(ready):
     client = service.http_client()
     assert client.is_model_ready("demo") and not client.is_model_ready("nope")
     assert client.get_model_metadata("demo")["inputs"] == [
-        {"name": "text", "datatype": "BYTES", "shape": [-1]}
+        {"name": "text", "datatype": "BYTES", "shape": [-1, 1]}
     ]
 
 
