@@ -103,7 +103,8 @@ def section(results: dict) -> str:
         f"{results['python']}; the 2 cores were **shared** with other work (load average at "
         f"start {results['load_average']}). One inference process, one torch thread, one "
         f"model ({results['classes']} classes); {results['requests']} measured requests per "
-        f"point, one text per request; the points interleaved and the round repeated "
+        f"point (rounded down to a multiple of the concurrency), one text per request; the "
+        f"points interleaved and the round repeated "
         f"{results['repeats']} times. Median of the repeats, range in brackets.",
         "",
         "| protocol | concurrency | p50 ms | p99 ms | requests/s | errors |",
@@ -142,9 +143,13 @@ def _comparison(points: list[dict]) -> list[str]:
         }  # fmt: skip
         rest, grpc = statistics.median(p50["rest"]), statistics.median(p50["grpc"])
         overlap = min(p50["rest"]) <= max(p50["grpc"]) and min(p50["grpc"]) <= max(p50["rest"])
+        # the points are interleaved: each repeat compares the two under the same load
+        paired = [r - g for r, g in zip(p50["rest"], p50["grpc"], strict=True)]
         out.append(
             f"At concurrency {concurrency}, REST's median p50 is {rest - grpc:+.1f} ms against "
-            f"gRPC's ({rest / grpc:.2f}×); the repeats' ranges "
+            f"gRPC's ({rest / grpc:.2f}×); within each repeat, REST − gRPC is "
+            f"{statistics.median(paired):+.1f} ms in the median [{min(paired):+.1f} to "
+            f"{max(paired):+.1f}]; the repeats' ranges "
             + ("overlap: on this shared machine the difference is within the run-to-run spread."
                if overlap else "do not overlap.")
         )  # fmt: skip
