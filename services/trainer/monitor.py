@@ -82,10 +82,15 @@ class TrainerDriftMonitor:
             return True
         return False
 
-    def before_learning(self, adapter: str, learner, inputs: list, labels: Sequence[str]) -> None:
-        """Prequential evaluation of one micro-batch: `learner` predicts `inputs` *before* it
-        learns them (on the caller's thread: the model must not have moved), the rest is queued."""
-        predicted = learner.predict(inputs) if learner.classes else [None] * len(inputs)
+    def before_learning(
+        self, adapter: str, learner, inputs: list, labels: Sequence[str], predict: bool = True
+    ) -> None:
+        """One micro-batch before `learner` learns it: every label is queued (new classes are
+        counted for every example); with `predict`, `learner` also predicts `inputs` first (on
+        the caller's thread: the model must not have moved) for the concept-drift signal."""
+        predicted = (
+            learner.predict(inputs) if predict and learner.classes else [None] * len(inputs)
+        )
         self.submit_prequential(adapter, labels, predicted)
 
     def after_snapshot(
@@ -111,7 +116,8 @@ class TrainerDriftMonitor:
         self, adapter: str, labels: Sequence[str], predicted: Sequence[str | None]
     ) -> bool:
         """Queue one micro-batch: true labels and what the model predicted *before* learning
-        them (None where it could not predict, e.g. an empty head)."""
+        them (None where it did not predict: an empty head, or outside the prediction budget;
+        such examples count for new classes but not for the error rate)."""
         return self._worker.submit(adapter, self._prequential, list(labels), list(predicted))
 
     def submit_evaluation(self, adapter: str, accuracy: dict[str, float]) -> bool:
@@ -131,6 +137,7 @@ class TrainerDriftMonitor:
             state = self._states[adapter] = _TrainerState(self.concept.clone(), NewClass())
             self.metrics.detections.labels(adapter, "concept")
             self.metrics.new_classes.labels(adapter)
+            self.metrics.prequential.labels(adapter)
             self.metrics.dropped.labels(adapter)
         return state
 
@@ -147,6 +154,9 @@ class TrainerDriftMonitor:
                 self.metrics.new_classes.labels(adapter).inc()
                 log.info("new class", extra={"fields": {"adapter": adapter, "label": label}})
                 continue  # a class never seen cannot be predicted: that error is not concept drift
+            if guess is None:
+                continue  # not predicted (budget, empty head): no prequential outcome
+            self.metrics.prequential.labels(adapter).inc()
             state.concept.update(guess != label)
             if state.concept.drift_detected:
                 self.metrics.detections.labels(adapter, "concept").inc()

@@ -269,14 +269,17 @@ class Trainer:
             else:
                 batch.append(record.example)
         if batch:
-            if (
-                self._prequential_due()
-            ):  # predict-before-learn costs a prediction: keep it within budget
-                started = time.perf_counter()
-                self.drift.before_learning(
-                    adapter, state.learner, [e.text for e in batch], [e.label for e in batch]
-                )
-                self._prequential_seconds += time.perf_counter() - started
+            # Every example reaches the monitor (new classes are counted whatever the budget);
+            # only the prediction before learning, the concept-drift signal, is rationed.
+            started = time.perf_counter()
+            self.drift.before_learning(
+                adapter,
+                state.learner,
+                [e.text for e in batch],
+                [e.label for e in batch],
+                predict=self._prequential_due(),
+            )
+            self._prequential_seconds += time.perf_counter() - started
             started = time.perf_counter()
             loss = state.learner.learn([e.text for e in batch], [e.label for e in batch])
             elapsed = time.perf_counter() - started
@@ -353,6 +356,8 @@ class Trainer:
             metrics.update(
                 candidate_accuracy=verdict.candidate_accuracy, head_accuracy=verdict.head_accuracy
             )
+            served = verdict.candidate_accuracy if verdict.promote else verdict.head_accuracy
+            self.metrics.served_accuracy.labels(adapter).set(served)
         try:
             manifest = self.store.publish(
                 adapter,

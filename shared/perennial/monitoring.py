@@ -76,7 +76,7 @@ class NoMonitor:
 
     submit_prequential = submit_evaluation = submit_classes = submit
 
-    def before_learning(self, *args: object) -> None:
+    def before_learning(self, *args: object, **kwargs: object) -> None:
         return None
 
     after_snapshot = before_learning

@@ -13,7 +13,14 @@ from collections.abc import Callable
 import grpc
 import redis
 import torch
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    disable_created_metrics,
+    start_http_server,
+)
 
 from perennial import logs
 from perennial.backbone import TextBackbone
@@ -48,7 +55,7 @@ def start(service: str, settings: ProcessSettings) -> tuple[CollectorRegistry, t
     logs.configure(settings.log_level)
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
-    registry = CollectorRegistry()
+    registry = service_registry()
     try:
         start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
     except OSError as error:
@@ -68,6 +75,17 @@ def start(service: str, settings: ProcessSettings) -> tuple[CollectorRegistry, t
         "starting", extra={"fields": {"service": service, "metrics_port": settings.metrics_port}}
     )
     return registry, stop
+
+
+def service_registry() -> CollectorRegistry:
+    """The registry a service exposes: its own metrics plus the default process (`process_*`),
+    platform and GC (`python_*`) collectors; no `*_created` series (they double the series
+    count and no rule or panel reads them)."""
+    disable_created_metrics()
+    registry = CollectorRegistry()
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    return registry
 
 
 def _bind_error(field: str, port: int, error: OSError | RuntimeError) -> str:

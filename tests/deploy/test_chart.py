@@ -279,6 +279,26 @@ def test_prometheus_rule_embeds_the_rules_with_a_configurable_release_label(rend
     )
 
 
+def test_alert_runbook_urls_are_built_from_the_chart_value(render) -> None:
+    base = "https://runbooks.internal/perennial/RUNBOOK.md"
+    rule = render(
+        {"monitoring": {"prometheusRule": {"enabled": True}, "runbookUrl": base}}
+    ).one("PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert alerts
+    for alert in alerts:
+        assert alert["annotations"]["runbook_url"] == f"{base}#{alert['alert'].lower()}"
+
+
+def test_service_monitor_labels_series_with_the_release(render) -> None:
+    monitor = render({"monitoring": {"serviceMonitor": {"enabled": True}}}).one("ServiceMonitor")
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert {
+        "sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"],
+        "targetLabel": "release",
+    } in endpoint["relabelings"]
+
+
 def test_grafana_dashboard_config_map(render) -> None:
     rendered = render(FULL)
     [dashboard] = [

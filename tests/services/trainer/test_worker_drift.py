@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from perennial.codec import Example
@@ -21,15 +22,18 @@ TEXTS = {
 }
 
 
+@pytest.mark.parametrize("budget", [1.0, 0.0], ids=["every-batch", "no-prediction"])
 def test_prequential_new_classes_and_forgetting_reach_the_metrics(
-    redis_client, tiny_backbone
+    redis_client, tiny_backbone, budget: float
 ) -> None:
+    """New classes and forgetting are counted whatever the prediction budget (the budget only
+    rations the predictions behind the concept-drift signal)."""
     registry = CollectorRegistry()
     settings = TrainerSettings(
         kafka_bootstrap="unused:9092",
         redis_url="redis://unused",
         batch_size=4,
-        prequential_budget=1.0,
+        prequential_budget=budget,
         snapshot_every_examples=8,
         snapshot_every_seconds=3600,
         batch_wait_seconds=3600,
@@ -61,6 +65,8 @@ def test_prequential_new_classes_and_forgetting_reach_the_metrics(
         return registry.get_sample_value(name, {"adapter": "ad", **labels})
 
     assert sample("perennial_trainer_new_classes_total") == 3
+    predicted = sample("perennial_trainer_prequential_examples_total")
+    assert predicted > 0 if budget else predicted == 0
     assert 0 <= sample("perennial_trainer_prequential_error_ratio") <= 1
     assert sample("perennial_trainer_drift_detections_total", signal="concept") is not None
     assert sample("perennial_trainer_guardrail_holds_total") is not None  # exported before any hold
