@@ -286,9 +286,7 @@ def noise_series(points: int = 5000) -> list[Series]:
     """Drift-free streams of the shapes above: the check that the correction calibrates."""
     rng = np.random.default_rng(SEED)
     return [
-        Series(
-            f"Gaussian noise, {d}-d", NOISE, rng.normal(size=(points, d)), [], "real", "i.i.d."
-        )
+        Series(f"Gaussian noise, {d}-d", NOISE, rng.normal(size=(points, d)), [], "real", "i.i.d.")
         for d in (1, 8, COMPONENTS)
     ] + [
         Series(
@@ -523,7 +521,9 @@ class Totals:
         return statistics.median(self.delays) if self.delays else None
 
     def cell(self) -> str:
-        return f"{self.detected}/{self.change_points} · {self.false_alarms} · {_median(self.delays)}"
+        return (
+            f"{self.detected}/{self.change_points} · {self.false_alarms} · {_median(self.delays)}"
+        )
 
 
 def totals(results: dict, names: list[str], detector: str) -> Totals:

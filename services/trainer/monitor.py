@@ -88,9 +88,7 @@ class TrainerDriftMonitor:
         """One micro-batch before `learner` learns it: every label is queued (new classes are
         counted for every example); with `predict`, `learner` also predicts `inputs` first (on
         the caller's thread: the model must not have moved) for the concept-drift signal."""
-        predicted = (
-            learner.predict(inputs) if predict and learner.classes else [None] * len(inputs)
-        )
+        predicted = learner.predict(inputs) if predict and learner.classes else [None] * len(inputs)
         self.submit_prequential(adapter, labels, predicted)
 
     def after_snapshot(

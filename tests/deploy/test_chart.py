@@ -281,9 +281,9 @@ def test_prometheus_rule_embeds_the_rules_with_a_configurable_release_label(rend
 
 def test_alert_runbook_urls_are_built_from_the_chart_value(render) -> None:
     base = "https://runbooks.internal/perennial/RUNBOOK.md"
-    rule = render(
-        {"monitoring": {"prometheusRule": {"enabled": True}, "runbookUrl": base}}
-    ).one("PrometheusRule")
+    rule = render({"monitoring": {"prometheusRule": {"enabled": True}, "runbookUrl": base}}).one(
+        "PrometheusRule"
+    )
     alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
     assert alerts
     for alert in alerts:

@@ -93,10 +93,13 @@ def test_every_aggregation_keeps_namespace_and_cluster_and_every_by_keeps_job() 
     across the trainer and inference jobs match on release instead of job."""
     groups = yaml.safe_load(RULES.read_text())["groups"]
     for rule in (r for g in groups for r in g["rules"]):
-        for kind, labels in re.findall(r"\b(by|on)\s*\(([^)]*)\)", rule["expr"]):
+        for labels in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", rule["expr"]):
             names = {label.strip() for label in labels.split(",")}
             assert {"cluster", "namespace"} <= names, (rule.get("record") or rule["alert"], labels)
-            assert "job" in names or "release" in names, (rule.get("record") or rule["alert"], labels)
+            assert "job" in names or "release" in names, (
+                rule.get("record") or rule["alert"],
+                labels,
+            )
 
 
 def test_recorded_series_are_named_after_their_aggregation_level() -> None:
