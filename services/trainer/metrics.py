@@ -88,6 +88,8 @@ class TrainerMetrics:
             ["dependency"],
             **common,
         )
+        for dependency in ("redis", "kafka"):  # exported (0) before the first failure
+            self.dependency_errors.labels(dependency)
 
 
 class TrainerDriftMetrics:

@@ -222,7 +222,10 @@ class Trainer:
             self.drift.submit_classes(
                 adapter, state.learner.classes
             )  # known classes are not new arrivals
-            self.metrics.guardrail_holds.labels(adapter)  # the series exists before the first hold
+            # Series exist (at 0) before the first event, so rates and increase() see it.
+            self.metrics.guardrail_holds.labels(adapter)
+            self.metrics.skipped.labels(adapter)
+            self.metrics.paused.labels(adapter).set(int(state.paused))
         return state
 
     def _load(self, adapter: str) -> AdapterState:
