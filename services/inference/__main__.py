@@ -8,7 +8,7 @@ import threading
 
 from grpc_health.v1 import health
 
-from perennial import redis_connect, runtime
+from perennial import redis_connect, runtime, tracing
 from perennial.grpc_security import ServerSecurity
 from perennial.store import SnapshotStore
 from services.inference.metrics import InferenceDriftMetrics, InferenceMetrics
@@ -30,7 +30,13 @@ def serve(settings: InferenceSettings) -> None:
     servicer = InferenceServicer(metrics, settings.batching())
     health_servicer = health.HealthServicer()
     set_health(health_servicer, False)  # NOT_SERVING until the backbone is loaded
-    server = build_server(servicer, health_servicer, settings.server(), security)
+    server = build_server(
+        servicer,
+        health_servicer,
+        settings.server(),
+        security,
+        tracing=tracing.server_interceptors(bool(settings.tracing_endpoint)),
+    )
     runtime.listen(server, security, settings.grpc_host, settings.grpc_port, "grpc_port")
     # the same operations over HTTP/JSON: one batcher, one set of limits, metrics and statistics
     rest = RestServer(servicer.operations, settings.rest(), security)
@@ -61,6 +67,7 @@ def serve(settings: InferenceSettings) -> None:
 
     stop.wait()
     servicer.drain(server, health_servicer, grace=settings.drain_seconds, others=[rest.stop])
+    tracing.shutdown()
     log.info("stopped")
 
 

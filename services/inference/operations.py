@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from opentelemetry import trace
 
 from perennial import __version__
 from perennial.errors import InvalidInput, NotFound, NotReady
@@ -263,6 +264,9 @@ class InferenceOperations:
                 )
             plane.validate(rows)
             served = plane.get(model_name(request.model_name), request.model_version)
+            span = trace.get_current_span()  # the gRPC server span, when tracing is on
+            span.set_attribute("perennial.adapter", served.adapter)
+            span.set_attribute("perennial.version", served.version)
             deadline = _deadline(deadline, request.parameters)
             times["compute_input"] = time.perf_counter() - started
             job = self.batcher.submit(served, rows, deadline)

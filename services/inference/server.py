@@ -210,12 +210,13 @@ def build_server(
     health_servicer: health.HealthServicer,
     config: ServerConfig = ServerConfig(),
     security: ServerSecurity = ServerSecurity(),
+    tracing: Sequence[grpc.ServerInterceptor] = (),
 ) -> grpc.Server:
     """A gRPC server with the inference, health and reflection services; add a port with
-    `security.add_port(server, address)`."""
+    `security.add_port(server, address)`. `tracing`: the span interceptor, outermost."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
-        interceptors=[*security.interceptors(), DomainErrorInterceptor()],
+        interceptors=[*tracing, *security.interceptors(), DomainErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),

@@ -10,7 +10,7 @@ from grpc_health.v1 import health
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from perennial import device, redis_connect, runtime
+from perennial import device, redis_connect, runtime, tracing
 from perennial.grpc_security import ServerSecurity
 from perennial.store import SnapshotStore
 from services.trainer.control import ControlServicer, build_control_server, set_health
@@ -35,7 +35,14 @@ def serve(settings: TrainerSettings) -> None:
     health_servicer = health.HealthServicer()
     set_health(health_servicer, False)  # NOT_SERVING, control calls UNAVAILABLE, until attached
     control = ControlServicer()
-    server = build_control_server(control, health_servicer, interceptors=security.interceptors())
+    server = build_control_server(
+        control,
+        health_servicer,
+        interceptors=[
+            *tracing.server_interceptors(bool(settings.tracing_endpoint)),
+            *security.interceptors(),
+        ],
+    )
     runtime.listen(server, security, settings.control_host, settings.control_port, "control_port")
     server.start()
 
@@ -79,6 +86,7 @@ def serve(settings: TrainerSettings) -> None:
         ingest.close()  # commits what that snapshot covers
         server.stop(grace=5).wait()
         producer.close()
+        tracing.shutdown()
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from perennial import codec
+from perennial import codec, tracing
 from services.trainer.events import EventPublisher
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.settings import TrainerSettings
@@ -29,6 +29,16 @@ POLL_TIMEOUT_MS = 1000  # kafka-python 3.0.12 may discard a group join whose pol
 
 def partition_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
+
+
+def incoming_of(record, example: codec.Example) -> Incoming:
+    """A validated record for the training thread, with the producer's trace context if sent."""
+    return Incoming(
+        partition_key(record.topic, record.partition),
+        record.offset,
+        example,
+        tracing.extract_link(record.headers),
+    )
 
 
 class Ingest:
@@ -88,11 +98,7 @@ class Ingest:
             for record in records:
                 example = self._validate(record)
                 if example is not None:
-                    incoming.append(
-                        Incoming(
-                            partition_key(record.topic, record.partition), record.offset, example
-                        )
-                    )
+                    incoming.append(incoming_of(record, example))
         self.trainer.deliver(incoming)
         self._apply_backpressure()
         self._report_lag()

@@ -31,7 +31,9 @@ from typing import Any
 
 import redis
 import torch
+from opentelemetry import trace
 
+from perennial import tracing
 from perennial.backbone import TextBackbone
 from perennial.codec import Example
 from perennial.errors import InvalidInput, NotFound
@@ -61,6 +63,7 @@ class Incoming:
     partition: str  # "topic:partition"
     offset: int
     example: Example
+    link: trace.Link | None = None  # the producer's span, when the record carried its context
 
 
 @dataclass
@@ -79,6 +82,7 @@ class AdapterState:
     paused: bool = False
     held_reason: str = ""
     last_error: str = ""
+    learned: list[trace.Link] = field(default_factory=list)  # micro-batch spans not snapshotted
 
     @property
     def dirty(self) -> bool:
@@ -97,8 +101,10 @@ class Trainer:
         events: EventPublisher,
         learner_config: LearnerConfig | None = None,
         drift: TrainerDriftMonitor | NoMonitor | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.settings = settings
+        self.tracer = tracer or tracing.tracer()  # no-op unless tracing is configured
         self.drift = (
             drift if drift is not None else NoMonitor()
         )  # concept drift, new classes, forgetting
@@ -261,8 +267,26 @@ class Trainer:
                 self._consume(adapter, state, len(state.pending))
 
     def _consume(self, adapter: str, state: AdapterState, size: int) -> None:
-        """Take `size` records: hold some out for the guardrail, train on the rest."""
+        """Take `size` records: hold some out for the guardrail, train on the rest (one span,
+        linked to the producers' spans of its records)."""
         records = [state.pending.popleft() for _ in range(size)]
+        with self.tracer.start_as_current_span(
+            "learn",
+            links=tracing.links(record.link for record in records),
+            attributes={
+                "perennial.adapter": adapter,
+                "perennial.examples": len(records),
+                "perennial.kafka.offsets": _offset_ranges(records),
+            },
+        ) as span:
+            self._learn(adapter, state, records)
+        if span.get_span_context().is_valid:
+            state.learned.append(trace.Link(span.get_span_context()))
+        self._since_snapshot += len(records)
+        if self._since_snapshot >= self.settings.snapshot_every_examples:
+            self.snapshot_all()
+
+    def _learn(self, adapter: str, state: AdapterState, records: list[Incoming]) -> None:
         batch = []
         for record in records:
             label = record.example.label
@@ -294,9 +318,6 @@ class Trainer:
         for record in records:
             state.applied[record.partition] = record.offset + 1
             state.new_event_times.append(record.example.event_time)
-        self._since_snapshot += len(records)
-        if self._since_snapshot >= self.settings.snapshot_every_examples:
-            self.snapshot_all()
 
     def _prequential_due(self) -> bool:
         """Whether this micro-batch gets a prequential evaluation (the concept-drift signal):
@@ -334,6 +355,29 @@ class Trainer:
         self._update_safe_offsets()
 
     def _snapshot(self, adapter: str, state: AdapterState, force_promote: bool = False) -> Manifest:
+        """Publish one snapshot in a span linked to the micro-batches it contains."""
+        with self.tracer.start_as_current_span(
+            "snapshot",
+            links=tracing.links(state.learned[-128:]),
+            attributes={"perennial.adapter": adapter},
+        ) as span:
+            manifest = self._publish(adapter, state, force_promote)
+            span.set_attributes(
+                {
+                    "perennial.version": manifest.version,
+                    "perennial.parent": manifest.parent or "",
+                    "perennial.examples": manifest.examples,
+                    "perennial.promoted": state.head is manifest,
+                    "perennial.kafka.offsets": [
+                        f"{partition}={offset}"
+                        for partition, offset in sorted(manifest.offsets.items())
+                    ],
+                }
+            )
+            state.learned = []
+            return manifest
+
+    def _publish(self, adapter: str, state: AdapterState, force_promote: bool) -> Manifest:
         started = time.perf_counter()
         verdict = None
         tensors, metadata = state.learner.state()
@@ -537,3 +581,12 @@ class Trainer:
         state.paused = paused
         self.metrics.paused.labels(adapter).set(int(paused))
         return state
+
+
+def _offset_ranges(records: list[Incoming]) -> list[str]:
+    """ "topic:partition=first-last" per partition of a micro-batch (a span attribute)."""
+    ranges: dict[str, list[int]] = {}
+    for record in records:
+        span = ranges.setdefault(record.partition, [record.offset, record.offset])
+        span[0], span[1] = min(span[0], record.offset), max(span[1], record.offset)
+    return [f"{p}={first}-{last}" for p, (first, last) in sorted(ranges.items())]

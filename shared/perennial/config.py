@@ -89,6 +89,16 @@ class ProcessSettings(Settings):
     drift_queue_size: int = Field(
         1024, ge=2, description="batches waiting for the drift monitor's thread; more are dropped"
     )
+    tracing_endpoint: str = Field(
+        "",
+        description="OTLP/gRPC collector for OpenTelemetry traces, e.g. http://otel-collector:4317 (empty: tracing off)",
+    )
+    tracing_sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="share of new traces sampled (a sampled parent, e.g. a producer's, is always followed)",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

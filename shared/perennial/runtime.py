@@ -22,7 +22,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from perennial import logs
+from perennial import logs, tracing
 from perennial.backbone import TextBackbone
 from perennial.config import ConfigError, ProcessSettings, Settings, help_requested, variable
 from perennial.grpc_security import ServerSecurity
@@ -53,6 +53,9 @@ def main(service: str, settings_class: type[Settings], run: Callable[[Settings],
 def start(service: str, settings: ProcessSettings) -> tuple[CollectorRegistry, threading.Event]:
     """Configure logging and torch threads, serve /metrics, turn SIGTERM/SIGINT into an event."""
     logs.configure(settings.log_level)
+    tracing.configure(
+        f"perennial-{service}", settings.tracing_endpoint, settings.tracing_sample_ratio
+    )
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     registry = service_registry()

@@ -131,12 +131,13 @@ def start_service(redis_client, tiny_backbone) -> Iterator[Callable[..., Service
         security: ServerSecurity = ServerSecurity(),
         server_config: ServerConfig = ServerConfig(workers=16),
         backbone=None,
+        tracing=(),
     ) -> Service:
         registry = CollectorRegistry()
         metrics = InferenceMetrics(registry)
         servicer, health_servicer = InferenceServicer(metrics, batching), health.HealthServicer()
         set_health(health_servicer, False)
-        server = build_server(servicer, health_servicer, server_config, security)
+        server = build_server(servicer, health_servicer, server_config, security, tracing)
         port = security.add_port(server, f"127.0.0.1:{free_port()}")
         server.start()
         rest_config = RestConfig(server_config.workers, server_config.max_message_bytes)
