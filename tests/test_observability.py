@@ -169,7 +169,7 @@ def query(client: triton.InferenceServerClient, texts: list[str]) -> None:
         client.infer(ADAPTER, [tensor])
 
 
-def test_drift_detected_after_the_injected_drift_and_every_panel_has_data(stack) -> None:
+def test_drift_detected_after_the_injected_drift_and_every_panel_has_data(stack, tmp_path) -> None:
     prometheus: PrometheusServer = stack["prometheus"]
     started = time.time()
     wait_for(prometheus.targets_up, 60, "both services scraped")
@@ -286,6 +286,23 @@ def test_drift_detected_after_the_injected_drift_and_every_panel_has_data(stack)
         if r["health"] != "ok"
     ]
     assert unhealthy == []
+
+    # 5. Everything both services wrote (stdout and stderr share one file each) is JSON lines,
+    # shutdown included: no progress bar, no plain-text warning, no repr.
+    for service, name in ((stack["trainer"], "trainer.log"), (stack["inference"], "inference.log")):
+        service.stop()
+        lines = (tmp_path / name).read_text().splitlines()
+        assert len(lines) > 5, name
+        not_json = [line for line in lines if not _is_json_object(line)]
+        assert not_json == [], f"{name}: {len(not_json)} lines are not JSON: {not_json[:5]}"
+        assert not [e for e in map(json.loads, lines) if "log_error" in e], name
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def _epoch(rfc3339: str) -> float:

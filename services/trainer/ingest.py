@@ -205,7 +205,11 @@ class Ingest:
     def on_assigned(self, partitions: set[TopicPartition]) -> None:
         log.info(
             "partitions assigned",
-            extra={"fields": {"partitions": sorted(str(tp) for tp in partitions)}},
+            extra={
+                "fields": {
+                    "partitions": sorted(partition_key(tp.topic, tp.partition) for tp in partitions)
+                }
+            },
         )
 
     def assigned(self) -> list[str]:
