@@ -125,6 +125,7 @@ class InferenceDriftMonitor:
                     reference_size=c.input_reference,
                     window_size=c.input_window,
                     alpha=c.input_alpha,
+                    min_window=min(16, c.input_window),
                 ),
                 PredictionDrift(
                     reference_size=c.prediction_reference,

@@ -7,13 +7,15 @@ arguments (`clone()` and `repr` work), state is private and rebuilt by
 a change. River already has the detectors for the error stream (ADWIN, HDDM_A,
 HDDM_W, ...) and the null object (`NoDrift`); this module adds what it lacks:
 
-- `EmbeddingDrift` — input drift of vectors (embeddings) against a reference window:
+- `EmbeddingDrift` — input drift of vectors (embeddings) against the recent past:
   two-sample Kolmogorov–Smirnov tests along the principal components of the pooled
-  windows, with a Bonferroni correction over the components (docs/DRIFT.md: why not MMD).
+  sample, on several window lengths, Bonferroni-corrected (docs/DRIFT.md: why not MMD).
 - `PredictionDrift` — drift of a categorical stream (predicted classes): Jensen–Shannon
   divergence between a reference and a recent window, calibrated by the G-test.
-- `ErrorRateDrift` — concept drift on prequential errors (0/1), wrapping a river
-  binary detector (default `HDDMA`, one-sided: only a *rising* error is a drift).
+- `RateRise` — a rise of a 0/1 rate: one-sided exact (Fisher) tests on several window
+  lengths against the past, Bonferroni-corrected.
+- `ErrorRateDrift` — concept drift on prequential errors (0/1), wrapping a binary
+  detector (default `RateRise`: only a *rising* error is a drift) and the exported rate.
 - `NewClass` — a label never seen before.
 """
 
@@ -25,10 +27,16 @@ from collections.abc import Hashable, Iterable, Sequence
 import numpy as np
 from river import base
 from river.drift import NoDrift
-from river.drift.binary import HDDMA
 from scipy import stats
 
-__all__ = ["EmbeddingDrift", "ErrorRateDrift", "NewClass", "NoDrift", "PredictionDrift"]
+__all__ = [
+    "EmbeddingDrift",
+    "ErrorRateDrift",
+    "NewClass",
+    "NoDrift",
+    "PredictionDrift",
+    "RateRise",
+]
 
 
 def _check(name: str, value: float, low: float, high: float = float("inf")) -> None:
@@ -37,34 +45,36 @@ def _check(name: str, value: float, low: float, high: float = float("inf")) -> N
 
 
 class EmbeddingDrift(base.DriftDetector):
-    """Input drift of a vector stream: KS tests along principal components vs a reference.
+    """Input drift of a vector stream: multi-scale KS tests along principal components.
 
-    The first `reference_size` vectors form the reference. Every `check_every` updates,
-    once `window_size` more have arrived, the most recent `window_size` vectors are
-    compared with the reference along the top `projections` principal components of
-    the two windows pooled (every coordinate, when vectors have at most `projections`
-    of them): one two-sample Kolmogorov–Smirnov test per direction — "PCA + univariate
-    KS + Bonferroni", among the best detectors for embeddings in Rabanser et al.
-    (2019, "Failing loudly"). The components are fitted on the pooled sample without
-    knowing which window a vector came from, so they include directions that only the
-    new data spans (new classes) while treating both windows alike under no drift.
-    Drift is declared when the smallest p-value times the number of tests (Bonferroni;
-    Holm rejects the global null exactly when Bonferroni does) is below `alpha`. After
-    a drift the recent window becomes the new reference, so the detector re-arms on
-    the new regime.
+    Every `check_every` updates, the most recent `w` vectors are compared with the vectors
+    before them (those since the start or the last alarm, at most `reference_size`), for
+    each window `w` in `window_size`, `window_size / 2`, … down to `min_window`: a short
+    window catches a large change within a few dozen vectors, a long one a subtle change.
+    Each comparison is one two-sample Kolmogorov–Smirnov test per direction — the top
+    `projections` principal components of the pooled sample (every coordinate, when
+    vectors have at most `projections` of them): "PCA + univariate KS + Bonferroni", among
+    the best detectors for embeddings in Rabanser et al. (2019, "Failing loudly"). The
+    components are fitted without knowing which window a vector came from, so they include
+    directions that only the new data spans (new classes) while treating both windows alike
+    under no drift. Drift is declared when the smallest p-value times the number of tests
+    (directions × windows: Bonferroni) is below `alpha`. After a drift the window that
+    found it becomes the reference, so the detector re-arms on the new regime.
 
     Parameters
     ----------
     reference_size
-        Vectors in the reference window.
+        Most vectors in the reference (the oldest are dropped).
     window_size
-        Vectors in the recent window that is tested.
+        Vectors in the longest recent window tested.
     projections
         Principal components (of reference and window pooled) that are tested.
     alpha
-        Family-wise false-alarm probability of one test.
+        Family-wise false-alarm probability of one check.
     check_every
-        Updates between two tests.
+        Updates between two checks.
+    min_window
+        Vectors in the shortest recent window tested (and the least reference a test needs).
 
     Examples
     --------
@@ -76,7 +86,7 @@ class EmbeddingDrift(base.DriftDetector):
     ...     detector.update(x)
     ...     if detector.drift_detected:
     ...         print(f"change detected at index {i}")
-    change detected at index 667
+    change detected at index 639
     """
 
     def __init__(
@@ -86,54 +96,63 @@ class EmbeddingDrift(base.DriftDetector):
         projections: int = 16,
         alpha: float = 0.001,
         check_every: int = 16,
+        min_window: int = 16,
     ) -> None:
         _check("reference_size", reference_size, 2)
         _check("window_size", window_size, 2)
         _check("projections", projections, 1)
         _check("alpha", alpha, 0.0, 1.0)
         _check("check_every", check_every, 1)
+        _check("min_window", min_window, 2, window_size)
         super().__init__()
         self.reference_size = reference_size
         self.window_size = window_size
         self.projections = projections
         self.alpha = alpha
         self.check_every = check_every
+        self.min_window = min_window
         self._reset()
 
     def _reset(self) -> None:
         super()._reset()
         self._dim: int | None = None
-        self._reference: list[np.ndarray] = []
-        self._window: deque[np.ndarray] = deque(maxlen=self.window_size)
+        self._buffer: deque[np.ndarray] = deque(maxlen=self.reference_size + self.window_size)
         self._since_check = 0
         self._score = 0.0
         self._p_value = 1.0
         self._n = 0
 
+    _method = "auto"  # exact p-values for small windows: the asymptotic ones are too small there
+
+    @property
+    def windows(self) -> list[int]:
+        """The recent windows tested: window_size, halved down to min_window."""
+        sizes, size = [], self.window_size
+        while size >= self.min_window:
+            sizes.append(size)
+            size //= 2
+        return sizes
+
     @property
     def score(self) -> float:
-        """Largest KS statistic of the last test (0 = same distributions, 1 = disjoint)."""
+        """Largest KS statistic of the last check (0 = same distributions, 1 = disjoint)."""
         return self._score
 
     @property
     def p_value(self) -> float:
-        """Bonferroni-adjusted p-value of the last test."""
+        """Bonferroni-adjusted p-value of the last check."""
         return self._p_value
 
     @property
     def n_seen(self) -> int:
         return self._n
 
-    def _directions(
-        self, reference: np.ndarray, recent: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Both windows along the pooled sample's top principal components (or the coordinates)."""
-        if reference.shape[1] <= self.projections:
-            return reference, recent
-        pooled = np.concatenate([reference, recent])
-        mean = pooled.mean(0)
-        basis = _top_components(pooled - mean, self.projections)
-        return (reference - mean) @ basis, (recent - mean) @ basis
+    def _directions(self, sample: np.ndarray) -> np.ndarray:
+        """The sample along its top principal components (or its coordinates)."""
+        if sample.shape[1] <= self.projections:
+            return sample
+        centred = sample - sample.mean(0)
+        return centred @ _top_components(centred, self.projections)
 
     def update(self, x: Sequence[float] | np.ndarray) -> None:
         """Add one vector."""
@@ -144,25 +163,32 @@ class EmbeddingDrift(base.DriftDetector):
         elif vector.shape[0] != self._dim:
             raise ValueError(f"expected vectors of size {self._dim}, got {vector.shape[0]}")
         self._n += 1
-        if len(self._reference) < self.reference_size:
-            self._reference.append(vector)
-            return
-        self._window.append(vector)
+        self._buffer.append(vector)
         self._since_check += 1
-        if len(self._window) < self.window_size or self._since_check < self.check_every:
+        if self._since_check < self.check_every:
             return
         self._since_check = 0
-        reference, recent = self._directions(np.stack(self._reference), np.stack(self._window))
-        tests = [
-            stats.ks_2samp(reference[:, j], recent[:, j], method="asymp")
-            for j in range(reference.shape[1])
-        ]
-        self._score = max(float(t.statistic) for t in tests)
-        self._p_value = min(1.0, len(tests) * min(float(t.pvalue) for t in tests))
+        available = len(self._buffer)
+        windows = [w for w in self.windows if available - w >= max(self.min_window, w // 2)]
+        if not windows:
+            return
+        sample = self._directions(np.stack(self._buffer))
+        best_p, best_score, found = 1.0, 0.0, None
+        for w in windows:
+            reference = sample[max(0, available - w - self.reference_size) : available - w]
+            result = stats.ks_2samp(reference, sample[available - w :], method=self._method, axis=0)
+            p = float(np.min(result.pvalue))
+            best_score = max(best_score, float(np.max(result.statistic)))
+            if p < best_p:
+                best_p, found = p, w
+        tests = len(windows) * sample.shape[1]
+        self._score = best_score
+        self._p_value = min(1.0, tests * best_p)
         if self._p_value < self.alpha:
             self._drift_detected = True
-            self._reference = list(self._window)[-self.reference_size :]
-            self._window.clear()
+            recent = list(self._buffer)[-found:]
+            self._buffer.clear()
+            self._buffer.extend(recent)
 
 
 def _top_components(centred: np.ndarray, k: int, oversample: int = 8, power: int = 2) -> np.ndarray:
@@ -289,12 +315,117 @@ class PredictionDrift(base.DriftDetector):
             self._window.clear()
 
 
+class RateRise(base.BinaryDriftDetector):
+    """A rise of a 0/1 rate (errors): one-sided multi-scale exact tests vs the past.
+
+    Every `check_every` updates, the rate of the last `w` outcomes is compared with the
+    rate of the outcomes before them (since the start or the last alarm, at most
+    `reference_size`), for `w` in `window_size`, `window_size / 2`, … down to `min_window`,
+    by Fisher's exact test, one-sided: only a *higher* recent rate counts, so a model whose
+    error falls while it learns never alarms. Drift is declared when the smallest p-value
+    times the number of windows tested (Bonferroni) is below `alpha`; the window that found
+    it then becomes the reference.
+
+    Parameters
+    ----------
+    reference_size
+        Most outcomes in the reference (the oldest are dropped).
+    window_size
+        Outcomes in the longest recent window tested.
+    alpha
+        False-alarm probability of one check.
+    check_every
+        Updates between two checks.
+    min_window
+        Outcomes in the shortest recent window tested (and the least reference a test needs).
+
+    Examples
+    --------
+    >>> import random
+    >>> rng = random.Random(1)
+    >>> errors = [rng.random() < 0.1 for _ in range(1000)] + [rng.random() < 0.5 for _ in range(500)]
+    >>> detector = RateRise()
+    >>> for i, error in enumerate(errors):
+    ...     detector.update(error)
+    ...     if detector.drift_detected:
+    ...         print(f"change detected at index {i}")
+    change detected at index 1023
+    """
+
+    def __init__(
+        self,
+        reference_size: int = 1000,
+        window_size: int = 256,
+        alpha: float = 0.001,
+        check_every: int = 16,
+        min_window: int = 32,
+    ) -> None:
+        _check("reference_size", reference_size, 2)
+        _check("window_size", window_size, 2)
+        _check("alpha", alpha, 0.0, 1.0)
+        _check("check_every", check_every, 1)
+        _check("min_window", min_window, 2, window_size)
+        super().__init__()
+        self.reference_size = reference_size
+        self.window_size = window_size
+        self.alpha = alpha
+        self.check_every = check_every
+        self.min_window = min_window
+        self._reset()
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._outcomes: deque[int] = deque(maxlen=self.reference_size + self.window_size)
+        self._since_check = 0
+        self._p_value = 1.0
+
+    @property
+    def p_value(self) -> float:
+        """Bonferroni-adjusted p-value of the last check."""
+        return self._p_value
+
+    def update(self, x: bool | int) -> None:
+        """Add one outcome: 1/True (an error) or 0/False."""
+        self._drift_detected = False
+        self._outcomes.append(int(bool(x)))
+        self._since_check += 1
+        if self._since_check < self.check_every:
+            return
+        self._since_check = 0
+        outcomes = np.fromiter(self._outcomes, dtype=np.int64)
+        available, best_p, found, tested = len(outcomes), 1.0, None, 0
+        size = self.window_size
+        while size >= self.min_window:
+            if available - size >= max(self.min_window, size // 2):
+                tested += 1
+                recent = int(outcomes[available - size :].sum())
+                reference = outcomes[
+                    max(0, available - size - self.reference_size) : available - size
+                ]
+                total = len(reference) + size
+                # P(at least `recent` of the errors fall in the recent window | all errors)
+                p = float(
+                    stats.hypergeom.sf(recent - 1, total, recent + int(reference.sum()), size)
+                )
+                if p < best_p:
+                    best_p, found = p, size
+            size //= 2
+        if not tested:
+            return
+        self._p_value = min(1.0, tested * best_p)
+        if self._p_value < self.alpha:
+            self._drift_detected = True
+            recent = list(self._outcomes)[-found:]
+            self._outcomes.clear()
+            self._outcomes.extend(recent)
+
+
 class ErrorRateDrift(base.DriftDetector):
     """Concept drift: a rise of the prequential error rate (predict, then learn).
 
     `update(x)` takes 1 (the model got the example wrong *before* learning it) or
-    0. The change test is river's: `detector` (default `HDDMA()`, which by default
-    tests one side, so a falling error while the model learns is not a drift).
+    0. The change test is `detector` (default `RateRise()`: one-sided, so a falling
+    error while the model learns is not a drift; any river detector fits, e.g. `HDDMA()`).
     Also keeps the error rate of the last `window_size` examples for dashboards.
 
     Parameters
@@ -314,7 +445,7 @@ class ErrorRateDrift(base.DriftDetector):
     ...     detector.update(error)
     ...     if detector.drift_detected:
     ...         print(f"change detected at index {i}")
-    change detected at index 1015
+    change detected at index 1023
     """
 
     def __init__(
@@ -324,7 +455,7 @@ class ErrorRateDrift(base.DriftDetector):
     ) -> None:
         _check("window_size", window_size, 1)
         super().__init__()
-        self.detector = detector if detector is not None else HDDMA()
+        self.detector = detector if detector is not None else RateRise()
         self.window_size = window_size
         self._reset()
 

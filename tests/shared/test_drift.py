@@ -11,7 +11,14 @@ from river import base
 from river.drift import ADWIN
 
 from perennial import drift, forgetting
-from perennial.drift import EmbeddingDrift, ErrorRateDrift, NewClass, NoDrift, PredictionDrift
+from perennial.drift import (
+    EmbeddingDrift,
+    ErrorRateDrift,
+    NewClass,
+    NoDrift,
+    PredictionDrift,
+    RateRise,
+)
 
 
 def detections(
@@ -61,9 +68,8 @@ def gaussian_stream(seed: int, shift: float, before: int = 600, after: int = 600
 def test_embedding_drift_exact_index_and_rearms() -> None:
     detector = EmbeddingDrift(reference_size=200, window_size=100, projections=8, alpha=0.001)
     stream, scores = gaussian_stream(seed=11, shift=0.3), []
-    assert detections(detector, stream, scores) == [
-        667
-    ]  # one alarm: the new regime became the reference
+    # one alarm (the window that found it became the reference), 23 updates after the change
+    assert detections(detector, stream, scores) == [623]
     assert scores[0] > 0.2 and detector.n_seen == 1200
 
 
@@ -112,8 +118,25 @@ def test_error_rate_drift_detects_only_a_rise() -> None:
     assert detections(ErrorRateDrift(), falling) == []
     rising = falling + [rng.random() < 0.4 for _ in range(400)]
     detector = ErrorRateDrift()
-    assert detections(detector, rising) == [2479]
+    assert detections(detector, rising) == [2447]
     assert detector.error_rate == pytest.approx(0.4, abs=0.1)
+
+
+def test_rate_rise_is_one_sided_and_calibrated() -> None:
+    rng = random.Random(4)
+    stationary = [rng.random() < 0.3 for _ in range(20000)]
+    assert len(detections(RateRise(), stationary)) <= 3  # alpha 0.001 x 1250 checks ~ 1.25
+    falling = [rng.random() < 0.5 for _ in range(500)] + [rng.random() < 0.05 for _ in range(3000)]
+    assert detections(RateRise(), falling) == []
+    with pytest.raises(ValueError, match="min_window must be in"):
+        RateRise(window_size=16, min_window=32)
+
+
+def test_embedding_drift_short_windows_catch_a_large_change_fast() -> None:
+    rng = np.random.default_rng(9)
+    stream = np.concatenate([rng.normal(0, 1, (300, 4)), rng.normal(3, 1, (100, 4))])
+    [alarm] = detections(EmbeddingDrift(), stream)
+    assert 300 <= alarm < 300 + 32  # the 16-vector window, at the next check
 
 
 def test_new_class_and_the_null_detector() -> None:
