@@ -41,7 +41,6 @@ import datetime
 import json
 import math
 import platform
-import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -53,18 +52,26 @@ from river.drift import binary
 from river.drift import datasets as river_datasets
 from threadpoolctl import threadpool_limits
 
+from bench.drift_report import (
+    MNIST,
+    NOAA_CONCEPT,
+    NOAA_INPUT,
+    NOISE,
+    OURS,
+    RESULTS_NAME,
+    RIVER_FAMILY,
+    RIVER_NAMES,
+    WORDNET,
+    family_verdicts,
+    median_text,
+    render,
+)
+from perennial import logs
 from perennial.drift import EmbeddingDrift, ErrorRateDrift
 
 MARGIN = 5  # annotations are approximate: an alarm this close before a change point counts
 SEED = 7
 COMPONENTS = 16  # principal components of the shared embedding pipeline
-RIVER_FAMILY = "river's annotated series"
-NOAA_INPUT = "NOAA input drift"
-NOAA_CONCEPT = "NOAA concept drift"
-WORDNET = "WordNet new classes"
-MNIST = "MNIST → Fashion-MNIST"
-NOISE = "drift-free noise"
-FAMILIES = (RIVER_FAMILY, NOAA_INPUT, NOAA_CONCEPT, WORDNET, MNIST)
 
 
 @dataclass
@@ -301,8 +308,6 @@ def noise_series(points: int = 5000) -> list[Series]:
 
 
 # -- detectors ---------------------------------------------------------------------------------
-OURS = "ours"
-RIVER_NAMES = ("ADWIN", "PageHinkley", "KSWIN", "HDDM_A", "HDDM_W")
 
 
 def _page_hinkley_arl(threshold: float, delta: float = 0.005) -> float:
@@ -447,7 +452,7 @@ def run(plots: Path) -> dict:
         plot(s, scores, plots / f"{_slug(s.name)}.png")
         print(
             s.name,
-            {d: (len(x.delays), x.false_alarms, _median(x.delays)) for d, x in scores.items()},
+            {d: (len(x.delays), x.false_alarms, median_text(x.delays)) for d, x in scores.items()},
             flush=True,
         )
         series_out.append(
@@ -485,249 +490,16 @@ def run(plots: Path) -> dict:
 
 def _ours_arguments(series: Series) -> dict:
     detector = ours(series)
-    arguments = {
-        k: v for k, v in detector._get_params().items() if isinstance(v, int | float | str)
-    }
-    return {"detector": type(detector).__name__, **arguments}
+    inner = getattr(detector, "detector", None)  # ErrorRateDrift: the test it wraps
+    named = inner if isinstance(inner, base.DriftDetector | base.BinaryDriftDetector) else detector
+    arguments = {k: v for k, v in named._get_params().items() if isinstance(v, int | float | str)}
+    return {"detector": type(named).__name__, **arguments}
 
 
 def _cpus() -> int:
     import os
 
     return len(os.sched_getaffinity(0))
-
-
-# -- report ------------------------------------------------------------------------------------
-def _median(values: list[int]) -> str:
-    return f"{statistics.median(values):.0f}" if values else "–"
-
-
-@dataclass
-class Totals:
-    """A detector's sums over a set of series."""
-
-    detected: int
-    change_points: int
-    false_alarms: int
-    delays: list[int]
-    points: int
-
-    @property
-    def recall(self) -> float:
-        return self.detected / self.change_points if self.change_points else 1.0
-
-    @property
-    def median_delay(self) -> float | None:
-        return statistics.median(self.delays) if self.delays else None
-
-    def cell(self) -> str:
-        return (
-            f"{self.detected}/{self.change_points} · {self.false_alarms} · {_median(self.delays)}"
-        )
-
-
-def totals(results: dict, names: list[str], detector: str) -> Totals:
-    series = {s["name"]: s for s in results["series"]}
-    scores = [results["scores"][n][detector] for n in names]
-    return Totals(
-        sum(len(x["delays"]) for x in scores),
-        sum(len(series[n]["change_points"]) for n in names),
-        sum(x["false_alarms"] for x in scores),
-        [y for x in scores for y in x["delays"]],
-        sum(series[n]["points"] for n in names),
-    )
-
-
-def goal(mine: Totals, other: Totals) -> tuple[bool, bool, bool]:
-    """(fewer false alarms, recall at least as high, median delay no longer)."""
-    if mine.median_delay is None or other.median_delay is None:
-        no_longer = other.median_delay is None  # nothing detected by them: no delay to beat
-    else:
-        no_longer = mine.median_delay <= other.median_delay
-    return mine.false_alarms < other.false_alarms, mine.recall >= other.recall, no_longer
-
-
-def family_verdicts(results: dict) -> dict[str, dict[str, tuple[bool, bool, bool]]]:
-    by_family: dict[str, list[str]] = {}
-    for s in results["series"]:
-        by_family.setdefault(s["family"], []).append(s["name"])
-    return {
-        family: {
-            d: goal(totals(results, by_family[family], OURS), totals(results, by_family[family], d))
-            for d in RIVER_NAMES
-        }
-        for family in FAMILIES
-    }
-
-
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "**no**"
-
-
-def render(results: dict, out: Path) -> None:
-    detectors = results["detectors"]
-    by_family: dict[str, list[str]] = {}
-    for s in results["series"]:
-        by_family.setdefault(s["family"], []).append(s["name"])
-    verdicts = family_verdicts(results)
-    held = [f for f in FAMILIES if all(all(v) for v in verdicts[f].values())]
-    missed = [f for f in FAMILIES if f not in held]
-    lines = [
-        "# Drift detection benchmark",
-        "",
-        f"Generated by `make bench-drift` (`python -m bench.drift`) from "
-        f"[{RESULTS_NAME}]({results['plots']}/{RESULTS_NAME}), written by the run of {results['generated']} "
-        f"({results['seconds']:.0f} s on {results['machine']['cpus']} CPU cores). Every number "
-        "below is read from that file; the verdicts are computed from it.",
-        "",
-        "## How it is scored, and why it is fair",
-        "",
-        "- **One feature pipeline** for every detector. A series' values are z-scored (HDDM_A and "
-        "HDDM_W, whose Hoeffding bounds need a bounded range, see the same values min–max scaled "
-        f"to [0, 1]). Text embeddings and images are projected onto {results['components']} "
-        "principal components fitted on a held-out sample of their source domain (WordNet: "
-        "glosses of every noun class, none of them streamed; images: held-out MNIST digits), "
-        "never on the scored stream. Error streams are 0/1.",
-        "- **The same multiple-testing correction.** River's detectors are univariate: on a "
-        "d-dimensional series one copy runs per dimension and any copy's alarm is an alarm, so "
-        "each copy's false-alarm probability is divided by d (Bonferroni: ADWIN `delta`, KSWIN "
-        "`alpha`, HDDM `drift_confidence`); PageHinkley has no probability, so its threshold is "
-        "raised until a copy's in-control run length (Siegmund's approximation) is d times the "
-        "default's. Ours (`EmbeddingDrift`) tests the d coordinates jointly with its own "
-        "Bonferroni correction. The drift-free family below checks the result.",
-        "- **No tuning on scored series.** Every detector runs with its library defaults "
-        "(ours: the defaults the services run with), corrected as above; the exact arguments "
-        "per series are in the results file.",
-        f"- **Scoring.** A change point is detected by the first alarm from {results['margin']} "
-        "points before it until the next change point (at most the series' horizon: 100 points "
-        "on river's series, 365 on NOAA, 300 on WordNet and MNIST); delay = that alarm's index − "
-        "the change point; recall = detected / change points; every other alarm is a false "
-        "alarm. Change points of river's series: the union of the five annotators' points (points "
-        f"within {results['margin']} of each other merged).",
-        "- `ours` is `EmbeddingDrift` on real-valued series and `ErrorRateDrift` on the error "
-        "streams (`perennial.drift`).",
-        "",
-        "## Goal: fewer false alarms than each river default, at equal or better recall and no "
-        "longer median delay",
-        "",
-        f"Holds on: {', '.join(held) if held else 'no family'}. "
-        f"Missed on: {', '.join(missed) if missed else 'no family'}. Per family and river "
-        "detector (cells: detected/change points · false alarms · median delay):",
-        "",
-        "| family | river detector | river | ours | fewer false alarms | recall ≥ | delay ≤ | goal |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for family in FAMILIES:
-        mine = totals(results, by_family[family], OURS)
-        for d in RIVER_NAMES:
-            fewer, recall, delay = verdicts[family][d]
-            lines.append(
-                f"| {family} | {d} | {totals(results, by_family[family], d).cell()} | "
-                f"{mine.cell()} | {_yes(fewer)} | {_yes(recall)} | {_yes(delay)} | "
-                f"{'**holds**' if fewer and recall and delay else 'missed'} |"
-            )
-    lines += [
-        "",
-        "## Per family",
-        "",
-        "Recall, false alarms per 10,000 points, median delay.",
-        "",
-        "| family | points | change points | " + " | ".join(detectors) + " |",
-        "| --- | --- | --- | " + " | ".join("---" for _ in detectors) + " |",
-    ]
-    for family in (*FAMILIES, NOISE):
-        names = by_family[family]
-        cells = []
-        for d in detectors:
-            t = totals(results, names, d)
-            recall = f"{t.recall:.0%}" if t.change_points else "–"
-            cells.append(f"{recall} · {1e4 * t.false_alarms / t.points:.1f} · {_median(t.delays)}")
-        first = totals(results, names, OURS)
-        lines.append(
-            f"| {family} | {first.points} | {first.change_points} | " + " | ".join(cells) + " |"
-        )
-    lines += [
-        "",
-        "## Per series",
-        "",
-        "Each cell: detected/change points · false alarms · median delay.",
-        "",
-        "| family | series | points | dims | " + " | ".join(detectors) + " |",
-        "| --- | --- | --- | --- | " + " | ".join("---" for _ in detectors) + " |",
-    ]
-    for s in results["series"]:
-        cells = [totals(results, [s["name"]], d).cell() for d in detectors]
-        lines.append(
-            f"| {s['family']} | {s['name']} | {s['points']} | {s['dimensions']} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    lines += ["", "Arguments by dimension (river defaults, Bonferroni-corrected):", ""]
-    lines += ["| dims | " + " | ".join(RIVER_NAMES) + f" | {OURS} |"]
-    lines += ["| --- | " + " | ".join("---" for _ in detectors) + " |"]
-    seen_dims = {}
-    for s in results["series"]:
-        seen_dims.setdefault((s["dimensions"], s["kind"]), s["arguments"])
-    for (dims, kind), arguments in sorted(seen_dims.items()):
-        cells = [
-            ", ".join(f"{k}={_short(v)}" for k, v in arguments[d].items() if k != "seed")
-            for d in detectors
-        ]
-        lines.append(f"| {dims} ({kind}) | " + " | ".join(cells) + " |")
-    lines += ["", *CHOICES.splitlines(), "", "## Plots", ""]
-    for s in results["series"]:
-        note = f" — {s['note']}" if s["note"] else ""
-        lines += [f"**{s['name']}**{note}", "", f"![{s['name']}]({s['plot']})", ""]
-    o = results["overhead"]
-    lines += [
-        "## Cost on the request path",
-        "",
-        "The inference service only puts each answered batch on a bounded queue "
-        "(`InferenceDriftMonitor.submit`); a background thread embeds the texts (frozen token "
-        "embeddings) and updates the detectors. Measured in the same run with the real MiniLM "
-        "tokenizer and embedding table, batches of 8 texts:",
-        "",
-        "| what | value |",
-        "| --- | --- |",
-        f"| `submit()` on the request path, median | {o['submit_p50_us']:.1f} µs |",
-        f"| `submit()` on the request path, p99 | {o['submit_p99_us']:.1f} µs |",
-        f"| background update of one batch (embed + both detectors), median | {o['update_p50_ms']:.2f} ms |",
-        f"| background throughput | {o['texts_per_second']:.0f} texts/s |",
-        "",
-    ]
-    out.write_text("\n".join(lines))
-
-
-def _short(value: object) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-CHOICES = """## Why these detectors
-
-- **Input drift: KS tests on principal components, Bonferroni-corrected (`EmbeddingDrift`)**, not
-  MMD. A kernel MMD test has power against any difference, but its threshold needs a permutation
-  or bootstrap null at every test: hundreds of kernel matrices over (reference + window)² pairs of
-  384-dimensional vectors, on a background thread that must keep up with the request rate on two
-  shared cores. The Kolmogorov–Smirnov statistic is distribution-free, so its null is known and a
-  test costs one SVD and k sorts; Bonferroni over the k components bounds the false-alarm
-  probability of one test by alpha (and equals Holm for the global decision). On raw embeddings
-  in the service, the components are fitted on reference and window pooled, so they include
-  directions only the new data spans (new classes). In this benchmark every detector gets the
-  same 16 projected features, so ours tests those coordinates.
-- **What is embedded**: the backbone's frozen input token embeddings, mean-pooled. The served
-  model's pooled embedding moves with every adapter version (LoRA sits inside the encoder), which
-  would read as input drift while the inputs stay the same; the frozen table costs one lookup per
-  token instead of a forward pass. The benchmark also runs MiniLM's pooled embeddings.
-- **Prediction drift: Jensen–Shannon with a G-test threshold (`PredictionDrift`)**, not PSI. PSI's
-  0.1 / 0.25 cut-offs ignore sample size; 2·N·JSD is the G statistic of homogeneity (χ² with
-  classes − 1 degrees of freedom), so alpha is a calibrated false-alarm probability, and the
-  exported score is the JS distance in [0, 1].
-- **Concept drift: prequential errors (`ErrorRateDrift`)**, one-sided: a model that learns makes
-  its error *fall*, which a two-sided test would report as drift. Examples of a never-seen class
-  are counted by `NewClass`, not fed to the error detector.
-- **New classes (`NewClass`)**: exact: a label not seen before. The null object is river's `NoDrift`.
-- The detectors are river `DriftDetector`s (same `update` / `drift_detected` / `clone()` API), so
-  river's own detectors drop in wherever ours are used."""
 
 
 def plot(series: Series, scores: dict[str, Score], path: Path) -> None:
@@ -770,9 +542,6 @@ def _slug(name: str) -> str:
     return slug
 
 
-RESULTS_NAME = "results.json"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/DRIFT.md"))
@@ -781,6 +550,7 @@ def main() -> None:
         "--render-only", action="store_true", help="re-render the report from the results file"
     )
     args = parser.parse_args()
+    logs.silence_progress_bars()
     args.plots.mkdir(parents=True, exist_ok=True)
     results_path = args.plots / RESULTS_NAME
     if args.render_only:
