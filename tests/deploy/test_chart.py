@@ -279,6 +279,17 @@ def test_prometheus_rule_embeds_the_rules_with_a_configurable_release_label(rend
     )
 
 
+def test_tracing_is_off_by_default_and_configures_both_services(render) -> None:
+    for component in ("inference", "trainer"):
+        assert "PERENNIAL_TRACING_ENDPOINT" not in _env(render({}), component)
+    endpoint = "http://otel-collector.observability:4317"
+    rendered = render({"tracing": {"endpoint": endpoint, "sampleRatio": 0.25}})
+    for component in ("inference", "trainer"):
+        environment = _env(rendered, component)
+        assert environment["PERENNIAL_TRACING_ENDPOINT"] == endpoint
+        assert environment["PERENNIAL_TRACING_SAMPLE_RATIO"] == "0.25"
+
+
 def test_alert_runbook_urls_are_built_from_the_chart_value(render) -> None:
     base = "https://runbooks.internal/perennial/RUNBOOK.md"
     rule = render({"monitoring": {"prometheusRule": {"enabled": True}, "runbookUrl": base}}).one(
