@@ -4,8 +4,8 @@ Every detector here subclasses `river.base.DriftDetector`, so it behaves like
 river's own: hyperparameters are public attributes named like the `__init__`
 arguments (`clone()` and `repr` work), state is private and rebuilt by
 `_reset()`, and `drift_detected` is True for exactly the update that detected
-a change. River already has the detectors for the error stream (ADWIN, HDDM_A,
-HDDM_W, ...) and the null object (`NoDrift`); this module adds what it lacks:
+a change. River has univariate detectors (ADWIN, HDDM_A, HDDM_W, ...) and the null
+object (`NoDrift`); this module adds what our streams need (docs/DRIFT.md compares them):
 
 - `EmbeddingDrift` — input drift of vectors (embeddings) against the recent past:
   two-sample Kolmogorov–Smirnov tests along the principal components of the pooled
