@@ -40,6 +40,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Callable, Iterable
@@ -436,7 +437,7 @@ def measure_overhead() -> dict[str, float]:
 
 
 def run(plots: Path) -> dict:
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     threadpool_limits(1, user_api="blas")  # as in the services' monitors: no BLAS oversubscription
     all_series = (
         change_point_series() + noaa_series() + wordnet_series() + mnist_series() + noise_series()
@@ -485,6 +486,8 @@ def run(plots: Path) -> dict:
         "scores": scores_out,
         "overhead": overhead,
         "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu,
+        "load_average": os.getloadavg()[0],
     }
 
 
@@ -497,8 +500,6 @@ def _ours_arguments(series: Series) -> dict:
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0))
 
 
