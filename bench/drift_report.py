@@ -143,10 +143,25 @@ def render(results: dict, out: Path) -> None:
         "`alpha`, HDDM `drift_confidence`); PageHinkley has no probability, so its threshold is "
         "raised until a copy's in-control run length (Siegmund's approximation) is d times the "
         "default's. Ours (`EmbeddingDrift`) tests the d coordinates jointly with its own "
-        "Bonferroni correction. The drift-free family below checks the result.",
+        "Bonferroni correction. The correction bounds each detector's false-alarm probability "
+        "per test, not its rate per point (KSWIN tests at every point, ours every 16): the "
+        "drift-free family below shows the rates that result on independent noise.",
         "- **No tuning on scored series.** Every detector runs with its library defaults "
         "(ours: the defaults the services run with), corrected as above; the exact arguments "
-        "per series are in the results file.",
+        "per series are in the results file. In the open: ours was reworked after a first run "
+        "of this fair set-up (several window lengths, an anchored reference, the serial-"
+        "dependence correction, the one-sided exact error test); each change follows from a "
+        "property of the tests (a short window for large changes, KS assumes independent "
+        "points, a learning model's error falls) and was checked on synthetic streams in the "
+        "unit tests; no default was fitted to these series: alpha 0.001, checks every 16 points "
+        "and the longest input window (128) are the services' earlier values, the shortest "
+        "windows (16 inputs, 32 errors) and the error reference (1,000) were set before "
+        "their first scored run and not changed after it.",
+        "- **What the goal cannot mean.** Where a river detector raises no false alarm at all, "
+        '"fewer false alarms" is impossible for any detector; where a river detector alarms '
+        "every few dozen points (NOAA input drift), its first alarm after a change point comes "
+        "at once by chance and its median delay is near 0. The table names these cases; the "
+        "per-family table shows false alarms per 10,000 points beside recall and delay.",
         f"- **Scoring.** A change point is detected by the first alarm from {results['margin']} "
         "points before it until the next change point (at most the series' horizon: 100 points "
         "on river's series, 365 on NOAA, 300 on WordNet and MNIST); delay = that alarm's index − "
