@@ -82,7 +82,8 @@ class AdapterState:
     paused: bool = False
     held_reason: str = ""
     last_error: str = ""
-    learned: list[trace.Link] = field(default_factory=list)  # micro-batch spans not snapshotted
+    # Micro-batch spans not yet in a snapshot (a span keeps at most 128 links).
+    learned: deque[trace.Link] = field(default_factory=lambda: deque(maxlen=128))
 
     @property
     def dirty(self) -> bool:
@@ -358,7 +359,7 @@ class Trainer:
         """Publish one snapshot in a span linked to the micro-batches it contains."""
         with self.tracer.start_as_current_span(
             "snapshot",
-            links=tracing.links(state.learned[-128:]),
+            links=tracing.links(state.learned),
             attributes={"perennial.adapter": adapter},
         ) as span:
             manifest = self._publish(adapter, state, force_promote)
@@ -374,7 +375,7 @@ class Trainer:
                     ],
                 }
             )
-            state.learned = []
+            state.learned.clear()
             return manifest
 
     def _publish(self, adapter: str, state: AdapterState, force_promote: bool) -> Manifest:
