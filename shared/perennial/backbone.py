@@ -70,6 +70,11 @@ class _Frozen:
 class TextBackbone(_Frozen, nn.Module):
     """Tokenizer + encoder + attention-masked mean pooling → one vector per text."""
 
+    # What learners that compose features take by default (measured in docs/LEARNING.md):
+    feature_states = (-3, -2, -1)  # hidden states pooled into the frozen features
+    adapt_blocks = 2  # PET in the last blocks
+    pet_targets = {"lora": ("key", "value"), "adapter": ("attention",), "prefix": ("self",)}
+
     def __init__(self, encoder: nn.Module, tokenizer, max_length: int = 64) -> None:
         super().__init__()
         if max_length < 1:
@@ -142,6 +147,25 @@ class TextBackbone(_Frozen, nn.Module):
                 state = layer(state, mask)
         return state
 
+    def state_dim(self, index: int) -> int:
+        """Width of hidden state `index` (every state of a BERT encoder has the model's width)."""
+        return self.dim
+
+    def unbatch(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> list:
+        """Per-example states (without padding), to regroup into other batches later."""
+        lengths = batch["attention_mask"].sum(1).tolist()
+        return [hidden[i, :length].clone() for i, length in enumerate(lengths)]
+
+    def rebatch(self, states: list) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """States from `unbatch`, padded into one batch, and the batch's attention mask."""
+        longest = max(len(s) for s in states)
+        hidden = states[0].new_zeros(len(states), longest, states[0].shape[-1])
+        mask = torch.zeros(len(states), longest, dtype=torch.long)
+        for i, state in enumerate(states):
+            hidden[i, : len(state)] = state
+            mask[i, : len(state)] = 1
+        return hidden, {"attention_mask": mask}
+
     # -- the frozen forward as a module (perennial.frozen) ----------------------------------
     def frozen_module(self) -> nn.Module:
         return _TextHidden(self.encoder).eval()  # exporters restore the mode they found
@@ -206,6 +230,10 @@ class ImageBackbone(_Frozen, nn.Module):
     `weights_only=True` (tensors only). Hidden state i is the input of block i
     (0: the stem's output), state 16 the last block's output, state 17 the head convolution's.
     """
+
+    feature_states = (-7, -5, -3, -2, -1)  # blocks 10, 12, 14, 15 and the head convolution
+    adapt_blocks = 4
+    pet_targets = {"lora": ("_expand_conv", "_project_conv"), "adapter": ("block",)}
 
     def __init__(self, encoder: nn.Module, image_size: int = 64) -> None:
         super().__init__()
@@ -277,6 +305,22 @@ class ImageBackbone(_Frozen, nn.Module):
         device = self.device
         with autocast(device):
             return _image_states(self.encoder, hidden.to(device), start)[-1]
+
+    def state_dim(self, index: int) -> int:
+        """Channels of hidden state `index`: the stem's, a block's output, the head's."""
+        count = self.layers + 2
+        index %= count
+        if index == 0:
+            return int(self.encoder._conv_stem.out_channels)
+        if index == count - 1:
+            return self.dim
+        return int(self.encoder._blocks[index - 1]._block_args.output_filters)
+
+    def unbatch(self, hidden: torch.Tensor, batch=None) -> list:
+        return list(hidden.clone())
+
+    def rebatch(self, states: list) -> tuple[torch.Tensor, None]:
+        return torch.stack(states), None
 
     # -- the frozen forward as a module (perennial.frozen) ----------------------------------
     def frozen_module(self) -> nn.Module:

@@ -90,6 +90,16 @@ def test_ranpac_head_is_the_ridge_solution_and_ignores_stream_order(tiny_backbon
     ]
 
 
+def _live_tensors(learner) -> dict[str, torch.Tensor]:
+    """Every tensor a learner holds, its head's included (bit-exact resume compares these)."""
+    found = {}
+    for owner, prefix in ((learner, ""), (getattr(learner, "ridge_head", None), "ridge_head.")):
+        for name, value in (vars(owner) if owner is not None else {}).items():
+            if isinstance(value, torch.Tensor):
+                found[prefix + name] = value
+    return found
+
+
 @pytest.mark.parametrize("name", ["simplecil", "ranpac"])
 def test_state_round_trip_resumes_and_serves(name, tiny_backbone):
     config = LearnerConfig(learner=name, projection_dim=128)
@@ -97,11 +107,11 @@ def test_state_round_trip_resumes_and_serves(name, tiny_backbone):
     for learner in (straight, resumed):
         learner.learn(TEXTS[:4], LABELS[:4])
     resumed = restore_learner(tiny_backbone, *from_safetensors(to_safetensors(*resumed.state())))
-    for name_, tensor in vars(
-        straight
-    ).items():  # the restored state IS the live state, bit for bit
-        if isinstance(tensor, torch.Tensor):
-            assert torch.equal(getattr(resumed, name_), tensor), name_
+    assert (
+        _live_tensors(straight) and _live_tensors(resumed).keys() == _live_tensors(straight).keys()
+    )
+    for name_, tensor in _live_tensors(straight).items():  # the restored state IS the live state
+        assert torch.equal(_live_tensors(resumed)[name_], tensor), name_
     for learner in (straight, resumed):
         learner.learn(TEXTS[4:], LABELS[4:])
     assert (resumed.classes, resumed.steps, resumed.examples) == (straight.classes, 2, 6)

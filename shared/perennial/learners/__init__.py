@@ -16,12 +16,14 @@ import torch
 
 from perennial.learners.analytic import RanPAC, SimpleCIL
 from perennial.learners.config import DEFAULT_LEARNER, LearnerConfig
+from perennial.learners.fsa import FirstSessionLearner
 from perennial.learners.lae import Ensemble, LAELearner
 
 __all__ = [
     "DEFAULT_LEARNER",
     "LEARNERS",
     "Ensemble",
+    "FirstSessionLearner",
     "LAELearner",
     "Learner",
     "LearnerConfig",
@@ -33,7 +35,13 @@ __all__ = [
     "restore_learner",
 ]
 
-LEARNERS = {"lae": LAELearner, "naive": LAELearner, "simplecil": SimpleCIL, "ranpac": RanPAC}
+LEARNERS = {
+    "lae": LAELearner,
+    "naive": LAELearner,
+    "simplecil": SimpleCIL,
+    "ranpac": RanPAC,
+    "fsa": FirstSessionLearner,
+}
 
 
 class Predictor(Protocol):

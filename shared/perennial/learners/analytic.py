@@ -7,11 +7,9 @@ itself (old classes can only lose accuracy to new, confusable classes).
 - SimpleCIL (Zhou et al. 2023): the prototype of a class is the mean of its
   features; scores are cosine similarities to the prototypes (softmax with a
   temperature for a distribution).
-- RanPAC (McDonnell et al. 2023): h = ReLU(f·W) with a fixed random Gaussian W
-  (d×M); statistics G = Σ h hᵀ and Q = Σ h yᵀ (one-hot y) are additive; the head
-  is the ridge solution (G + λI)⁻¹Q. λ is picked from a grid by the squared error
-  on a held-out fifth of the stream, computed from that fifth's own G and Q (no
-  examples stored): err(W) = tr(WᵀG_v W) − 2 tr(WᵀQ_v) + const. Scores are a
+- RanPAC (McDonnell et al. 2023) without its first-session adaptation (that is the
+  `fsa` learner): ReLU random features and a ridge head from additive statistics, λ
+  validated on a held-out fifth of the stream (`perennial.learners.ridge`). Scores are a
   softmax of the ridge outputs (times `temperature`).
 
 Features come from the bare backbone (no PET active). `learn_features` lets a
@@ -27,9 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from perennial.learners.config import LearnerConfig, check_runtime
+from perennial.learners.ridge import RidgeHead
 from perennial.pet import activate
-
-_HELD_OUT_EVERY = 5  # every fifth example's statistics validate the ridge strength
 
 
 class _FeatureLearner:
@@ -101,7 +98,7 @@ class _FeatureLearner:
         check_runtime(backbone, metadata)
         learner = cls(backbone, LearnerConfig.from_dict(json.loads(metadata["learner"])))
         learner._restore_counters(metadata)
-        learner._load(tensors)
+        learner._load(tensors, metadata)
         return learner
 
     @classmethod
@@ -113,7 +110,7 @@ class _FeatureLearner:
     # subclass hooks
     def _grow(self) -> None: ...
     def _update(self, features: torch.Tensor, targets: torch.Tensor) -> None: ...
-    def _load(self, tensors: dict[str, torch.Tensor]) -> None: ...
+    def _load(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None: ...
     def scores_features(self, features: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -162,7 +159,7 @@ class SimpleCIL(_FeatureLearner):
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         return {"sums": self.sums.clone(), "counts": self.counts.clone()}, self._metadata()
 
-    def _load(self, tensors: dict[str, torch.Tensor]) -> None:
+    def _load(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
         self.sums, self.counts = (
             tensors["sums"].double().clone(),
             tensors["counts"].double().clone(),
@@ -170,87 +167,62 @@ class SimpleCIL(_FeatureLearner):
 
 
 class RanPAC(_FeatureLearner):
-    """Random projection + ReLU features, ridge-regression head from additive Gram statistics."""
+    """Random projection + ReLU features, ridge-regression head from additive Gram statistics
+    (`perennial.learners.ridge.RidgeHead`) on the frozen backbone's features."""
 
     name = "ranpac"
 
     def __init__(self, backbone, config: LearnerConfig | None = None) -> None:
         super().__init__(backbone, config)
-        generator = torch.Generator().manual_seed(self.config.seed)
-        m = self.config.projection_dim
-        self.projection = torch.randn(backbone.dim, m, generator=generator, dtype=torch.float64)
-        # [train part, held-out part]: G and Q for each, so λ can be validated.
-        self.gram = torch.zeros(2, m, m, dtype=torch.float64)
-        self.targets = torch.zeros(2, m, 0, dtype=torch.float64)
-        self._solution: tuple[int, torch.Tensor] | None = None  # (examples, head) cache
-        self.ridge = float("nan")
+        c = self.config
+        self.ridge_head = RidgeHead(backbone.dim, c.projection_dim, c.seed, c.ridge_grid)
+        self._selected = (0, 0)  # (examples, classes) at the last choice of λ
+
+    @property
+    def projection(self) -> torch.Tensor:
+        return self.ridge_head.projection
+
+    @property
+    def ridge(self) -> float:
+        return self.ridge_head.ridge
 
     @property
     def trainable_parameters(self) -> int:
         return self.config.projection_dim * len(self.classes)
 
     def _grow(self) -> None:
-        self.targets = torch.cat(
-            [self.targets, self.targets.new_zeros(2, self.targets.shape[1], 1)], dim=2
-        )
-
-    def expand(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.relu(features.double() @ self.projection)
+        self.ridge_head.grow(len(self.classes))
 
     def _update(self, features: torch.Tensor, targets: torch.Tensor) -> None:
-        h = self.expand(features)
-        y = F.one_hot(targets, len(self.classes)).double()
-        held_out = (
-            torch.arange(len(targets)) + self.examples
-        ) % _HELD_OUT_EVERY == _HELD_OUT_EVERY - 1
-        for part, rows in ((0, ~held_out), (1, held_out)):
-            if rows.any():
-                # h.T @ h is not exactly symmetric on every CPU's BLAS; symmetrising each increment
-                # makes the live Gram matrix exactly what its stored upper triangle restores.
-                increment = h[rows].T @ h[rows]
-                self.gram[part] += (increment + increment.T) * 0.5
-                self.targets[part] += h[rows].T @ y[rows]
+        positions = torch.arange(len(targets)) + self.examples
+        self.ridge_head.add(features, targets, positions)
+        self._selected = select_when_due(self.ridge_head, self._selected, self.examples + len(targets),
+                                         len(self.classes), self.config.ridge_every)  # fmt: skip
 
     def head(self) -> torch.Tensor:
         """The ridge head [M, C] for the current statistics (cached until new data)."""
-        if self._solution is not None and self._solution[0] == self.examples:
-            return self._solution[1]
-        eye = torch.eye(self.config.projection_dim, dtype=torch.float64)
-        scale = max(float(self.gram[0].diagonal().mean()), 1e-12)  # λ relative to the Gram scale
-        best, best_error = self.config.ridge_grid[0], float("inf")
-        if self.targets[1].abs().sum() > 0:
-            for ridge in self.config.ridge_grid:
-                w = torch.linalg.solve(self.gram[0] + ridge * scale * 1e-3 * eye, self.targets[0])
-                error = float((w * (self.gram[1] @ w)).sum() - 2 * (w * self.targets[1]).sum())
-                if error < best_error:
-                    best, best_error = ridge, error
-        total_gram, total_targets = self.gram.sum(0), self.targets.sum(0)
-        scale = max(float(total_gram.diagonal().mean()), 1e-12)
-        head = torch.linalg.solve(total_gram + best * scale * 1e-3 * eye, total_targets)
-        self.ridge = best
-        self._solution = (self.examples, head)
-        return head
+        return self.ridge_head.solve()
 
     def scores_features(self, features: torch.Tensor) -> torch.Tensor:
-        return F.softmax(self.config.temperature * (self.expand(features) @ self.head()), dim=-1)
+        return F.softmax(self.config.temperature * self.ridge_head.scores(features), dim=-1)
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """Projection, targets and the Gram matrices' upper triangles (they are symmetric:
-        half the snapshot, still exact)."""
-        rows, cols = torch.triu_indices(*self.gram.shape[1:])
-        tensors = {
-            "projection": self.projection.clone(),
-            "gram_upper": self.gram[:, rows, cols].clone(),
-            "targets": self.targets.clone(),
-        }
-        return tensors, self._metadata()
+        metadata = {**self._metadata(), "ridge": json.dumps([self.ridge, *self._selected])}
+        return self.ridge_head.state(""), metadata
 
-    def _load(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.projection = tensors["projection"].double().clone()
-        m = self.projection.shape[1]
-        rows, cols = torch.triu_indices(m, m)
-        upper = tensors["gram_upper"].double()
-        self.gram = torch.zeros(2, m, m, dtype=torch.float64)
-        self.gram[:, rows, cols] = upper
-        self.gram[:, cols, rows] = upper
-        self.targets = tensors["targets"].double().clone()
+    def _load(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        ridge, *selected = json.loads(metadata["ridge"])
+        self.ridge_head.load(tensors, "", ridge)
+        self._selected = tuple(selected)
+
+
+def select_when_due(
+    head: RidgeHead, selected: tuple[int, int], examples: int, classes: int, every: int
+) -> tuple[int, int]:
+    """Choose λ again when classes arrived or `every` examples passed since the last choice, at
+    example counts the stream decides (not at the times something asked for a prediction), so a
+    replay of the same micro-batches chooses the same λ."""
+    if classes != selected[1] or examples - selected[0] >= every:
+        head.select_ridge()
+        return examples, classes
+    return selected

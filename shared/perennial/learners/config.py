@@ -4,7 +4,9 @@ Learners (`LearnerConfig.learner`):
 - "lae": Learning–Accumulation–Ensemble with any PET method (perennial.learners.lae);
 - "naive": sequential fine-tuning of PET + head on the stream (the forgetting lower bound);
 - "simplecil": frozen features, running class means, cosine scores;
-- "ranpac": frozen features, random projection + ReLU, ridge head from Gram statistics.
+- "ranpac": frozen features, random projection + ReLU, ridge head from Gram statistics;
+- "fsa": first-session adaptation: a PET learns on the stream's first window, then a RanPAC
+  head learns from [frozen multi-layer ⊕ adapted] features (perennial.learners.fsa).
 The default is the best task-free learner measured by `make bench-learning`
 (docs/LEARNING.md).
 """
@@ -16,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from perennial.errors import FailedPrecondition
 from perennial.pet import LoRAConfig, PETConfig, config_from_dict
 
-LEARNER_NAMES = ("lae", "naive", "simplecil", "ranpac")
+LEARNER_NAMES = ("lae", "naive", "simplecil", "ranpac", "fsa")
 DEFAULT_LEARNER = "ranpac"
 """The best task-free learner by measurement (docs/LEARNING.md)."""
 
@@ -45,7 +47,17 @@ class LearnerConfig:
     projection_dim: RanPAC's random-projection width M (Gram matrix is M×M float64).
     ridge_grid: RanPAC's candidate ridge strengths; the one with the lowest squared
         error on a held-out fifth of the stream's statistics is used.
-    temperature: SimpleCIL's cosine-logit scale for its softmax scores.
+    ridge_every: choose λ again after this many examples (and whenever classes arrive);
+        choosing costs an M×M eigendecomposition, solving with the chosen λ a Cholesky.
+    temperature: SimpleCIL's cosine-logit scale, RanPAC's and FSA's ridge-output scale, for
+        their softmax scores.
+    warmup_examples / warmup_min_classes / warmup_min_count / warmup_cap: FSA's first window
+        closes at the first micro-batch end with at least `warmup_examples` examples and
+        `warmup_min_classes` classes of `warmup_min_count` examples each, or at `warmup_cap`.
+    warmup_epochs / warmup_lr: FSA's PET training on that window (Adam, batches of 16).
+    adapt_blocks: FSA's PET sits in the last `adapt_blocks` blocks (0: the backbone's default).
+    feature_states: hidden states FSA pools into its frozen features (indices into the
+        backbone's hidden states, negative from the end; empty: the backbone's default).
     seed: seeds parameter initialisation and projections; CPU training is deterministic.
     """
 
@@ -59,6 +71,15 @@ class LearnerConfig:
     freeze_steps: int = 0
     projection_dim: int = 1024
     ridge_grid: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0, 1e4)
+    ridge_every: int = 256
+    warmup_examples: int = 256
+    warmup_min_classes: int = 4
+    warmup_min_count: int = 8
+    warmup_cap: int = 1024
+    warmup_epochs: int = 5
+    warmup_lr: float = 3e-4
+    adapt_blocks: int = 0
+    feature_states: tuple[int, ...] = ()
     temperature: float = 16.0
     seed: int = 0
 
@@ -78,6 +99,18 @@ class LearnerConfig:
             raise ValueError(f"loss_window must be >= 1, got {self.loss_window}")
         if self.min_loss_classes < 1:
             raise ValueError(f"min_loss_classes must be >= 1, got {self.min_loss_classes}")
+        for name in ("warmup_examples", "warmup_min_classes", "warmup_min_count", "warmup_cap",
+                     "warmup_epochs"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.warmup_lr < 1:
+            raise ValueError(f"warmup_lr must be in (0, 1), got {self.warmup_lr}")
+        if self.adapt_blocks < 0:
+            raise ValueError(
+                f"adapt_blocks must be >= 0 (0: the backbone's default), got {self.adapt_blocks}"
+            )
+        if self.ridge_every < 1:
+            raise ValueError(f"ridge_every must be >= 1, got {self.ridge_every}")
         if self.projection_dim < 1:
             raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim}")
         if not self.ridge_grid or min(self.ridge_grid) <= 0:

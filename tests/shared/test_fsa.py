@@ -1,0 +1,159 @@
+"""First-session adaptation: the window rule, the PET actually adapting, determinism, resume
+during the warm-up bit for bit, the state round trip and the serving predictor.
+
+Bit-exact comparisons are made within one process on one machine, where the same operations
+run in the same order on the same bytes (CPU training has no nondeterministic kernel here).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from perennial.backbone import ImageBackbone
+from perennial.learners import LearnerConfig, build_learner, load_predictor, restore_learner
+from perennial.store import from_safetensors, to_safetensors
+
+WORDS = {
+    "animal": ["a small dog", "a big cat", "a red fox", "a grey wolf", "a tiny mouse"],
+    "plant": ["a tall tree", "a green fern", "a wild rose", "a young oak", "a pale lily"],
+    "artifact": ["an old house", "a fast car", "a wooden chair", "a sharp knife", "a lamp"],
+    "food": ["a ripe apple", "warm bread", "a bowl of rice", "fresh cheese", "hot soup"],
+}
+CONFIG = LearnerConfig(
+    learner="fsa", projection_dim=64, warmup_examples=12, warmup_min_classes=2,
+    warmup_min_count=4, warmup_epochs=2, warmup_lr=1e-2, ridge_every=8,
+)  # fmt: skip
+
+
+def stream(classes: list[str], per_class: int = 8):
+    """Class-incremental: all of the first two classes (interleaved), then the next two."""
+    examples = []
+    for stage in (classes[:2], classes[2:]):
+        cycle = itertools.cycle(stage)
+        for i in range(per_class * len(stage)):
+            label = next(cycle)
+            examples.append((WORDS[label][i % 5] + f" number {i}", label))
+    return examples
+
+
+def feed(learner, examples, batch: int = 4) -> None:
+    for first in range(0, len(examples), batch):
+        chunk = examples[first : first + batch]
+        learner.learn([t for t, _ in chunk], [y for _, y in chunk])
+
+
+def blob(learner) -> bytes:
+    return to_safetensors(*learner.state())
+
+
+def test_the_window_closes_by_count_and_classes_and_the_pet_adapts(tiny_backbone) -> None:
+    learner = build_learner(tiny_backbone, CONFIG)
+    examples = stream(list(WORDS))
+    feed(learner, examples[:8])  # 8 examples: below warmup_examples
+    assert not learner.adapted and len(learner.buffer) == 8
+    frozen_scores = learner.scores(["a small dog"])
+    feed(learner, examples[8:12])  # 12 examples, 2 classes with >= 4 each: the window closes
+    assert learner.adapted and learner.buffer == [] and learner.examples == 12
+    assert learner.head.dim == learner.features.frozen_dim + tiny_backbone.dim
+    lora_b = [p for name, p in learner.module.named_parameters() if "lora_b" in name]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # zero-initialised, trained away from zero
+    assert learner.scores(["a small dog"]).shape == frozen_scores.shape
+    feed(learner, examples[12:])
+    assert learner.examples == len(examples) and len(learner.classes) == 4
+
+
+def test_one_class_never_closes_the_window_before_the_cap(tiny_backbone) -> None:
+    config = LearnerConfig(**{**CONFIG.to_dict(), "pet": CONFIG.pet, "warmup_cap": 20})
+    learner = build_learner(tiny_backbone, config)
+    feed(learner, [(f"a small dog {i}", "animal") for i in range(16)])
+    assert not learner.adapted
+    feed(learner, [(f"a small dog {i}", "animal") for i in range(16, 20)])
+    assert learner.adapted  # the cap closes it whatever the classes
+
+
+def test_training_is_deterministic_and_resumes_during_the_warm_up_bit_for_bit(
+    tiny_backbone,
+) -> None:
+    examples = stream(list(WORDS))
+    straight = build_learner(tiny_backbone, CONFIG)
+    feed(straight, examples)
+    again = build_learner(tiny_backbone, CONFIG)
+    feed(again, examples)
+    assert blob(again) == blob(straight)
+    # a trainer killed with half a window buffered resumes from its snapshot to the same bytes
+    first = build_learner(tiny_backbone, CONFIG)
+    feed(first, examples[:8])
+    assert not first.adapted and first.buffer
+    resumed = restore_learner(tiny_backbone, *from_safetensors(blob(first)))
+    assert resumed.buffer == first.buffer and resumed.buffer_labels == first.buffer_labels
+    feed(resumed, examples[8:])
+    assert blob(resumed) == blob(straight)
+
+
+def test_state_round_trip_after_the_warm_up_is_exact(tiny_backbone) -> None:
+    examples = stream(list(WORDS))
+    learner = build_learner(tiny_backbone, CONFIG)
+    feed(learner, examples[:20])
+    restored = restore_learner(tiny_backbone, *from_safetensors(blob(learner)))
+    assert torch.equal(restored.head.gram, learner.head.gram)  # the live statistics, bit for bit
+    assert torch.equal(restored.head.targets, learner.head.targets)
+    for (name, mine), (_, theirs) in zip(
+        learner.module.state_dict().items(), restored.module.state_dict().items(), strict=True
+    ):
+        assert torch.equal(mine, theirs), name
+    feed(learner, examples[20:])
+    feed(restored, examples[20:])
+    assert blob(restored) == blob(learner)
+
+
+def test_prequential_predictions_come_from_the_last_solved_head(tiny_backbone) -> None:
+    learner = build_learner(tiny_backbone, CONFIG)
+    examples = stream(list(WORDS))
+    texts, labels = [t for t, _ in examples[:4]], [y for _, y in examples[:4]]
+    assert learner.learn_and_predict(texts, labels) == [None] * 4  # nothing solved yet
+    feed(learner, examples[4:20])
+    expected = learner.predict([t for t, _ in examples[20:24]])  # solves the head
+    before = learner.learn_and_predict(
+        [t for t, _ in examples[20:24]], [y for _, y in examples[20:24]]
+    )
+    assert before == expected
+
+
+def test_the_predictor_serves_what_the_learner_predicts(tiny_backbone) -> None:
+    learner = build_learner(tiny_backbone, CONFIG)
+    feed(learner, stream(list(WORDS)))
+    predictor = load_predictor(tiny_backbone, *from_safetensors(blob(learner)))
+    texts = ["a small dog", "warm bread", "a wooden chair"]
+    assert predictor.classes == learner.classes and predictor.buffer == []
+    torch.testing.assert_close(predictor.scores(texts), learner.scores(texts), rtol=0, atol=0)
+
+
+def test_images_adapt_the_last_blocks_of_efficientnet() -> None:
+    backbone = ImageBackbone.load(image_size=32)
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(28, 28, generator=generator) for _ in range(16)]
+    labels = ["dark", "light"] * 8
+    images = [
+        image * (0.3 if label == "dark" else 1.0)
+        for image, label in zip(images, labels, strict=True)
+    ]
+    config = LearnerConfig(**{**CONFIG.to_dict(), "pet": CONFIG.pet})
+    learner = build_learner(backbone, config)
+    feed(learner, list(zip(images, labels, strict=True)))
+    assert learner.adapted and learner.features.start == backbone.layers - backbone.adapt_blocks
+    restored = restore_learner(backbone, *from_safetensors(blob(learner)))
+    torch.testing.assert_close(
+        restored.scores(images[:4]), learner.scores(images[:4]), rtol=0, atol=0
+    )
+
+
+def test_a_pet_the_backbone_cannot_take_is_a_clear_error() -> None:
+    from perennial.pet import PrefixConfig
+
+    with pytest.raises(ValueError, match="prefix does not apply to ImageBackbone"):
+        build_learner(
+            ImageBackbone.load(image_size=32), LearnerConfig(learner="fsa", pet=PrefixConfig())
+        )
