@@ -1,23 +1,27 @@
-"""One adapter version, ready to run, and the two functions that run models.
+"""One adapter version, ready to run, and the functions that run models.
 
-`load_version` and `predict` are the one place that knows the learners' types.
-`predict` runs a batch that mixes adapters as ONE backbone forward when every
-version is an LAE ensemble of LoRA modules: each row carries its own LoRA
-weights (`perennial.pet.lora.RowwiseLoRA`), online and offline rows side by side
-(measured faster than grouping by adapter: docs/BENCHMARKS.md). Other models
-fall back to one `scores` call per version (`predict_grouped`).
+`load_version` and `predict` are the one place that knows the learners' types. `predict`
+runs a batch that mixes adapters with as few backbone forwards as each kind of model allows:
+
+- first-session-adaptation versions (`fsa`, the default learner): ONE frozen forward on the
+  backbone's runtime (ONNX Runtime by default) for every row, then ONE torch pass through the
+  last blocks for the rows of adapted versions, each row with its own version's LoRA weights
+  (`perennial.pet.lora.RowwiseLoRA`); each version's head then scores its rows' features;
+- LAE ensembles of LoRA modules (text): ONE forward with online and offline rows side by side;
+- anything else: one `scores` call per version (`predict_grouped`).
+Grouped was measured slower than the fused forwards (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from perennial.backbone import TextBackbone
-from perennial.learners import LearnerConfig, Predictor, load_predictor
+from perennial.learners import FirstSessionLearner, LearnerConfig, Predictor, load_predictor
 from perennial.learners.lae import ensemble_probabilities
 from perennial.pet import activate
 from perennial.pet.lora import RowwiseLoRA
@@ -67,11 +71,29 @@ def load_version(backbone, manifest: Manifest, blob: bytes) -> ServedVersion:
 
 
 def predict(backbone, work: Sequence[tuple[ServedVersion, list]]) -> list[torch.Tensor]:
-    """Scores [n_i, C_i] for each (version, inputs) item, in one backbone forward when possible."""
+    """Scores [n_i, C_i] for each (version, inputs) item: the items of each kind of model in as
+    few backbone forwards as the kind allows (see the module's docstring)."""
+    kinds: dict[Callable, list[int]] = {}
+    for index, (served, _) in enumerate(work):
+        kinds.setdefault(_path(backbone, served.model), []).append(index)
+    results: list[torch.Tensor] = [torch.empty(0)] * len(work)
     with torch.inference_mode():
-        if isinstance(backbone, TextBackbone) and all(_is_lora_ensemble(s.model) for s, _ in work):
-            return _predict_rowwise(backbone, work)
-        return predict_grouped(backbone, work)
+        for path, indices in kinds.items():
+            for index, scores in zip(
+                indices, path(backbone, [work[i] for i in indices]), strict=True
+            ):
+                results[index] = scores
+    return results
+
+
+def _path(backbone, model: object) -> Callable:
+    if isinstance(model, FirstSessionLearner) and (
+        model.module is None or _is_lora_module(model.module)
+    ):
+        return _predict_first_session
+    if isinstance(backbone, TextBackbone) and _is_lora_ensemble(model):
+        return _predict_rowwise
+    return predict_grouped
 
 
 def predict_grouped(backbone, work: Sequence[tuple[ServedVersion, list]]) -> list[torch.Tensor]:
@@ -128,6 +150,59 @@ def _predict_rowwise(
         results.append(ensemble_probabilities(head(online[start:stop]), head(offline[start:stop])))
         start = stop
     return results
+
+
+def _predict_first_session(
+    backbone, work: Sequence[tuple[ServedVersion, list]]
+) -> list[torch.Tensor]:
+    """FSA versions: ONE frozen forward (the runtime) for every row, then ONE pass through the
+    last blocks for the rows of adapted versions, each row with its version's LoRA weights;
+    then each version's own head on its [frozen ⊕ adapted] features."""
+    models = [served.model for served, _ in work]
+    maps = [model.features for model in models]
+    inputs = [row for _, item in work for row in item]
+    batch = backbone.prepare(inputs)
+    wanted = sorted({i for fm in maps for i in (*fm.states, fm.start)})
+    hidden = dict(zip(wanted, backbone.hidden(batch, wanted), strict=True))
+    pooled = {i: backbone.pool(hidden[i], batch) for i in {i for fm in maps for i in fm.states}}
+    spans, start = [], 0
+    for _, item in work:
+        spans.append((start, start + len(item)))
+        start += len(item)
+    adapted: dict[int, torch.Tensor] = {}  # item -> its rows' adapted features
+    for block in {
+        fm.start for fm, model in zip(maps, models, strict=True) if model.module is not None
+    }:
+        items = [
+            i
+            for i, (fm, m) in enumerate(zip(maps, models, strict=True))
+            if m.module is not None and fm.start == block
+        ]
+        rows = [r for i in items for r in range(*spans[i])]
+        modules = [models[i].module for i in items for _ in range(*spans[i])]
+        state, sub_batch = _rows(backbone, hidden[block], batch, rows)
+        with activate(RowwiseLoRA(modules)):  # type: ignore[arg-type]
+            features = backbone.pool(backbone.tail(state, sub_batch, block), sub_batch)
+        offset = 0
+        for i in items:
+            count = spans[i][1] - spans[i][0]
+            adapted[i], offset = features[offset : offset + count], offset + count
+    results = []
+    for i, (model, fm) in enumerate(zip(models, maps, strict=True)):
+        begin, end = spans[i]
+        parts = [pooled[s][begin:end] for s in fm.states]
+        if i in adapted:
+            parts.append(adapted[i])
+        results.append(model.scores_features(torch.cat(parts, dim=1).double()).float())
+    return results
+
+
+def _rows(backbone, state: torch.Tensor, batch, rows: list[int]):
+    """The rows of a batched state (and of its batch, for text) as a batch of their own."""
+    index = torch.tensor(rows)
+    if isinstance(batch, dict):
+        return state[index], {name: tensor[index] for name, tensor in batch.items()}
+    return state[index], batch[index]
 
 
 def model_bytes(model: object) -> int:

@@ -12,6 +12,7 @@ import torch
 from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from perennial.learners import LearnerConfig, build_learner
 from services.inference.batching import Batcher, BatchingConfig
 from services.inference.metrics import InferenceMetrics
 from services.inference.model import predict, predict_grouped
@@ -136,3 +137,41 @@ def test_stop_finishes_queued_jobs_and_rejects_new_ones():
     assert [batcher.result(job, None) for job in jobs] == [1, 2, 3]
     with pytest.raises(NotReady):
         batcher.submit("k", ["x"])
+
+
+def _fsa(backbone, seed: int, adapted: bool):
+    """A first-session-adaptation learner on the tiny backbone, past its window or not."""
+    config = LearnerConfig(learner="fsa", projection_dim=32, warmup_examples=8, warmup_min_classes=2,
+                           warmup_min_count=2, warmup_epochs=1, warmup_lr=1e-2, seed=seed)  # fmt: skip
+    learner = build_learner(backbone, config)
+    texts = QUERIES * (2 if adapted else 1)
+    labels = ["animal", "plant", "artifact", "animal", "artifact", "plant", "animal", "artifact"]
+    for first in range(0, len(texts) - 4 if not adapted else len(texts), 4):
+        learner.learn(texts[first : first + 4], (labels * 2)[first : first + 4])
+    assert learner.adapted is adapted
+    return learner
+
+
+def test_first_session_versions_of_many_adapters_share_one_forward(service, tiny_backbone):
+    """Adapted and not-yet-adapted FSA versions and an LAE version in one batch: every item gets
+    what the library computes for its own snapshot (one frozen forward, one tail pass)."""
+    learners = {
+        "x": _fsa(tiny_backbone, seed=1, adapted=True),
+        "y": _fsa(tiny_backbone, seed=2, adapted=True),
+        "z": _fsa(tiny_backbone, seed=3, adapted=False),
+        "lae": make_learner(tiny_backbone, seed=4),
+    }
+    for name, learner in learners.items():
+        publish(service.store, learner, adapter=name)
+    served = {name: service.plane.get(name) for name in learners}
+    work = [(served["x"], QUERIES[:3]), (served["lae"], QUERIES[3:4]), (served["y"], QUERIES[3:6]),
+            (served["z"], QUERIES[6:]), (served["x"], QUERIES[7:])]  # fmt: skip
+    for (version, texts), scores in zip(work, predict(tiny_backbone, work), strict=True):
+        name = version.adapter
+        with torch.inference_mode():
+            library = (
+                learners[name].scores(texts).float()
+                if name != "lae"
+                else learners[name].scores(texts)
+            )
+        torch.testing.assert_close(scores, library, atol=1e-5, rtol=1e-4)
