@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from perennial.backbone import TextBackbone
-from perennial.learners import FirstSessionLearner, LearnerConfig, Predictor, load_predictor
+from perennial.learners import FirstSessionPredictor, LearnerConfig, Predictor, load_predictor
 from perennial.learners.lae import ensemble_probabilities
 from perennial.pet import activate
 from perennial.pet.lora import RowwiseLoRA
@@ -87,7 +87,7 @@ def predict(backbone, work: Sequence[tuple[ServedVersion, list]]) -> list[torch.
 
 
 def _path(backbone, model: object) -> Callable:
-    if isinstance(model, FirstSessionLearner) and (
+    if isinstance(model, FirstSessionPredictor) and (
         model.module is None or _is_lora_module(model.module)
     ):
         return _predict_first_session

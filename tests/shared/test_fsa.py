@@ -127,8 +127,10 @@ def test_the_predictor_serves_what_the_learner_predicts(tiny_backbone) -> None:
     feed(learner, stream(list(WORDS)))
     predictor = load_predictor(tiny_backbone, *from_safetensors(blob(learner)))
     texts = ["a small dog", "warm bread", "a wooden chair"]
-    assert predictor.classes == learner.classes and predictor.buffer == []
-    torch.testing.assert_close(predictor.scores(texts), learner.scores(texts), rtol=0, atol=0)
+    assert predictor.classes == learner.classes and predictor.learner.buffer == []
+    torch.testing.assert_close(
+        predictor.scores(tiny_backbone, texts), learner.scores(texts).float(), rtol=0, atol=0
+    )
 
 
 def test_images_adapt_the_last_blocks_of_efficientnet() -> None:

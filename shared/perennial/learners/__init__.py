@@ -16,7 +16,7 @@ import torch
 
 from perennial.learners.analytic import RanPAC, SimpleCIL
 from perennial.learners.config import DEFAULT_LEARNER, LearnerConfig
-from perennial.learners.fsa import FirstSessionLearner
+from perennial.learners.fsa import FirstSessionLearner, FirstSessionPredictor
 from perennial.learners.lae import Ensemble, LAELearner
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "LEARNERS",
     "Ensemble",
     "FirstSessionLearner",
+    "FirstSessionPredictor",
     "LAELearner",
     "Learner",
     "LearnerConfig",

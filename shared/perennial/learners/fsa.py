@@ -277,9 +277,30 @@ class FirstSessionLearner:
     @classmethod
     def predictor_from_state(
         cls, backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
-    ):
+    ) -> FirstSessionPredictor:
         learner = cls.from_state(backbone, tensors, metadata)
-        learner.buffer = []  # serving does not need the warm-up's inputs
+        learner.buffer, learner.buffer_labels = [], []  # serving does not need the warm-up's inputs
+        return FirstSessionPredictor(learner)
+
+
+class FirstSessionPredictor:
+    """Serving view of an FSA snapshot: `scores(backbone, inputs)` and `classes` like every
+    predictor, plus the feature map, the PET and `scores_features` so the inference service
+    can batch the frozen forward of many versions' rows together."""
+
+    def __init__(self, learner: FirstSessionLearner) -> None:
+        self.learner = learner
+        self.classes = learner.classes
+        self.features = learner.features
+        self.module = learner.module
         if learner.classes:
             learner.head.solve()  # at load, not on the first request
-        return learner
+
+    def scores_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.learner.scores_features(features)
+
+    @torch.no_grad()
+    def scores(self, backbone, inputs) -> torch.Tensor:
+        if backbone is not self.learner.backbone:
+            raise ValueError("an FSA predictor scores with the backbone it was loaded on")
+        return self.learner.scores(inputs).float()
