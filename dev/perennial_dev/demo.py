@@ -13,6 +13,7 @@ ends with a summary. Ctrl-C or the end of the stream stops every process.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import signal
 import threading
@@ -32,6 +33,10 @@ from rich.table import Table
 from tritonclient.utils import InferenceServerException
 
 from perennial import codec
+from perennial.codec import from_safetensors
+from perennial.config import ProcessSettings
+from perennial.learners import FirstSessionLearner, LearnerConfig
+from perennial.runtime import load_backbone
 from perennial.store import SnapshotStore
 from perennial_dev.datasets.wordnet import (
     ClassIncrementalSplit,
@@ -263,6 +268,7 @@ def summary(
     inference: dict,
     elapsed: float,
     store: SnapshotStore,
+    pet: str,
 ) -> None:
     table = Table(
         title="Per stage: accuracy on held-out glosses (rows: after stage t; columns: stage i's classes)"
@@ -295,6 +301,7 @@ def summary(
         ("guardrail", _guardrail_note(store)),
         ("accuracy, all seen classes", f"{final.seen:.1%} (chance {1 / len(split.classes):.1%})"),
         ("accuracy, first-stage classes", f"{final.first:.1%}"),
+        ("PET contribution", pet),
         ("average forgetting (stages 1..T-1)", f"{np.mean(forgetting):.1%}" if forgetting else "-"),
         (
             "freshness p50 / p99",
@@ -308,6 +315,39 @@ def summary(
     for row in rows:
         results.add_row(*row)
     console.print(results)
+
+
+def pet_contribution(store: SnapshotStore, split: ClassIncrementalSplit, final: Evaluation) -> str:
+    """The served accuracy beside that of the same learner without its adapted features: the
+    head of the served version's configuration fitted here on the frozen features of the same
+    stream (the guardrail's holdout included), scored on the same held-out glosses."""
+    head = store.head(ADAPTER)
+    if head is None:
+        return "-"
+    _, blob = store.fetch(ADAPTER, head.version)
+    tensors, metadata = from_safetensors(blob)
+    config = LearnerConfig.from_dict(json.loads(metadata["learner"]))
+    if config.learner != FirstSessionLearner.name:
+        return f"- (the {config.learner} learner adapts no PET module)"
+    if not any(name.startswith("pet.") for name in tensors):
+        return "- (the stream ended before the PET's warm-up window closed)"
+    backbone = load_backbone(ProcessSettings())
+    frozen_only = FirstSessionLearner(backbone, config)
+    texts, labels = [g.text for g in split.train], [g.label for g in split.train]
+    for start in range(0, len(texts), 64):
+        features = frozen_only.features(texts[start : start + 64], None)
+        frozen_only.learn_features(features, labels[start : start + 64])
+    test = [g for stage in split.stages for c in stage for g in split.test[c]]
+    predicted = []
+    for start in range(0, len(test), 64):
+        features = frozen_only.features([g.text for g in test[start : start + 64]], None)
+        scores = frozen_only.scores_features(features)
+        predicted += [frozen_only.classes[i] for i in scores.argmax(-1).tolist()]
+    frozen = sum(p == g.label for p, g in zip(predicted, test, strict=True)) / len(test)
+    return (
+        f"{final.seen - frozen:+.1%}: served {final.seen:.1%} with the adapted features, "
+        f"{frozen:.1%} for the same head on frozen features only"
+    )
 
 
 def _guardrail_note(store: SnapshotStore) -> str:
@@ -405,8 +445,17 @@ def run(args: argparse.Namespace, console: Console) -> int:
             with console.status("final evaluation on every held-out gloss"):
                 final = client.evaluate(len(split.stages), None)
                 state.by_stage[len(split.stages) - 1] = final
+            with console.status("the PET's contribution: the same head on frozen features only"):
+                pet = pet_contribution(store, split, final)
             summary(
-                console, state, final, split, scrape(inference), time.monotonic() - started, store
+                console,
+                state,
+                final,
+                split,
+                scrape(inference),
+                time.monotonic() - started,
+                store,
+                pet,
             )
             return 0 if state.requests_failed == 0 else 1
         finally:
