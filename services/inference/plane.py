@@ -268,7 +268,6 @@ class DataPlane:
                 self.metrics.freshness.labels(adapter).observe(max(0.0, now - event_time))
         self.metrics.swaps.labels(adapter).inc()
         self.metrics.served_sequence.labels(adapter).set(new.manifest.sequence)
-        self.metrics.verification_failures.labels(adapter)  # exported (0) before any failure
         if old_version:
             self._forget_version_info(adapter, old_version)
         self.metrics.version_info.labels(adapter, new.version).set(1)
