@@ -204,4 +204,3 @@ def _rows(backbone, state: torch.Tensor, batch, rows: list[int]):
     if isinstance(batch, dict):
         return state[index], {name: tensor[index] for name, tensor in batch.items()}
     return state[index], batch[index]
-
