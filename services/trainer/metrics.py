@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from perennial.metrics import LATENCY_BUCKETS, metric_args
+from perennial.store import CORRUPTION_REASONS
 
 
 class TrainerMetrics:
@@ -101,6 +102,8 @@ class TrainerMetrics:
             ["reason"],
             **common,
         )
+        for reason in CORRUPTION_REASONS:  # every reason reads 0 until it happens
+            self.corrupt_snapshots.labels(reason)
         self.fallbacks = Counter(
             "snapshot_fallbacks",
             "Times a corrupted latest snapshot made the trainer fall back to an older version.",
