@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-DEBIAN_PACKAGES := redis-server wordnet-base prometheus dataset-fashion-mnist
+DEBIAN_PACKAGES := redis-server redis-sentinel wordnet-base prometheus dataset-fashion-mnist
 PROTO_OUT := shared
 
 .PHONY: help setup system venv proto proto-check lint docs lock demo test test-unit test-e2e bench-training bench-drift bench-learning bench-serving bench-protocols bench-rest-servers bench-perf-analyzer chart-sync chart-lint k8s k8s-check clean

@@ -59,6 +59,20 @@ def tiny_backbone() -> TextBackbone:
 
 
 @pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny backbone saved as a transformers directory, for services run as processes
+    (`PERENNIAL_BACKBONE_PATH`) where the point is plumbing, not quality."""
+    path = tmp_path_factory.mktemp("tiny-backbone")
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    BertModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def minilm() -> TextBackbone:
     """The real backbone, loaded once."""
     return TextBackbone.load()

@@ -10,15 +10,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from perennial_dev.launch import Service
 
 
-def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
-    """Poll `condition` until it returns something truthy; fail naming `what` on timeout."""
+def wait_for(condition, timeout: float, what: str, interval: float = 0.1, seen=None):
+    """Poll `condition` until it returns something truthy; on timeout fail naming `what` and
+    what was seen: `seen()` if given, else the condition's last value."""
     deadline = time.monotonic() + timeout
+    value = None
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+    saw = seen() if seen is not None else value
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; saw {saw!r}"[:4000])
 
 
 def stays_alive(service: Service, seconds: float) -> None:

@@ -27,11 +27,13 @@ __all__ = [
     "KafkaBroker",
     "LocalStack",
     "ManagedProcess",
+    "RedisSentinel",
     "RedisServer",
     "create_topics",
     "free_port",
     "start_kafka",
     "start_redis",
+    "start_sentinel",
 ]
 
 logger = logging.getLogger(__name__)
@@ -403,7 +405,12 @@ def _wait_or_stop(
 
 
 def start_redis(
-    workdir: Path, port: int | None = None, *, timeout: float = 30, password: str | None = None
+    workdir: Path,
+    port: int | None = None,
+    *,
+    timeout: float = 30,
+    password: str | None = None,
+    replica_of: int | None = None,
 ) -> RedisServer:
     """Start ``redis-server`` on 127.0.0.1 with no persistence and wait until it answers PING.
 
@@ -412,6 +419,7 @@ def start_redis(
         port: TCP port; a free one when None.
         timeout: Seconds to wait for readiness.
         password: with a password, clients must AUTH (``--requirepass``).
+        replica_of: port of a master on 127.0.0.1 to replicate (``--replicaof``).
 
     Raises:
         RuntimeError: ``redis-server`` is not installed, or did not become ready.
@@ -441,6 +449,7 @@ def start_redis(
             "--protected-mode", "yes",
             "--daemonize", "no",
             *(["--requirepass", password] if password else []),
+            *(["--replicaof", LOCALHOST, str(replica_of)] if replica_of else []),
         ]  # fmt: skip
         process = ManagedProcess(argv, workdir / f"redis-{p}.log", name="redis-server")
 
@@ -467,6 +476,77 @@ def start_redis(
         return RedisServer(process, p, elapsed)
 
     return _start_with_retries(start_one, port, "redis-server")
+
+
+class RedisSentinel(_Service):
+    """A running ``redis-sentinel`` child watching one master; see :func:`start_sentinel`."""
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT``, for ``PERENNIAL_REDIS_SENTINELS``."""
+        return f"{self.host}:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"RedisSentinel(address={self.address!r}, {self.process!r})"
+
+
+def start_sentinel(
+    workdir: Path,
+    master_port: int,
+    port: int | None = None,
+    *,
+    master_name: str = "mymaster",
+    down_after_ms: int = 1000,
+    timeout: float = 30,
+) -> RedisSentinel:
+    """Start ``redis-sentinel`` (Debian package ``redis-sentinel``) on 127.0.0.1 watching the
+    master on ``master_port`` with quorum 1, and wait until it knows the master.
+
+    A master silent for ``down_after_ms`` is failed over to a replica. Sentinel rewrites its
+    configuration file, so each one gets its own under ``workdir``.
+    """
+    import redis
+
+    binary = shutil.which("redis-sentinel")
+    if binary is None:
+        raise RuntimeError(
+            "redis-sentinel not found on PATH: install the Debian package `redis-sentinel` "
+            "(sudo apt-get install redis-sentinel, or `make setup`)"
+        )
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def start_one(p: int) -> RedisSentinel:
+        config = workdir / f"sentinel-{p}.conf"
+        config.write_text(
+            f"port {p}\nbind {LOCALHOST}\ndaemonize no\ndir {workdir}\n"
+            f"sentinel monitor {master_name} {LOCALHOST} {master_port} 1\n"
+            f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
+            f"sentinel failover-timeout {master_name} 10000\n"
+            f"sentinel parallel-syncs {master_name} 1\n"
+        )
+        process = ManagedProcess(
+            [binary, str(config)], workdir / f"sentinel-{p}.log", name="redis-sentinel"
+        )
+
+        def knows_master() -> bool:
+            client = redis.Redis(
+                host=LOCALHOST, port=p, socket_connect_timeout=0.2, socket_timeout=0.5
+            )
+            try:
+                return bool(client.sentinel_get_master_addr_by_name(master_name))
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+
+        elapsed = _wait_or_stop(process, knows_master, timeout, f"redis-sentinel on port {p}")
+        logger.info(
+            "redis-sentinel ready on %s:%d in %.3fs (pid %d)", LOCALHOST, p, elapsed, process.pid
+        )
+        return RedisSentinel(process, p, elapsed)
+
+    return _start_with_retries(start_one, port, "redis-sentinel")
 
 
 def _tansu_binary() -> str:

@@ -80,8 +80,9 @@ class InferenceMetrics:
         )
         self.verification_failures = Counter(
             "verification_failures",
-            "Snapshots rejected because their sha256 did not match.",
-            ["adapter"],
+            "Snapshot versions rejected, once per version: sha256 mismatch (checksum), "
+            "malformed manifest (manifest) or undecodable blob (decode).",
+            ["adapter", "reason"],
             **common,
         )
         self.served_sequence = Gauge(

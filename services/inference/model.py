@@ -26,6 +26,7 @@ from perennial.learners.lae import ensemble_probabilities
 from perennial.pet import activate
 from perennial.pet.lora import RowwiseLoRA
 from perennial.store import Manifest, from_safetensors
+from services.inference.sizing import resident_bytes
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,7 +68,7 @@ def load_version(backbone, manifest: Manifest, blob: bytes) -> ServedVersion:
     tensors, metadata = from_safetensors(blob)
     model = load_predictor(backbone, tensors, metadata)
     learner = LearnerConfig.from_dict(json.loads(metadata["learner"])).learner
-    return ServedVersion(manifest, model, model_bytes(model), learner)
+    return ServedVersion(manifest, model, resident_bytes(model, backbone), learner)
 
 
 def predict(backbone, work: Sequence[tuple[ServedVersion, list]]) -> list[torch.Tensor]:
@@ -203,12 +204,3 @@ def _rows(backbone, state: torch.Tensor, batch, rows: list[int]):
     if isinstance(batch, dict):
         return state[index], {name: tensor[index] for name, tensor in batch.items()}
     return state[index], batch[index]
-
-
-def model_bytes(model: object) -> int:
-    """Bytes of a predictor's tensors (its parameters and buffers if it is a module)."""
-    if isinstance(model, torch.nn.Module):
-        tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    else:
-        tensors = {id(t): t for t in vars(model).values() if isinstance(t, torch.Tensor)}
-    return sum(t.numel() * t.element_size() for t in tensors.values())

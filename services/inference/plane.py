@@ -15,21 +15,32 @@ batcher (`services.inference.batching`) groups requests into `model.predict` cal
 - **Updates**: on an announcement the watcher thread fetches, verifies sha256 and
   builds the new version, then swaps; a periodic check of the Redis heads covers
   a missed pub/sub message. A failed verification keeps the old version.
+- **Corruption**: a version whose manifest is malformed, whose blob fails its sha256 or
+  does not decode is never served; it is remembered (`_corrupted`) and counted once in
+  `verification_failures_total{reason}`, and a request naming it gets DATA_LOSS. A head
+  that is corrupted keeps the version already served or, on a cold replica, serves the
+  newest retained version that verifies; with none, requests get DATA_LOSS saying why.
+- **Names**: a model name that is not an adapter id, or a version that is not a version
+  id, is NOT_FOUND without a Redis call (nor a key built from it).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from perennial.backbone import TextBackbone
-from perennial.errors import InvalidInput, NotFound
-from perennial.store import IntegrityError, Manifest, SnapshotStore
+from perennial.codec import valid_adapter_id
+from perennial.errors import DataLoss, InvalidInput, NotFound
+from perennial.grpc_errors import STATUS
+from perennial.store import CORRUPTION_REASONS, IntegrityError, Manifest, SnapshotStore
 from services.inference.metrics import InferenceMetrics
 from services.inference.model import Prediction, ServedVersion, load_version, predict
+from services.inference.sizing import release_memory
 
 log = logging.getLogger(__name__)
 MAX_PARENT_HOPS = 64  # manifests walked back to account freshness of skipped versions
@@ -37,6 +48,9 @@ MISSING_SECONDS = (
     1.0  # "adapter has no snapshot" is remembered this long (unknown names cannot flood Redis)
 )
 MAX_MISSING = 10_000
+MAX_CORRUPTED = 10_000  # corrupted versions remembered (their names are immutable)
+VERSION_ID = re.compile(r"v[0-9]{6,}-[0-9a-f]{12}")
+DOMAIN_ERRORS = tuple(STATUS)  # raised on purpose with their own status; never "corrupted"
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,7 @@ class DataPlane:
         self._missing: dict[
             str, float
         ] = {}  # adapter -> monotonic time until which it is known absent
+        self._corrupted: dict[tuple[str, str], str] = {}  # (adapter, version) -> why
 
     # -- requests ----------------------------------------------------------------------------
     def validate(self, rows: list) -> None:
@@ -109,6 +124,12 @@ class DataPlane:
 
     def get(self, adapter: str, version: str = "") -> ServedVersion:
         """The version to answer with (`version` empty: the current head), loading it if needed."""
+        if not valid_adapter_id(adapter):
+            raise NotFound(
+                f"no adapter {adapter[:80]!r}: adapter ids are lowercase letters, digits, '.', '_', '-'"
+            )
+        if version and not VERSION_ID.fullmatch(version):
+            raise NotFound(f"adapter {adapter!r} has no version {version[:80]!r}")
         served = self._lookup(adapter, version)
         if served is not None:
             return served
@@ -122,15 +143,34 @@ class DataPlane:
                 served = self._build(adapter, version)
                 self._admit(served)
                 return served
-            head = self.store.head(adapter)
+            head = self.store.pointer(adapter, "head")
             if head is None:
                 if len(self._missing) >= MAX_MISSING:
                     self._missing.clear()
                 self._missing[adapter] = time.monotonic() + MISSING_SECONDS
                 raise NotFound(f"adapter {adapter!r} has no snapshot yet; check the model name")
-            served = self._build(adapter, head.version)
+            try:
+                served = self._build(adapter, head)
+            except DataLoss as error:
+                served = self._newest_valid(adapter, head, error)
             self._swap(served)
             return served
+
+    def _newest_valid(self, adapter: str, head: str, error: DataLoss) -> ServedVersion:
+        """A cold start on a corrupted head: the newest retained version that verifies."""
+        for version in reversed(self.store.versions(adapter)):
+            if version == head or (adapter, version) in self._corrupted:
+                continue
+            try:
+                served = self._build(adapter, version)
+            except (DataLoss, NotFound):  # corrupted too, or pruned meanwhile
+                continue
+            log.warning(
+                "head is corrupted; serving an older version",
+                extra={"fields": {"adapter": adapter, "head": head, "version": version}},
+            )
+            return served
+        raise DataLoss(f"{error}; no retained version of adapter {adapter!r} verifies") from error
 
     def infer(self, adapter: str, version: str, texts: list[str]) -> Prediction:
         """Unbatched convenience: validate, resolve, run."""
@@ -155,8 +195,34 @@ class DataPlane:
 
     # -- building, admitting, swapping --------------------------------------------------------
     def _build(self, adapter: str, version: str) -> ServedVersion:
-        manifest, blob = self.store.fetch(adapter, version)
-        return load_version(self.backbone, manifest, blob)
+        """Fetch, verify and build a version; `DataLoss` (counted once per version) if it is bad."""
+        known = self._corrupted.get((adapter, version))
+        if known is not None:
+            raise DataLoss(known)
+        try:
+            manifest, blob = self.store.fetch(adapter, version)
+            try:
+                return load_version(self.backbone, manifest, blob)
+            except DOMAIN_ERRORS:
+                raise  # e.g. a snapshot of another backbone runtime: not corruption
+            except Exception as error:  # noqa: BLE001 - verified bytes that do not decode
+                raise IntegrityError(
+                    f"not a loadable snapshot: {type(error).__name__}: {error}"[:300], "decode"
+                ) from error
+        except IntegrityError as error:
+            message = (
+                f"adapter {adapter!r} version {version} is corrupted ({error.reason}) and is "
+                f"not served: {error}"
+            )
+            if len(self._corrupted) >= MAX_CORRUPTED:
+                self._corrupted.clear()
+            self._corrupted[(adapter, version)] = message
+            self.metrics.verification_failures.labels(adapter, error.reason).inc()
+            log.error(
+                "rejected a snapshot",
+                extra={"fields": {"adapter": adapter, "version": version, "error": str(error)}},
+            )
+            raise DataLoss(message) from error
 
     def _admit(self, served: ServedVersion, current: bool = False) -> None:
         """Make `served` resident — with `current`, also the adapter's default, in the same step
@@ -187,6 +253,8 @@ class DataPlane:
         for adapter, version in evicted:
             self.metrics.evictions.inc()
             self._forget_version_info(adapter, version)
+        if evicted:
+            release_memory()
 
     def _swap(self, new: ServedVersion) -> None:
         adapter = new.adapter
@@ -200,10 +268,11 @@ class DataPlane:
                 self.metrics.freshness.labels(adapter).observe(max(0.0, now - event_time))
         self.metrics.swaps.labels(adapter).inc()
         self.metrics.served_sequence.labels(adapter).set(new.manifest.sequence)
-        self.metrics.verification_failures.labels(adapter)  # exported (0) before any failure
         if old_version:
             self._forget_version_info(adapter, old_version)
         self.metrics.version_info.labels(adapter, new.version).set(1)
+        for reason in CORRUPTION_REASONS:  # the series exist (at 0) before the first rejection
+            self.metrics.verification_failures.labels(adapter, reason)
         log.info(
             "serving version",
             extra={"fields": {"adapter": adapter, "version": new.version, "previous": old_version}},
@@ -225,9 +294,14 @@ class DataPlane:
         manifest: Manifest | None = newest
         while manifest and len(chain) < MAX_PARENT_HOPS and manifest.sequence > served.sequence:
             chain.append(manifest)
-            manifest = (
-                self.store.manifest(manifest.adapter, manifest.parent) if manifest.parent else None
-            )
+            try:
+                manifest = (
+                    self.store.manifest(manifest.adapter, manifest.parent)
+                    if manifest.parent
+                    else None
+                )
+            except IntegrityError:
+                manifest = None  # a corrupted ancestor ends the walk; the swap goes on
         return chain
 
     # -- updates (watcher thread) ---------------------------------------------------------------
@@ -243,18 +317,14 @@ class DataPlane:
         current = self._resident.get((adapter, current_version)) if current_version else None
         if current is None:
             return False  # not resident: it loads on its next request
-        manifest = self.store.head(adapter)
-        if manifest is None or manifest.version == current.manifest.version:
+        head = self.store.pointer(adapter, "head")
+        if head is None or head == current.manifest.version:
             return False
         started = time.perf_counter()
         try:
-            new = self._build(adapter, manifest.version)
-        except IntegrityError as error:
-            self.metrics.verification_failures.labels(adapter).inc()
-            log.error(
-                "rejected a snapshot", extra={"fields": {"adapter": adapter, "error": str(error)}}
-            )
-            return False
+            new = self._build(adapter, head)
+        except DataLoss:
+            return False  # counted once in `_build`; the served version stays
         self.metrics.swap_duration.observe(time.perf_counter() - started)
         with self._load_lock:  # not concurrently with a first load of the same adapter
             if self._current.get(adapter) == current_version:
@@ -266,16 +336,27 @@ class DataPlane:
         return sum(self.refresh(adapter) for adapter in list(self._current))
 
     def watch(self, stop: threading.Event) -> None:
-        """Apply announcements until `stop`; reconcile with the Redis heads periodically."""
+        """Apply announcements until `stop`; reconcile with the Redis heads periodically.
+
+        A lost subscription (Redis restarted, a Sentinel failover) is opened again, and the
+        reconcile that follows catches up with what was announced meanwhile."""
         last_reconcile = time.monotonic()
-        for announcement in self.store.announcements():
-            if stop.is_set():
-                return
+        while not stop.is_set():
             try:
-                if announcement is not None:
-                    self.refresh(*announcement)
-                if time.monotonic() - last_reconcile >= self.config.reconcile_seconds:
-                    last_reconcile = time.monotonic()
-                    self.reconcile()
-            except Exception:  # a bad snapshot or a Redis hiccup must not stop the watcher
-                log.exception("update failed; will retry at the next announcement or reconcile")
+                for announcement in self.store.announcements():
+                    if stop.is_set():
+                        return
+                    try:
+                        if announcement is not None:
+                            self.refresh(*announcement)
+                        if time.monotonic() - last_reconcile >= self.config.reconcile_seconds:
+                            last_reconcile = time.monotonic()
+                            self.reconcile()
+                    except Exception:  # a bad snapshot or a Redis hiccup must not stop the watcher
+                        log.exception(
+                            "update failed; will retry at the next announcement or reconcile"
+                        )
+            except Exception:  # the subscription itself failed
+                log.exception("subscription lost; subscribing again")
+                last_reconcile = 0.0  # reconcile as soon as it is back
+                stop.wait(1.0)

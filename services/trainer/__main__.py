@@ -17,6 +17,7 @@ from services.trainer.control import ControlServicer, build_control_server, set_
 from services.trainer.events import EventPublisher
 from services.trainer.ingest import Ingest
 from services.trainer.kube_events import EventRecorder
+from services.trainer.liveness import Watchdog
 from services.trainer.metrics import TrainerDriftMetrics, TrainerMetrics
 from services.trainer.monitor import TrainerDriftMonitor
 from services.trainer.settings import TrainerSettings
@@ -29,7 +30,11 @@ def serve(settings: TrainerSettings) -> None:
     """Start, consume and train until SIGTERM, then snapshot and commit."""
     security = ServerSecurity.from_settings(settings)  # unreadable files fail before any loading
     where = device.select(settings.device)
-    store = SnapshotStore(redis_connect.connect(settings))
+    store = SnapshotStore(
+        redis_connect.connect(settings),
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
+    )
     registry, stop = runtime.start("trainer", settings)
     metrics = TrainerMetrics(registry)
     health_servicer = health.HealthServicer()
@@ -76,6 +81,16 @@ def serve(settings: TrainerSettings) -> None:
     training = threading.Thread(target=trainer.run, args=(stop,), name="training")
     training.start()
     set_health(health_servicer, True)
+    watchdog = Watchdog(
+        {
+            "training": (training.is_alive, lambda: trainer.heartbeat),
+            "poll": (lambda: True, lambda: ingest.heartbeat),  # the main thread: exits if it dies
+        },
+        settings.stall_seconds,
+        metrics,
+        lambda serving: set_health(health_servicer, serving and not stop.is_set()),
+    )
+    threading.Thread(target=watchdog.run, args=(stop,), name="watchdog", daemon=True).start()
     log.info("serving", extra={"fields": {"control_port": settings.control_port}})
     try:
         ingest.run(stop)

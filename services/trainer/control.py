@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from perennial import grpc_errors
+from perennial.codec import ADAPTER_ID, valid_adapter_id
 from perennial.errors import InvalidInput, NotFound, NotReady
 from perennial.grpc_errors import DomainErrorInterceptor
 from perennial.store import Manifest
@@ -72,6 +73,8 @@ class ControlServicer(trainer_pb2_grpc.TrainerServicer):
     def _adapter(self, name: str) -> str:
         if not name:
             raise InvalidInput("adapter is empty; name the adapter id")
+        if not valid_adapter_id(name):  # full match: "evil\n" and hash-tag braces are refused
+            raise InvalidInput(f"adapter {name[:80]!r} is not an adapter id ({ADAPTER_ID.pattern})")
         return name
 
     def _status(self, adapter: str, state: AdapterState) -> trainer_pb2.AdapterStatus:

@@ -101,6 +101,22 @@ class EventPublisher:
             adapter, rolled_back=events_pb2.RolledBack(version=version, previous=previous or "")
         )
 
+    def fell_back(
+        self, adapter: str, corrupted: str, version: str | None, reason: str, message: str
+    ):
+        event = self._emit(
+            adapter,
+            fell_back=events_pb2.FellBack(
+                corrupted=corrupted, version=version or "", reason=reason, message=message
+            ),
+        )
+        self.kubernetes.record(
+            EventReason.FELL_BACK,
+            f"adapter {adapter}: snapshot {corrupted} failed verification ({reason}); "
+            f"continuing from {version or 'scratch'}",
+        )
+        return event
+
     def dead_lettered(
         self, adapter: str, reason: str, message: str, topic: str, partition: int, offset: int
     ) -> events_pb2.Event | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -16,6 +17,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from perennial import codec, tracing
+from services.trainer.deadletter import DeadLetterFailed, DeadLetters, Rejected
 from services.trainer.events import EventPublisher
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.settings import TrainerSettings
@@ -31,13 +33,14 @@ def partition_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
-def incoming_of(record, example: codec.Example) -> Incoming:
+def incoming_of(record, example: codec.Example, epoch: int = 0) -> Incoming:
     """A validated record for the training thread, with the producer's trace context if sent."""
     return Incoming(
         partition_key(record.topic, record.partition),
         record.offset,
         example,
         tracing.extract_link(record.headers),
+        epoch=epoch,
     )
 
 
@@ -67,8 +70,16 @@ class Ingest:
             max_poll_records=max(settings.batch_size * 8, 128),
             **settings.kafka_options(),
         )
+        self.dead_letters = DeadLetters(
+            producer, settings.dead_letter_topic, settings.dead_letter_max_bytes, metrics, events
+        )
+        trainer.dead_letters = self.dead_letters
         self._committed: dict[str, int] = {}
+        self._epochs: dict[str, int] = {}  # partition -> epoch stamped on its records
+        self._assignments = 0  # bumped by every assignment (on kafka-python's network thread)
+        self._restart_pending = False
         self._backpressure = False
+        self.heartbeat = time.monotonic()  # the watchdog reads it: the poll loop is alive
         self.lag: dict[
             str, int
         ] = {}  # partition -> records not yet fetched (read by the control API)
@@ -87,24 +98,43 @@ class Ingest:
         self.consumer.close(autocommit=False)
 
     def poll_once(self) -> None:
+        self.heartbeat = time.monotonic()
+        self._apply_rewinds()
+        assignments = self._assignments
         try:
             batches = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
         except KafkaError as error:
             self.metrics.dependency_errors.labels("kafka").inc()
             log.warning("poll failed; retrying", extra={"fields": {"error": str(error)}})
             return
+        if self._restart_pending or self._assignments != assignments:
+            # a rebalance happened: what was fetched may start past records the revocation
+            # dropped, so read every assigned partition again from its committed offset
+            self._restart_pending = not self._restart_from_commits()
+            return
         incoming = []
-        for records in batches.values():
+        for tp, records in batches.items():
+            key = partition_key(tp.topic, tp.partition)
+            epoch = self._epochs.get(key, 0)
             for record in records:
-                example = self._validate(record)
+                try:
+                    example = self._validate(record)
+                except DeadLetterFailed as error:  # read it again; never commit past it
+                    log.warning(
+                        "dead letter not delivered; re-reading",
+                        extra={"fields": {"error": str(error)}},
+                    )
+                    self.consumer.seek(tp, record.offset)
+                    break
                 if example is not None:
-                    incoming.append(incoming_of(record, example))
+                    incoming.append(incoming_of(record, example, epoch))
         self.trainer.deliver(incoming)
         self._apply_backpressure()
         self._report_lag()
         self.commit()
 
     def _validate(self, record) -> codec.Example | None:
+        """The record's Example, or None once it is dead-lettered (confirmed) with its reason."""
         try:
             limit = self.settings.max_record_bytes
             if record.value is not None and len(record.value) > limit:
@@ -113,37 +143,55 @@ class Ingest:
                 )
             return codec.decode(record.value, key=record.key, timestamp_ms=record.timestamp)
         except codec.DecodeError as error:
-            self._dead_letter(record, error)
-            return None
+            reason, message = error.reason, str(error)
+        except Exception as error:  # noqa: BLE001 - contained to this record, never the loop
+            reason, message = "Undecodable", f"{type(error).__name__}: {error}"[:500]
+        self.dead_letters.send(
+            Rejected(
+                record.topic,
+                record.partition,
+                record.offset,
+                record.key,
+                record.value,
+                reason,
+                message,
+            )
+        )
+        return None
 
-    def _dead_letter(self, record, error: codec.DecodeError) -> None:
-        headers = [
-            ("perennial.error.class", error.reason.encode()),
-            ("perennial.error.message", str(error).encode()),
-            ("perennial.source.topic", record.topic.encode()),
-            ("perennial.source.partition", str(record.partition).encode()),
-            ("perennial.source.offset", str(record.offset).encode()),
-        ]
-        # Delivery is confirmed before the offset can be committed past the record.
-        self.producer.send(
-            self.settings.dead_letter_topic, key=record.key, value=record.value, headers=headers
-        ).get(timeout=60)
-        self.metrics.dead_lettered.labels(error.reason).inc()
-        adapter = (record.key or b"").decode("utf-8", "replace")
-        self.events.dead_lettered(
-            adapter, error.reason, str(error), record.topic, record.partition, record.offset
-        )
-        log.warning(
-            "dead-lettered a record",
-            extra={
-                "fields": {
-                    "reason": error.reason,
-                    "error": str(error),
-                    "partition": record.partition,
-                    "offset": record.offset,
-                }
-            },
-        )
+    def _restart_from_commits(self) -> bool:
+        """Seek every assigned partition to its committed offset, with a new epoch."""
+        try:
+            committed = {tp: self.consumer.committed(tp) for tp in self.consumer.assignment()}
+        except KafkaError as error:
+            self.metrics.dependency_errors.labels("kafka").inc()
+            log.warning("reading commits failed; retrying", extra={"fields": {"error": str(error)}})
+            return False
+        epochs = {}
+        for tp, offset in committed.items():
+            key = partition_key(tp.topic, tp.partition)
+            epochs[key] = self._epochs[key] = self.trainer.new_epoch()
+            if offset is None:
+                self.consumer.seek_to_beginning(tp)  # auto_offset_reset="earliest"
+            else:
+                self.consumer.seek(tp, offset)
+        self.trainer.submit(lambda: self.trainer.restart_partitions(epochs)).result()
+        return True
+
+    def _apply_rewinds(self) -> None:
+        """Seek partitions the trainer asked to read again (a fall-back or a fenced write)."""
+        assigned = {partition_key(tp.topic, tp.partition): tp for tp in self.consumer.assignment()}
+        for key, (epoch, offset) in self.trainer.take_rewinds().items():
+            if epoch < self._epochs.get(key, 0):
+                continue  # a rebalance since: the states that asked for it are gone
+            self._epochs[key] = epoch  # also if revoked meanwhile: the stamps must agree later
+            tp = assigned.get(key)
+            if tp is None:
+                continue  # the new owner reads from the snapshots itself
+            self.consumer.seek(tp, offset)
+            log.warning(
+                "re-reading a partition", extra={"fields": {"partition": key, "offset": offset}}
+            )
 
     def _apply_backpressure(self) -> None:
         backlog = self.trainer.backlog()
@@ -170,8 +218,10 @@ class Ingest:
             except KafkaError:
                 continue
             if position is not None:
-                lag = max(0, highwater - position)
-                self.lag[partition_key(tp.topic, tp.partition)] = lag
+                key = partition_key(tp.topic, tp.partition)
+                # records fetched but not yet learned count too: a stuck trainer shows lag
+                lag = max(0, highwater - position) + self.trainer.held(key)
+                self.lag[key] = lag
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     def commit(self) -> None:
@@ -203,6 +253,7 @@ class Ingest:
         log.info("partitions revoked", extra={"fields": {"partitions": sorted(keys)}})
 
     def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        self._assignments += 1
         log.info(
             "partitions assigned",
             extra={

@@ -46,6 +46,7 @@ class EventReason(Enum):
     GUARDRAIL_HELD = ("GuardrailHeld", "Warning")
     PROMOTED = ("Promoted", "Normal")
     ROLLED_BACK = ("RolledBack", "Normal")
+    FELL_BACK = ("SnapshotCorrupted", "Warning")
 
     @property
     def reason(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from perennial.metrics import LATENCY_BUCKETS, metric_args
+from perennial.store import CORRUPTION_REASONS
 
 
 class TrainerMetrics:
@@ -90,6 +91,52 @@ class TrainerMetrics:
         )
         for dependency in ("redis", "kafka"):  # exported (0) before the first failure
             self.dependency_errors.labels(dependency)
+        self.dead_letters_truncated = Counter(
+            "dead_letters_truncated",
+            "Dead letters sent truncated because the record was too large for the topic.",
+            **common,
+        )
+        self.corrupt_snapshots = Counter(
+            "corrupt_snapshots",
+            "Snapshot versions that failed verification when the trainer loaded them.",
+            ["reason"],
+            **common,
+        )
+        for reason in CORRUPTION_REASONS:  # every reason reads 0 until it happens
+            self.corrupt_snapshots.labels(reason)
+        self.fallbacks = Counter(
+            "snapshot_fallbacks",
+            "Times a corrupted latest snapshot made the trainer fall back to an older version.",
+            ["adapter"],
+            **common,
+        )
+        self.fenced = Counter(
+            "snapshots_fenced",
+            "Snapshot writes rejected because another writer moved the adapter's lineage.",
+            ["adapter"],
+            **common,
+        )
+        self.resident_adapters = Gauge(
+            "resident_adapters", "Adapters whose learner is in this trainer's memory.", **common
+        )
+        self.adapter_evictions = Counter(
+            "adapter_evictions",
+            "Idle adapters snapshotted and dropped from memory (max_adapters).",
+            **common,
+        )
+        self.stalled = Gauge(
+            "stalled",
+            "1 while a thread of the trainer (training, poll) is dead or silent past stall_seconds.",
+            ["thread"],
+            **common,
+        )
+        self.heartbeat_age = Gauge(
+            "heartbeat_age",
+            "Seconds since the thread last showed progress.",
+            ["thread"],
+            unit="seconds",
+            **common,
+        )
 
 
 class TrainerDriftMetrics:

@@ -72,6 +72,42 @@ class TrainerSettings(ProcessSettings, RedisSettings, GrpcSecuritySettings):
         2048, ge=1, description="records buffered before partitions are paused"
     )
     max_record_bytes: int = Field(1 << 20, ge=1, description="larger records are dead-lettered")
+    dead_letter_max_bytes: int = Field(
+        512 * 1024,
+        ge=8192,
+        le=1 << 20,
+        description="dead letters larger than this are sent truncated, with their size in a header "
+        "(below the producer's 1 MiB request limit)",
+    )
+    max_adapters: int = Field(
+        128,
+        ge=1,
+        description="adapters kept in memory; beyond, the least recently used is snapshotted and "
+        "dropped, and reloads on demand",
+    )
+    max_classes: int = Field(
+        256, ge=2, description="classes per adapter; examples of further labels are dead-lettered"
+    )
+    retain_bytes: int = Field(
+        64 << 20,
+        ge=1,
+        description="snapshot bytes kept per adapter in Redis (head, candidate and their parents "
+        "always stay)",
+    )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="replicas that must hold a snapshot before its offsets are committed "
+        "(Redis WAIT; 1 or more with Sentinel, so a failover loses no snapshot)",
+    )
+    redis_wait_timeout_ms: int = Field(
+        5000, ge=1, description="how long a snapshot waits for those replicas"
+    )
+    stall_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="the training thread or the poll loop silent this long: health NOT_SERVING",
+    )
     prequential_budget: float = Field(
         0.05,
         ge=0,

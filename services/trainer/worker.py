@@ -15,6 +15,14 @@ crash anywhere re-reads but never re-applies or loses an example.
 Micro-batches are cut by size, so a replay after a crash sees the same batches
 as the uninterrupted run; a partial batch is flushed only after
 `batch_wait_seconds` without new examples (set it to inf for strict determinism).
+
+Failure behaviour (docs/TRAINER.md, "Limits and failures"): a corrupted `latest`
+falls back to the newest version that verifies and re-reads the partition from its
+offsets (`_rewind`; records already in flight are dropped by their epoch stamp, so
+none is applied twice); a write fenced out by another trainer does the same from
+the other trainer's snapshot; at most `max_adapters` adapters stay in memory (the
+least recently used idle one is snapshotted, then dropped, and reloaded from that
+snapshot on demand); labels beyond `max_classes` are dead letters.
 """
 
 from __future__ import annotations
@@ -35,8 +43,9 @@ from opentelemetry import trace
 
 from perennial import tracing
 from perennial.backbone import TextBackbone
-from perennial.codec import Example
-from perennial.errors import InvalidInput, NotFound
+from perennial.codec import Example, encode
+from perennial.errors import InvalidInput, NotFound, NotReady
+from perennial.grpc_errors import STATUS
 from perennial.learners import (
     Learner,
     LearnerConfig,
@@ -45,7 +54,15 @@ from perennial.learners import (
     restore_learner,
 )
 from perennial.monitoring import NoMonitor
-from perennial.store import Manifest, SnapshotStore, StaleParent, from_safetensors, to_safetensors
+from perennial.store import (
+    IntegrityError,
+    Manifest,
+    SnapshotStore,
+    StaleParent,
+    from_safetensors,
+    to_safetensors,
+)
+from services.trainer.deadletter import DeadLetterFailed, DeadLetters, Rejected
 from services.trainer.events import EventPublisher
 from services.trainer.guardrail import HoldoutReservoir, judge
 from services.trainer.metrics import TrainerMetrics
@@ -64,6 +81,7 @@ class Incoming:
     offset: int
     example: Example
     link: trace.Link | None = None  # the producer's span, when the record carried its context
+    epoch: int = 0  # rewinds of the partition before it was read (older epochs are dropped)
 
 
 @dataclass
@@ -84,6 +102,10 @@ class AdapterState:
     last_error: str = ""
     # Micro-batch spans not yet in a snapshot (a span keeps at most 128 links).
     learned: deque[trace.Link] = field(default_factory=lambda: deque(maxlen=128))
+    replaces: str | None = None  # a corrupted `latest` the next write supersedes
+    recovering: dict[str, int] = field(default_factory=dict)  # partition -> re-read up to
+    routed: dict[str, int] = field(default_factory=dict)  # partition -> next offset to route
+    last_used: float = 0.0
 
     @property
     def dirty(self) -> bool:
@@ -127,11 +149,39 @@ class Trainer:
         self._stopped = False  # the training thread has finished
         self._learn_seconds = self._prequential_seconds = 0.0
         self._stopped_lock = threading.Lock()
+        self.dead_letters: DeadLetters | None = None  # set by the poll loop's owner
+        self.heartbeat = time.monotonic()  # the watchdog reads it: the training thread is alive
+        self._held: dict[str, int] = {}  # partition -> records in memory, not yet learned
+        self._held_lock = threading.Lock()
+        self._epochs: dict[str, int] = {}  # partition -> the epoch its records must carry
+        self._epoch_counter = 0  # one sequence for every partition and both threads
+        self._rewinds: dict[str, tuple[int, int]] = {}  # partition -> (epoch, offset) to seek
+        self._rewinds_lock = threading.Lock()
 
     # -- called from other threads --------------------------------------------------------
     def deliver(self, records: list[Incoming]) -> None:
+        with self._held_lock:
+            for record in records:
+                self._held[record.partition] = self._held.get(record.partition, 0) + 1
         for record in records:
             self._inbox.put(record)
+
+    def held(self, partition: str) -> int:
+        """Records of `partition` received but not yet learned, skipped or dead-lettered."""
+        with self._held_lock:
+            return self._held.get(partition, 0)
+
+    def new_epoch(self) -> int:
+        """A fresh epoch number, greater than every one handed out before (any thread)."""
+        with self._rewinds_lock:
+            self._epoch_counter += 1
+            return self._epoch_counter
+
+    def take_rewinds(self) -> dict[str, tuple[int, int]]:
+        """Partitions to seek back, as {partition: (epoch, offset)} (for the poll loop)."""
+        with self._rewinds_lock:
+            rewinds, self._rewinds = self._rewinds, {}
+        return rewinds
 
     def submit(self, command: Callable[[], Any]) -> Future:
         """Run `command` on the training thread between steps; its result arrives in the future.
@@ -169,12 +219,16 @@ class Trainer:
             while not stop.is_set():
                 self.work_once()
             self.snapshot_all()
+        except Exception:
+            log.exception("the training thread died; the watchdog reports NOT_SERVING")
+            raise
         finally:
             with self._stopped_lock:
                 self._stopped = True
             self._drain(timeout=0)  # commands submitted meanwhile still get an answer
 
     def work_once(self, timeout: float = 0.2) -> None:
+        self.heartbeat = time.monotonic()
         self._drain(timeout)
         self._route_parked()
         self._train_ready()
@@ -191,10 +245,13 @@ class Trainer:
             return
         while True:
             if isinstance(item, Incoming):
-                self._parked.append(item)
-                self._received[item.partition] = max(
-                    self._received.get(item.partition, 0), item.offset + 1
-                )
+                if item.epoch < self._epochs.get(item.partition, 0):
+                    self._done(item)  # read before a rewind: it comes again
+                else:
+                    self._parked.append(item)
+                    self._received[item.partition] = max(
+                        self._received.get(item.partition, 0), item.offset + 1
+                    )
             else:
                 command, future = item
                 if future.set_running_or_notify_cancel():
@@ -211,21 +268,34 @@ class Trainer:
         while self._parked:
             record = self._parked[0]
             try:
-                state = self._state(record.example.adapter)
+                state = self._state(record.example.adapter, record.partition)
             except redis.RedisError as error:
                 self._dependency_error("redis", error)
                 return  # keep order: retry from this record on the next round
+            if not self._parked or self._parked[0] is not record:
+                continue  # loading it asked for a rewind: the parked records were dropped
             self._parked.popleft()
-            if record.offset < state.applied.get(record.partition, 0):
+            floor = max(
+                state.applied.get(record.partition, 0), state.routed.get(record.partition, 0)
+            )
+            if record.offset < floor:
                 self.metrics.skipped.labels(record.example.adapter).inc()
+                self._done(record)
                 continue
             state.pending.append(record)
-            state.last_arrival = time.monotonic()
+            state.routed[record.partition] = record.offset + 1
+            state.last_arrival = state.last_used = time.monotonic()
 
-    def _state(self, adapter: str) -> AdapterState:
+    def _done(self, record: Incoming) -> None:
+        with self._held_lock:
+            self._held[record.partition] = max(0, self._held.get(record.partition, 0) - 1)
+
+    def _state(self, adapter: str, partition: str | None = None) -> AdapterState:
         state = self.adapters.get(adapter)
         if state is None:
-            state = self.adapters[adapter] = self._load(adapter)
+            self._make_room()
+            state = self.adapters[adapter] = self._load(adapter, partition)
+            self.metrics.resident_adapters.set(len(self.adapters))
             self.drift.submit_classes(
                 adapter, state.learner.classes
             )  # known classes are not new arrivals
@@ -233,20 +303,25 @@ class Trainer:
             self.metrics.guardrail_holds.labels(adapter)
             self.metrics.skipped.labels(adapter)
             self.metrics.paused.labels(adapter).set(int(state.paused))
+            for counter in (self.metrics.fallbacks, self.metrics.fenced):
+                counter.labels(adapter)
         return state
 
-    def _load(self, adapter: str) -> AdapterState:
+    def _load(self, adapter: str, partition: str | None = None) -> AdapterState:
         reservoir = HoldoutReservoir(
             self.store.redis, adapter, self.settings.guardrail, self.store.prefix
         )
-        latest, head = self.store.latest(adapter), self.store.head(adapter)
-        if latest is None:
+        pointer = self.store.pointer(adapter, "latest")
+        if pointer is None:
             log.info("new adapter", extra={"fields": {"adapter": adapter}})
             return AdapterState(
                 build_learner(self.backbone, self.learner_config), None, None, {}, {}, reservoir
             )
-        latest, blob = self.store.fetch(adapter, latest.version)
-        learner = restore_learner(self.backbone, *from_safetensors(blob))
+        head = self._readable_head(adapter)
+        try:
+            latest, learner = self._restore(adapter, pointer)
+        except IntegrityError as error:
+            return self._fall_back(adapter, partition, pointer, error, head, reservoir)
         log.info(
             "resumed adapter",
             extra={
@@ -257,9 +332,168 @@ class Trainer:
             learner, latest, head, dict(latest.offsets), dict(latest.class_counts), reservoir
         )
 
+    def _restore(self, adapter: str, version: str) -> tuple[Manifest, Learner]:
+        """A version's manifest and learner, or `IntegrityError` saying why it cannot be."""
+        manifest, blob = self.store.fetch(adapter, version)
+        try:
+            return manifest, restore_learner(self.backbone, *from_safetensors(blob))
+        except tuple(STATUS):
+            raise  # e.g. a snapshot of another backbone runtime: not corruption
+        except Exception as error:  # noqa: BLE001 - any failure to decode verified bytes
+            raise IntegrityError(
+                f"adapter {adapter!r} version {version}: not a loadable snapshot: "
+                f"{type(error).__name__}: {error}"[:300],
+                "decode",
+            ) from error
+
+    def _readable_head(self, adapter: str) -> Manifest | None:
+        try:
+            return self.store.head(adapter)
+        except IntegrityError:
+            return None  # a corrupted head: the guardrail has nothing to compare against
+
+    def _fall_back(
+        self,
+        adapter: str,
+        partition: str | None,
+        corrupted: str,
+        error: IntegrityError,
+        head: Manifest | None,
+        reservoir: HoldoutReservoir,
+    ) -> AdapterState:
+        """`latest` fails verification: continue from the newest version that verifies and
+        re-read the partition from its offsets. `latest` keeps naming the corrupted version
+        until this adapter's next snapshot supersedes it, so a crash meanwhile falls back again."""
+        self.metrics.corrupt_snapshots.labels(error.reason).inc()
+        log.error(
+            "latest snapshot is corrupted; falling back",
+            extra={"fields": {"adapter": adapter, "version": corrupted, "error": str(error)}},
+        )
+        fallback, learner = None, None
+        for version in reversed(self.store.versions(adapter)):
+            if version == corrupted:
+                continue
+            try:
+                fallback, learner = self._restore(adapter, version)
+                break
+            except IntegrityError as other:
+                self.metrics.corrupt_snapshots.labels(other.reason).inc()
+        if learner is None:
+            learner = build_learner(self.backbone, self.learner_config)
+        self.metrics.fallbacks.labels(adapter).inc()
+        self.events.fell_back(
+            adapter, corrupted, fallback.version if fallback else None, error.reason, str(error)
+        )
+        offsets = dict(fallback.offsets) if fallback else {}
+        state = AdapterState(
+            learner,
+            fallback,
+            head if head is None or head.version != corrupted else None,
+            offsets,
+            dict(fallback.class_counts) if fallback else {},
+            reservoir,
+            replaces=corrupted,
+        )
+        partitions = set(offsets) | ({partition} if partition else set())
+        for key in partitions:
+            state.recovering[key] = self._received.get(key, 0)
+            self._rewind(key, offsets.get(key, 0))
+        log.warning(
+            "fell back to an older snapshot",
+            extra={
+                "fields": {
+                    "adapter": adapter,
+                    "corrupted": corrupted,
+                    "version": fallback.version if fallback else None,
+                    "offsets": offsets,
+                }
+            },
+        )
+        return state
+
+    def _rewind(self, partition: str, offset: int) -> None:
+        """Read `partition` again from `offset`: drop every record of it in memory (older
+        epochs are dropped on arrival too) and ask the poll loop to seek. Adapters skip what
+        their snapshots or learners already hold, so nothing is applied twice."""
+        epoch = self._forget(partition, self.new_epoch())
+        self._received[partition] = min(self._received.get(partition, offset), offset)
+        with self._rewinds_lock:
+            self._rewinds[partition] = (epoch, offset)
+        self._update_safe_offsets()  # commit no further than the re-read starts
+
+    def restart_partitions(self, epochs: dict[str, int]) -> None:
+        """The poll loop seeked these partitions to their committed offsets after a rebalance
+        (kafka-python keeps the fetch position of a partition assigned again, which would skip
+        the records dropped on revocation): forget their records in memory."""
+        for partition, epoch in epochs.items():
+            self._forget(partition, epoch)
+            self._received.pop(partition, None)
+        self._update_safe_offsets()
+
+    def _forget(self, partition: str, epoch: int) -> int:
+        """Drop every record of `partition` in memory; from now on only `epoch` is accepted."""
+        epoch = self._epochs[partition] = max(self._epochs.get(partition, 0), epoch)
+        kept = deque()
+        for record in self._parked:
+            if record.partition == partition:
+                self._done(record)
+            else:
+                kept.append(record)
+        self._parked = kept
+        for state in self.adapters.values():
+            dropped = [r for r in state.pending if r.partition == partition]
+            if dropped:
+                state.pending = deque(r for r in state.pending if r.partition != partition)
+                for record in dropped:
+                    self._done(record)
+            state.routed.pop(partition, None)
+        return epoch
+
+    def _recovered(self, state: AdapterState) -> bool:
+        """A fall-back is over once the partitions were re-read past where they had been;
+        the records of this adapter read meanwhile are then learned, at once."""
+        for partition, until in list(state.recovering.items()):
+            if self._received.get(partition, 0) < until:
+                return False
+        state.recovering.clear()
+        return True
+
+    def _make_room(self) -> None:
+        """Keep at most `max_adapters` in memory: snapshot the least recently used adapter
+        (its pending records learned first), then drop it; it reloads from that snapshot."""
+        while len(self.adapters) >= self.settings.max_adapters:
+            candidates = [
+                (s.last_used, a)
+                for a, s in self.adapters.items()
+                if not s.paused and not s.recovering
+            ]
+            if not candidates:
+                return  # nothing may leave: paused or recovering adapters stay
+            _, adapter = min(candidates)
+            state = self.adapters[adapter]
+            if state.pending:
+                self._consume(adapter, state, len(state.pending))
+                if self.adapters.get(adapter) is not state:
+                    continue  # the consume's snapshot fenced it out: already gone
+            if state.dirty:
+                try:
+                    self._snapshot(adapter, state)
+                except (redis.RedisError, StaleParent) as error:
+                    if isinstance(error, redis.RedisError):
+                        self._dependency_error("redis", error)
+                    return  # cannot evict without losing work: stay over the limit for now
+            self.adapters.pop(adapter, None)
+            self.metrics.adapter_evictions.inc()
+            self.metrics.resident_adapters.set(len(self.adapters))
+            self._update_safe_offsets()
+
     def _train_ready(self) -> None:
         now = time.monotonic()
         for adapter, state in list(self.adapters.items()):
+            if state.recovering and self._recovered(state):
+                if state.pending:  # learned now, so the next snapshot covers the re-read
+                    self._consume(adapter, state, len(state.pending))
+                log.info("fall-back re-read done", extra={"fields": {"adapter": adapter}})
             if state.paused:
                 continue
             while len(state.pending) >= self.settings.batch_size:
@@ -291,6 +525,17 @@ class Trainer:
         batch = []
         for record in records:
             label = record.example.label
+            if (
+                label not in state.class_counts
+                and len(state.class_counts) >= self.settings.max_classes
+            ):
+                self._reject(
+                    record,
+                    "TooManyClasses",
+                    f"adapter {adapter!r} already has "
+                    f"{len(state.class_counts)} classes; at most {self.settings.max_classes}",
+                )
+                continue
             state.class_counts[label] = count = state.class_counts.get(label, 0) + 1
             if state.reservoir.wants(count) and label in state.learner.classes:
                 self._hold_out(state, record.example, count)
@@ -319,6 +564,7 @@ class Trainer:
         for record in records:
             state.applied[record.partition] = record.offset + 1
             state.new_event_times.append(record.example.event_time)
+            self._done(record)
 
     def _prequential_due(self) -> bool:
         """Whether this micro-batch gets a prequential evaluation (the concept-drift signal):
@@ -329,6 +575,27 @@ class Trainer:
             budget > 0 and self._prequential_seconds <= budget * self._learn_seconds
         )
 
+    def _reject(self, record: Incoming, reason: str, message: str) -> None:
+        """Dead-letter a record the training thread refuses (confirmed before its offset moves)."""
+        topic, _, partition = record.partition.rpartition(":")
+        rejected = Rejected(
+            topic,
+            int(partition),
+            record.offset,
+            record.example.adapter.encode(),
+            encode(record.example),
+            reason,
+            message,
+        )
+        while self.dead_letters is not None:
+            try:
+                self.dead_letters.send(rejected)
+                return
+            except DeadLetterFailed as error:
+                self._dependency_error("kafka", error)
+                self.heartbeat = time.monotonic()  # waiting on Kafka, not stuck
+                time.sleep(1.0)
+
     def _hold_out(self, state: AdapterState, example: Example, count: int) -> None:
         while True:  # the holdout must be written before the offset moves past it
             try:
@@ -336,6 +603,7 @@ class Trainer:
                 return
             except redis.RedisError as error:
                 self._dependency_error("redis", error)
+                self.heartbeat = time.monotonic()  # waiting on Redis, not stuck
                 time.sleep(1.0)  # backoff while Redis is away; nothing else can proceed
 
     # -- snapshots, the guardrail and commits ------------------------------------------------
@@ -343,7 +611,8 @@ class Trainer:
         """Publish every adapter with unsnapshotted examples, then hand back safe offsets."""
         self._snapshot_failed = False
         for adapter, state in list(self.adapters.items()):
-            if state.dirty:
+            self.heartbeat = time.monotonic()
+            if state.dirty and not state.recovering:  # a fall-back writes once re-read
                 try:
                     self._snapshot(adapter, state)
                     state.last_error = ""
@@ -351,6 +620,8 @@ class Trainer:
                     self._dependency_error("redis", error)
                     state.last_error = f"snapshot failed, retrying: {error}"
                     self._snapshot_failed = True  # retried every RETRY_SECONDS
+                except StaleParent:
+                    pass  # fenced out: `_snapshot` reloads the adapter and re-reads
         self._last_snapshot = time.monotonic()
         self._since_snapshot = 0
         self._update_safe_offsets()
@@ -383,14 +654,20 @@ class Trainer:
         verdict = None
         tensors, metadata = state.learner.state()
         if state.head is not None and not force_promote and self.settings.guardrail.enabled:
-            candidate = self._labeller(load_predictor(self.backbone, tensors, metadata))
-            verdict = judge(
-                self.settings.guardrail,
-                state.reservoir,
-                state.head.classes,
-                candidate,
-                self._head_labeller(adapter, state.head),
-            )
+            try:
+                head = self._head_labeller(adapter, state.head)
+            except IntegrityError as error:  # nothing to compare with: the candidate replaces it
+                self.metrics.corrupt_snapshots.labels(error.reason).inc()
+                log.error(
+                    "the head fails verification; promoting without a verdict",
+                    extra={"fields": {"adapter": adapter, "error": str(error)}},
+                )
+                head = None
+            if head is not None:
+                candidate = self._labeller(load_predictor(self.backbone, tensors, metadata))
+                verdict = judge(
+                    self.settings.guardrail, state.reservoir, state.head.classes, candidate, head
+                )
         promote = verdict is None or verdict.promote
         metrics = {
             "steps": state.learner.steps,
@@ -418,17 +695,28 @@ class Trainer:
                 event_times=state.new_event_times,
                 class_counts=state.class_counts,
                 promote=promote,
+                replaces=state.replaces,
             )
         except StaleParent as error:
             log.error(
                 "fenced out: the adapter's lineage moved (another trainer or a rollback); reloading",
                 extra={"fields": {"adapter": adapter, "error": str(error)}},
             )
+            self.metrics.fenced.labels(adapter).inc()
             self.adapters.pop(adapter, None)
+            self.metrics.resident_adapters.set(len(self.adapters))
             self._requeue(state)
+            # What this replica learned since its snapshot is discarded: re-read it on top of
+            # the lineage that won, from where that lineage's snapshot ends.
+            try:
+                winner = self.store.latest(adapter)
+            except IntegrityError:
+                winner = None
+            for partition in state.applied:
+                self._rewind(partition, winner.offsets.get(partition, 0) if winner else 0)
             raise
         previous_head = state.head
-        state.latest, state.new_event_times = manifest, []
+        state.latest, state.new_event_times, state.replaces = manifest, [], None
         self.metrics.snapshots.labels(adapter).inc()
         self.metrics.snapshot_sequence.labels(adapter).set(manifest.sequence)
         self.metrics.last_snapshot.labels(adapter).set(manifest.created_at)
@@ -466,7 +754,7 @@ class Trainer:
                     }
                 },
             )
-        self.store.prune(adapter, self.settings.retain_versions)
+        self.store.prune(adapter, self.settings.retain_versions, self.settings.retain_bytes)
         log.info(
             "snapshot published",
             extra={
@@ -528,8 +816,23 @@ class Trainer:
     def revoke(self, partitions: set[str]) -> None:
         """Partitions leave: snapshot what was learned, forget their records and adapters."""
         self.snapshot_all()
+        for record in self._parked:
+            if record.partition in partitions:
+                self._done(record)
         self._parked = deque(r for r in self._parked if r.partition not in partitions)
+        for state in self.adapters.values():
+            for record in state.pending:
+                self._done(record)  # requeued below or dropped: counted again on arrival
+        self._parked.extend(
+            r for s in self.adapters.values() for r in s.pending if r.partition not in partitions
+        )
+        with self._held_lock:
+            for record in self._parked:
+                self._held[record.partition] = self._held.get(record.partition, 0) + 1
+            for partition in partitions:
+                self._held.pop(partition, None)
         self.adapters.clear()  # rebuilt from Redis when their records arrive again
+        self.metrics.resident_adapters.set(0)
         for partition in partitions:
             self._received.pop(partition, None)
         self._update_safe_offsets()
@@ -542,6 +845,8 @@ class Trainer:
 
     def snapshot_now(self, adapter: str) -> Manifest:
         state = self.owned(adapter)
+        if state.recovering:
+            raise NotReady(f"adapter {adapter!r} is re-reading after a fall-back; retry shortly")
         if not state.dirty and state.latest is not None:
             return state.latest
         manifest = self._snapshot(adapter, state)

@@ -8,7 +8,12 @@ JSON object with the same field names, so a person can produce with kcat::
 
 `event_time` in JSON is RFC 3339 or seconds since the epoch; when missing, the
 Kafka record timestamp is used. Every decode error is a `DecodeError` whose
-`reason` is a short, stable class name (for dead-letter headers and metrics).
+`reason` is a short, stable class name (for dead-letter headers and metrics), and
+`decode` raises nothing else whatever the bytes: a record either becomes an
+`Example` or a dead letter with a reason (tests/shared/test_codec_properties.py).
+Checks are exact: ids must match their whole pattern (no trailing newline), times
+must be finite and within `MIN_EVENT_TIME`..`MAX_EVENT_TIME`, JSON may nest at most
+`MAX_JSON_DEPTH` levels.
 """
 
 from __future__ import annotations
@@ -16,15 +21,25 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from perennial.v1 import example_pb2
 
-ADAPTER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+# Used with fullmatch: `$` alone would accept a trailing newline ("evil\n").
+ADAPTER_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 MAX_TEXT_CHARS = 4096
 MAX_LABEL_CHARS = 128
+MAX_EXAMPLE_ID_CHARS = 256
+MIN_EVENT_TIME = 0.0
+MAX_EVENT_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: the last instant RFC 3339 can write
+MAX_JSON_DEPTH = 8  # an Example is a flat object; deeper nesting is hostile or a mistake
+
+
+def valid_adapter_id(name: object) -> bool:
+    """Whether `name` is an adapter id: the whole string matches `ADAPTER_ID`."""
+    return isinstance(name, str) and ADAPTER_ID.fullmatch(name) is not None
 
 
 class DecodeError(ValueError):
@@ -55,8 +70,11 @@ def encode(example: Example) -> bytes:
         label=example.label,
     )
     seconds = int(example.event_time // 1)
+    nanos = round((example.event_time - seconds) * 1e9)
+    if nanos >= 1_000_000_000:  # rounding carried into the next second
+        seconds, nanos = seconds + 1, nanos - 1_000_000_000
     message.event_time.seconds = seconds
-    message.event_time.nanos = round((example.event_time - seconds) * 1e9)
+    message.event_time.nanos = nanos
     return message.SerializeToString()
 
 
@@ -76,16 +94,27 @@ def decode(
     value: bytes | None, *, key: bytes | None = None, timestamp_ms: int | None = None
 ) -> Example:
     """Decode and validate one record value; raise `DecodeError` saying what is wrong."""
+    try:
+        return _decode(value, key, timestamp_ms)
+    except DecodeError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any other failure is still this record's fault
+        raise DecodeError(
+            "Undecodable", f"record could not be decoded: {type(error).__name__}: {error}"[:500]
+        ) from error
+
+
+def _decode(value: bytes | None, key: bytes | None, timestamp_ms: int | None) -> Example:
     if not value:
         raise DecodeError("EmptyRecord", "record value is empty")
     fields = _from_json(value) if value.lstrip()[:1] in (b"{", b"[") else _from_protobuf(value)
-    if fields.get("event_time") is None:
-        fields["event_time"] = timestamp_ms / 1000 if timestamp_ms is not None else None
+    if fields.get("event_time") is None and timestamp_ms is not None and timestamp_ms >= 0:
+        fields["event_time"] = timestamp_ms / 1000
     example = _validate(fields)
     if key is not None and key.decode("utf-8", "replace") != example.adapter:
         raise DecodeError(
             "KeyMismatch",
-            f"record key {key!r} differs from adapter {example.adapter!r}; key records by adapter id",
+            f"record key {key[:80]!r} differs from adapter {example.adapter!r}; key records by adapter id",
         )
     return example
 
@@ -94,11 +123,15 @@ def _from_protobuf(value: bytes) -> dict:
     message = example_pb2.Example()
     try:
         message.ParseFromString(value)
-    except ProtobufDecodeError as error:
+    except (ProtobufDecodeError, RuntimeError, ValueError) as error:  # e.g. recursion limit
         raise DecodeError("MalformedProtobuf", f"not a perennial.v1.Example: {error}") from error
     if message.WhichOneof("input") == "tensor":
         raise DecodeError(
             "UnsupportedInput", "tensor inputs need a tensor backbone; this adapter is text"
+        )
+    if message.HasField("event_time") and not 0 <= message.event_time.nanos < 1_000_000_000:
+        raise DecodeError(
+            "InvalidTime", f"event_time nanos {message.event_time.nanos} out of range"
         )
     return {
         "adapter": message.adapter,
@@ -113,11 +146,38 @@ def _from_protobuf(value: bytes) -> dict:
     }
 
 
+def _json_depth(value: bytes) -> int:
+    """Deepest bracket nesting, counted without parsing (so a 100k-deep array costs no recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in value:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    return deepest
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
 def _from_json(value: bytes) -> dict:
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise DecodeError("TooDeep", f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         fields = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DecodeError("MalformedJson", f"invalid JSON: {error}") from error
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise DecodeError("MalformedJson", f"invalid JSON: {error}"[:500]) from error
     if not isinstance(fields, dict):
         raise DecodeError("MalformedJson", "JSON record must be an object")
     if "tensor" in fields:
@@ -131,39 +191,59 @@ def _from_json(value: bytes) -> dict:
 def _json_time(value: object) -> float | None:
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not MIN_EVENT_TIME <= value <= MAX_EVENT_TIME:  # before float(): 400 digits overflow
+            raise DecodeError("InvalidTime", f"event_time {str(value)[:40]} is out of range")
         return float(value)
-    if isinstance(value, str):
+    if isinstance(value, float):
+        return value
+    if isinstance(value, str) and len(value) <= 64:
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             pass
-    raise DecodeError("InvalidField", f"event_time {value!r} is neither RFC 3339 nor epoch seconds")
+        else:
+            if parsed.tzinfo is None:  # RFC 3339 requires an offset; read a missing one as UTC
+                parsed = parsed.replace(tzinfo=UTC)
+            return parsed.timestamp()
+    raise DecodeError(
+        "InvalidField", f"event_time {str(value)[:80]!r} is neither RFC 3339 nor epoch seconds"
+    )
 
 
 def _validate(fields: dict) -> Example:
     adapter, text, label = fields.get("adapter"), fields.get("text"), fields.get("label")
     example_id, event_time = fields.get("example_id") or "", fields.get("event_time")
-    if not isinstance(adapter, str) or not ADAPTER_ID.match(adapter):
+    if not valid_adapter_id(adapter):
+        shown = repr(adapter)[:80]
         raise DecodeError(
-            "InvalidAdapter", f"adapter {adapter!r} must match {ADAPTER_ID.pattern} (lowercase id)"
+            "InvalidAdapter", f"adapter {shown} must match {ADAPTER_ID.pattern} (lowercase id)"
         )
     if not isinstance(label, str) or not label.strip():
         raise DecodeError("MissingLabel", "label is missing or empty")
+    label = label.strip()
     if len(label) > MAX_LABEL_CHARS:
         raise DecodeError(
-            "InvalidField", f"label has {len(label)} characters; at most {MAX_LABEL_CHARS}"
+            "LabelTooLong", f"label has {len(label)} characters; at most {MAX_LABEL_CHARS}"
         )
+    if not label.isprintable():
+        raise DecodeError("InvalidLabel", "label holds control characters")
     if not isinstance(text, str) or not text.strip():
         raise DecodeError("MissingInput", "text is missing or empty")
     if len(text) > MAX_TEXT_CHARS:
         raise DecodeError(
             "TextTooLong", f"text has {len(text)} characters; at most {MAX_TEXT_CHARS}"
         )
-    if not isinstance(example_id, str):
-        raise DecodeError("InvalidField", f"example_id {example_id!r} must be a string")
-    if event_time is None or event_time != event_time or event_time < 0:
+    if not isinstance(example_id, str) or len(example_id) > MAX_EXAMPLE_ID_CHARS:
         raise DecodeError(
-            "InvalidField", f"event_time {event_time!r} is missing or not a valid time"
+            "InvalidField",
+            f"example_id must be a string of at most {MAX_EXAMPLE_ID_CHARS} characters",
         )
-    return Example(adapter, example_id, text, label.strip(), float(event_time))
+    if event_time is None:
+        raise DecodeError("InvalidTime", "event_time is missing and the record has no timestamp")
+    if not (MIN_EVENT_TIME <= event_time <= MAX_EVENT_TIME):  # False for NaN too
+        raise DecodeError(
+            "InvalidTime",
+            f"event_time {event_time!r} is not a finite time between 1970 and 9999",
+        )
+    return Example(adapter, example_id, text, label, float(event_time))

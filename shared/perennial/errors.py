@@ -28,3 +28,10 @@ class Unauthenticated(PermissionError):
 class FailedPrecondition(RuntimeError):
     """The request is valid but the system is not in a state to answer it, e.g. a snapshot made
     with another backbone runtime than this replica's (FAILED_PRECONDITION)."""
+
+
+class DataLoss(RuntimeError):
+    """Stored data is corrupted, e.g. a snapshot version fails verification (DATA_LOSS).
+
+    Not retryable and not the caller's mistake: the bytes will not heal by asking again.
+    """

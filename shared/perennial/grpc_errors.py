@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from perennial.errors import (
+    DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidInput,
@@ -32,6 +33,7 @@ STATUS = {
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    DataLoss: grpc.StatusCode.DATA_LOSS,
 }
 INTERNAL_MESSAGE = "internal error; the server log has the details"
 HTTP_STATUS = {
@@ -42,6 +44,7 @@ HTTP_STATUS = {
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.DATA_LOSS: 500,  # as google.rpc maps it: the server's data, not the request
     grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from perennial.errors import NotFound
+from perennial.errors import DataLoss, NotFound
 
 UPDATES_CHANNEL = "perennial:updates"
 MAX_EVENT_TIMES = 1024  # event times kept per manifest, for the freshness histogram
@@ -43,8 +43,19 @@ class StaleParent(RuntimeError):
     """The head moved since this writer read it: another writer owns the adapter."""
 
 
-class IntegrityError(RuntimeError):
-    """A blob's sha256 differs from its manifest."""
+class IntegrityError(DataLoss):
+    """A stored version fails verification; `reason` says how (bounded: a metric label).
+
+    checksum: the blob's sha256 differs from its manifest's; manifest: the manifest is not
+    a valid JSON manifest; decode: the blob verifies but is not a snapshot a learner can load.
+    """
+
+    def __init__(self, message: str, reason: str = "checksum") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+CORRUPTION_REASONS = ("checksum", "manifest", "decode")
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,16 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
-        return cls(**json.loads(text))
+        """Parse a stored manifest; anything malformed is an `IntegrityError` (reason manifest)."""
+        try:
+            manifest = cls(**json.loads(text))
+            if not (isinstance(manifest.version, str) and isinstance(manifest.sha256, str)):
+                raise TypeError("version and sha256 must be strings")
+            if not isinstance(manifest.offsets, dict) or not isinstance(manifest.sequence, int):
+                raise TypeError("offsets must be an object and sequence an integer")
+            return manifest
+        except (ValueError, TypeError, RecursionError) as error:
+            raise IntegrityError(f"manifest is not valid: {error}"[:300], "manifest") from error
 
 
 METADATA_KEY = "perennial"
@@ -92,15 +112,31 @@ def from_safetensors(blob: bytes) -> tuple[dict[str, torch.Tensor], dict[str, st
     return load_safetensors(blob), metadata
 
 
+class Unreplicated(redis.RedisError):
+    """A write reached the master but not `wait_replicas` replicas in time: it may not survive
+    a failover, so the writer treats it as failed (and finds out on its retry which it was)."""
+
+
 class SnapshotStore:
-    """Immutable adapter versions in Redis, the candidate and head pointers, and announcements."""
+    """Immutable adapter versions in Redis, the candidate and head pointers, and announcements.
+
+    With `wait_replicas` > 0 every publish waits (Redis WAIT) until that many replicas hold
+    it, so a snapshot whose Kafka offsets get committed survives a Sentinel failover.
+    """
 
     def __init__(
-        self, client: redis.Redis, prefix: str = "perennial", channel: str = UPDATES_CHANNEL
+        self,
+        client: redis.Redis,
+        prefix: str = "perennial",
+        channel: str = UPDATES_CHANNEL,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 5000,
     ):
         self.redis = client
         self.prefix = prefix
         self.channel = channel
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
 
     def _key(self, adapter: str, *parts: str) -> str:
         return ":".join((self.prefix, "{" + adapter + "}", *parts))
@@ -118,10 +154,19 @@ class SnapshotStore:
         event_times: list[float] = (),
         class_counts: dict[str, int] | None = None,
         promote: bool = True,
+        replaces: str | None = None,
     ) -> Manifest:
-        """Write a new immutable version as the candidate (and the head if `promote`)."""
+        """Write a new immutable version as the candidate (and the head if `promote`).
+
+        The write is fenced on `latest` still naming `parent` — or, after a fall-back from a
+        corrupted version, naming `replaces` (that version), which this write supersedes.
+        """
         sha256 = hashlib.sha256(blob).hexdigest()
         sequence = parent.sequence + 1 if parent else 1
+        expected = replaces if replaces is not None else (parent.version if parent else None)
+        if replaces is not None:  # never reuse a sequence number of the lineage it replaces
+            top = self.redis.zrange(self._key(adapter, "versions"), -1, -1, withscores=True)
+            sequence = max(sequence, int(top[0][1]) + 1 if top else 1)
         if len(event_times) > MAX_EVENT_TIMES:  # keep an even sample
             step = len(event_times) / MAX_EVENT_TIMES
             event_times = [event_times[int(i * step)] for i in range(MAX_EVENT_TIMES)]
@@ -144,9 +189,9 @@ class SnapshotStore:
             try:
                 pipe.watch(latest_key)
                 current = pipe.get(latest_key)
-                if (current.decode() if current else None) != manifest.parent:
+                if (current.decode() if current else None) != expected:
                     raise StaleParent(
-                        f"adapter {adapter!r}: latest is {current!r}, this write's parent is {manifest.parent!r}"
+                        f"adapter {adapter!r}: latest is {current!r}, this write's parent is {expected!r}"
                     )
                 pipe.multi()
                 pipe.set(self._key(adapter, "blob", manifest.version), blob)
@@ -158,6 +203,13 @@ class SnapshotStore:
                 pipe.execute()
             except redis.WatchError as error:
                 raise StaleParent(f"adapter {adapter!r}: latest moved during the write") from error
+        if self.wait_replicas > 0:
+            acked = self.redis.wait(self.wait_replicas, self.wait_timeout_ms)
+            if acked < self.wait_replicas:
+                raise Unreplicated(
+                    f"adapter {adapter!r} {manifest.version}: {acked} of {self.wait_replicas} "
+                    f"replicas acknowledged within {self.wait_timeout_ms} ms"
+                )
         self.redis.sadd(f"{self.prefix}:adapters", adapter)
         if promote:
             self._announce(adapter, manifest.version)
@@ -183,16 +235,38 @@ class SnapshotStore:
         self._announce(adapter, version)
         return manifest
 
-    def prune(self, adapter: str, keep: int) -> list[str]:
-        """Delete all but the newest `keep` versions; head, latest and their parents always stay."""
+    def prune(self, adapter: str, keep: int, max_bytes: int | None = None) -> list[str]:
+        """Delete all but the newest `keep` versions, and old versions beyond `max_bytes` of
+        blobs; head, latest and their parents always stay (they are what serving and
+        training fall back to)."""
         if keep < 1:
             raise ValueError(f"retention must keep at least 1 version, got {keep}")
         versions = self.versions(adapter)
         protected = set()
-        for pointer in (self.head(adapter), self.latest(adapter)):
-            if pointer:
-                protected.update({pointer.version, pointer.parent})
-        doomed = [v for v in versions[: max(0, len(versions) - keep)] if v not in protected]
+        for name in ("head", "latest"):
+            version = self.redis.get(self._key(adapter, name))
+            if version:
+                protected.add(version.decode())
+                try:
+                    pointer = self.manifest(adapter, version.decode())
+                except IntegrityError:
+                    pointer = None  # a corrupted pointer protects no parent
+                if pointer:
+                    protected.add(pointer.parent)
+        kept = versions[max(0, len(versions) - keep) :]
+        if max_bytes is not None and kept:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for version in kept:
+                    pipe.strlen(self._key(adapter, "blob", version))
+                sizes = pipe.execute()
+            total, newest_first = 0, []
+            for version, size in zip(reversed(kept), reversed(sizes), strict=True):
+                total += size
+                if total > max_bytes and newest_first:
+                    break
+                newest_first.append(version)
+            kept = newest_first
+        doomed = [v for v in versions if v not in kept and v not in protected]
         if doomed:
             with self.redis.pipeline(transaction=True) as pipe:
                 for version in doomed:
@@ -221,10 +295,16 @@ class SnapshotStore:
         return self._pointer(adapter, "latest")
 
     def _pointer(self, adapter: str, name: str) -> Manifest | None:
+        version = self.pointer(adapter, name)
+        return self.manifest(adapter, version) if version else None
+
+    def pointer(self, adapter: str, name: str) -> str | None:
+        """The version `head` or `latest` names, without reading its manifest."""
         version = self.redis.get(self._key(adapter, name))
-        return self.manifest(adapter, version.decode()) if version else None
+        return version.decode() if version else None
 
     def manifest(self, adapter: str, version: str) -> Manifest | None:
+        """A version's manifest (None if absent); `IntegrityError` if it is malformed."""
         text = self.redis.get(self._key(adapter, "manifest", version))
         return Manifest.from_json(text) if text else None
 
@@ -239,6 +319,12 @@ class SnapshotStore:
                 f"adapter {adapter!r} has no version {version!r}; it may never have existed or was deleted"
             )
         manifest = Manifest.from_json(text)
+        if manifest.version != version or manifest.adapter != adapter:
+            raise IntegrityError(
+                f"adapter {adapter!r} version {version}: the manifest names "
+                f"{manifest.adapter!r} {manifest.version!r}",
+                "manifest",
+            )
         digest = hashlib.sha256(blob).hexdigest()
         if digest != manifest.sha256:
             raise IntegrityError(
@@ -247,6 +333,7 @@ class SnapshotStore:
         return manifest, blob
 
     def versions(self, adapter: str) -> list[str]:
+        """Retained versions, oldest first."""
         return [v.decode() for v in self.redis.zrange(self._key(adapter, "versions"), 0, -1)]
 
     def adapters(self) -> list[str]:

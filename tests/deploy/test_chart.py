@@ -676,3 +676,17 @@ def test_helm_test_pod_checks_both_services_through_the_cluster_network(render, 
             "PERENNIAL_TLS_KEY_FILE",
             "PERENNIAL_TLS_CLIENT_CA_FILE",
         }
+
+
+@pytest.mark.parametrize(
+    ("values", "wait"), [(FULL, "1"), (MINIMAL, None)], ids=["sentinel", "single"]
+)
+def test_with_sentinel_the_trainer_waits_for_a_replica(render, values: dict, wait) -> None:
+    """A snapshot must be on a replica before its offsets are committed, or a failover loses it."""
+    maps = {
+        o["metadata"]["name"]: o["data"] for o in render(values).objects if o["kind"] == "ConfigMap"
+    }
+    trainer = next(data for name, data in maps.items() if name.endswith("trainer"))
+    inference = next(data for name, data in maps.items() if name.endswith("inference"))
+    assert trainer.get("PERENNIAL_REDIS_WAIT_REPLICAS") == wait
+    assert "PERENNIAL_REDIS_WAIT_REPLICAS" not in inference  # a trainer setting only

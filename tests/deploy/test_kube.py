@@ -60,6 +60,7 @@ def test_reasons_and_types() -> None:
         ("GuardrailHeld", "Warning"),
         ("Promoted", "Normal"),
         ("RolledBack", "Normal"),
+        ("SnapshotCorrupted", "Warning"),
     }
 
 

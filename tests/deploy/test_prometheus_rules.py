@@ -28,6 +28,9 @@ ALERTS = {
     "FreshnessSlow",
     "TrainerLagHigh",
     "SnapshotStale",
+    "TrainerStalled",
+    "SnapshotCorrupted",
+    "SnapshotWritesFenced",
     "InferenceErrorsHigh",
     "InferenceLatencyHigh",
 }

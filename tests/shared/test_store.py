@@ -14,6 +14,7 @@ from perennial.store import (
     from_safetensors,
     to_safetensors,
 )
+from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -80,8 +81,12 @@ def test_publish_announces_on_the_channel(store):
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     # the subscription is live once the channel has a subscriber
-    while store.redis.pubsub_numsub(store.channel)[0][1] == 0:
-        pass
+    wait_for(
+        lambda: store.redis.pubsub_numsub(store.channel)[0][1] > 0,
+        10,
+        "the listener's subscription",
+        interval=0.005,
+    )
     manifest = _publish(store, _blob(1.0))
     listener.join(timeout=10)
     assert announcements == [("ad", manifest.version)]

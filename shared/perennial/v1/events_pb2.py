@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19perennial/v1/events.proto\x12\x0cperennial.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcf\x02\n\x05\x45vent\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12=\n\x12snapshot_published\x18\n \x01(\x0b\x32\x1f.perennial.v1.SnapshotPublishedH\x00\x12*\n\x08promoted\x18\x0b \x01(\x0b\x32\x16.perennial.v1.PromotedH\x00\x12\"\n\x04held\x18\x0c \x01(\x0b\x32\x12.perennial.v1.HeldH\x00\x12/\n\x0brolled_back\x18\r \x01(\x0b\x32\x18.perennial.v1.RolledBackH\x00\x12\x33\n\rdead_lettered\x18\x0e \x01(\x0b\x32\x1a.perennial.v1.DeadLetteredH\x00\x42\x06\n\x04kind\"V\n\x11SnapshotPublished\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06parent\x18\x02 \x01(\t\x12\x10\n\x08\x65xamples\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"=\n\x08Promoted\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08previous\x18\x02 \x01(\t\x12\x0e\n\x06\x66orced\x18\x03 \x01(\x08\"x\n\x04Held\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04head\x18\x02 \x01(\t\x12\x1a\n\x12\x63\x61ndidate_accuracy\x18\x03 \x01(\x01\x12\x15\n\rhead_accuracy\x18\x04 \x01(\x01\x12\x0e\n\x06margin\x18\x05 \x01(\x01\x12\x0e\n\x06reason\x18\x06 \x01(\t\"/\n\nRolledBack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08previous\x18\x02 \x01(\t\"u\n\x0c\x44\x65\x61\x64Lettered\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05topic\x18\x03 \x01(\t\x12\x11\n\tpartition\x18\x04 \x01(\x05\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x12\n\nsampled_of\x18\x06 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19perennial/v1/events.proto\x12\x0cperennial.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfc\x02\n\x05\x45vent\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12=\n\x12snapshot_published\x18\n \x01(\x0b\x32\x1f.perennial.v1.SnapshotPublishedH\x00\x12*\n\x08promoted\x18\x0b \x01(\x0b\x32\x16.perennial.v1.PromotedH\x00\x12\"\n\x04held\x18\x0c \x01(\x0b\x32\x12.perennial.v1.HeldH\x00\x12/\n\x0brolled_back\x18\r \x01(\x0b\x32\x18.perennial.v1.RolledBackH\x00\x12\x33\n\rdead_lettered\x18\x0e \x01(\x0b\x32\x1a.perennial.v1.DeadLetteredH\x00\x12+\n\tfell_back\x18\x0f \x01(\x0b\x32\x16.perennial.v1.FellBackH\x00\x42\x06\n\x04kind\"V\n\x11SnapshotPublished\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06parent\x18\x02 \x01(\t\x12\x10\n\x08\x65xamples\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"=\n\x08Promoted\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08previous\x18\x02 \x01(\t\x12\x0e\n\x06\x66orced\x18\x03 \x01(\x08\"x\n\x04Held\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04head\x18\x02 \x01(\t\x12\x1a\n\x12\x63\x61ndidate_accuracy\x18\x03 \x01(\x01\x12\x15\n\rhead_accuracy\x18\x04 \x01(\x01\x12\x0e\n\x06margin\x18\x05 \x01(\x01\x12\x0e\n\x06reason\x18\x06 \x01(\t\"/\n\nRolledBack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08previous\x18\x02 \x01(\t\"u\n\x0c\x44\x65\x61\x64Lettered\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05topic\x18\x03 \x01(\t\x12\x11\n\tpartition\x18\x04 \x01(\x05\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x12\n\nsampled_of\x18\x06 \x01(\x03\"O\n\x08\x46\x65llBack\x12\x11\n\tcorrupted\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,15 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'perennial.v1.events_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENT']._serialized_start=77
-  _globals['_EVENT']._serialized_end=412
-  _globals['_SNAPSHOTPUBLISHED']._serialized_start=414
-  _globals['_SNAPSHOTPUBLISHED']._serialized_end=500
-  _globals['_PROMOTED']._serialized_start=502
-  _globals['_PROMOTED']._serialized_end=563
-  _globals['_HELD']._serialized_start=565
-  _globals['_HELD']._serialized_end=685
-  _globals['_ROLLEDBACK']._serialized_start=687
-  _globals['_ROLLEDBACK']._serialized_end=734
-  _globals['_DEADLETTERED']._serialized_start=736
-  _globals['_DEADLETTERED']._serialized_end=853
+  _globals['_EVENT']._serialized_end=457
+  _globals['_SNAPSHOTPUBLISHED']._serialized_start=459
+  _globals['_SNAPSHOTPUBLISHED']._serialized_end=545
+  _globals['_PROMOTED']._serialized_start=547
+  _globals['_PROMOTED']._serialized_end=608
+  _globals['_HELD']._serialized_start=610
+  _globals['_HELD']._serialized_end=730
+  _globals['_ROLLEDBACK']._serialized_start=732
+  _globals['_ROLLEDBACK']._serialized_end=779
+  _globals['_DEADLETTERED']._serialized_start=781
+  _globals['_DEADLETTERED']._serialized_end=898
+  _globals['_FELLBACK']._serialized_start=900
+  _globals['_FELLBACK']._serialized_end=979
 # @@protoc_insertion_point(module_scope)

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Event(_message.Message):
-    __slots__ = ("time", "adapter", "source", "snapshot_published", "promoted", "held", "rolled_back", "dead_lettered")
+    __slots__ = ("time", "adapter", "source", "snapshot_published", "promoted", "held", "rolled_back", "dead_lettered", "fell_back")
     TIME_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class Event(_message.Message):
     HELD_FIELD_NUMBER: _ClassVar[int]
     ROLLED_BACK_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTERED_FIELD_NUMBER: _ClassVar[int]
+    FELL_BACK_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     adapter: str
     source: str
@@ -26,7 +27,8 @@ class Event(_message.Message):
     held: Held
     rolled_back: RolledBack
     dead_lettered: DeadLettered
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., adapter: _Optional[str] = ..., source: _Optional[str] = ..., snapshot_published: _Optional[_Union[SnapshotPublished, _Mapping]] = ..., promoted: _Optional[_Union[Promoted, _Mapping]] = ..., held: _Optional[_Union[Held, _Mapping]] = ..., rolled_back: _Optional[_Union[RolledBack, _Mapping]] = ..., dead_lettered: _Optional[_Union[DeadLettered, _Mapping]] = ...) -> None: ...
+    fell_back: FellBack
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., adapter: _Optional[str] = ..., source: _Optional[str] = ..., snapshot_published: _Optional[_Union[SnapshotPublished, _Mapping]] = ..., promoted: _Optional[_Union[Promoted, _Mapping]] = ..., held: _Optional[_Union[Held, _Mapping]] = ..., rolled_back: _Optional[_Union[RolledBack, _Mapping]] = ..., dead_lettered: _Optional[_Union[DeadLettered, _Mapping]] = ..., fell_back: _Optional[_Union[FellBack, _Mapping]] = ...) -> None: ...
 
 class SnapshotPublished(_message.Message):
     __slots__ = ("version", "parent", "examples", "sha256")
@@ -89,3 +91,15 @@ class DeadLettered(_message.Message):
     offset: int
     sampled_of: int
     def __init__(self, reason: _Optional[str] = ..., message: _Optional[str] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., sampled_of: _Optional[int] = ...) -> None: ...
+
+class FellBack(_message.Message):
+    __slots__ = ("corrupted", "version", "reason", "message")
+    CORRUPTED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    corrupted: str
+    version: str
+    reason: str
+    message: str
+    def __init__(self, corrupted: _Optional[str] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...

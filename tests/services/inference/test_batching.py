@@ -3,8 +3,6 @@ also when one batch mixes adapters (one forward with per-row LoRA weights)."""
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from services.inference.batching import Batcher, BatchingConfig
 from services.inference.metrics import InferenceMetrics
 from services.inference.model import predict, predict_grouped
 from services.inference.tensors import decode_bytes, encode_bytes
+from tests.helpers import wait_for
 
 from .conftest import make_learner, publish
 
@@ -33,10 +32,7 @@ QUERIES = [
 
 
 def _wait(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
+    wait_for(condition, timeout, "the condition", interval=0.005)
 
 
 def _request(adapter: str, texts: list[str]):

@@ -9,6 +9,7 @@ from grpc_health.v1 import health_pb2
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from services.inference.tensors import encode_bytes
+from tests.helpers import wait_for
 
 from .conftest import publish
 
@@ -27,14 +28,17 @@ def test_drain_finishes_in_flight_requests_and_refuses_new_ones(service, learner
     channel = grpc.insecure_channel(service.address)
     stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
     in_flight = [stub.ModelInfer.future(_request()) for _ in range(3)]
-    while service.sample("perennial_inference_queue_duration_seconds_count") < 1:
-        threading.Event().wait(0.005)
+    wait_for(
+        lambda: service.sample("perennial_inference_queue_duration_seconds_count") >= 1,
+        10,
+        "a request to reach the model",
+        interval=0.005,
+    )
     drained = threading.Thread(
         target=service.servicer.drain, args=(service.server, service.health, 10.0)
     )
     drained.start()
-    while not service.servicer.draining:
-        threading.Event().wait(0.005)
+    wait_for(lambda: service.servicer.draining, 10, "the drain to start", interval=0.005)
     assert not service.servicer.ready
     status = service.health._server_status  # the health servicer's own state (the port is closing)
     assert status[""] == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -3,8 +3,6 @@ a real bug is INTERNAL with a generic reply (details only in the log)."""
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -14,6 +12,7 @@ from services.inference.batching import BatchingConfig
 from services.inference.plane import ServingConfig
 from services.inference.server import ServerConfig
 from services.inference.tensors import encode_bytes
+from tests.helpers import wait_for
 
 from .conftest import publish
 
@@ -183,7 +182,4 @@ def test_a_bug_is_internal_with_a_generic_message(service, learner):
 
 
 def _wait(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
+    wait_for(condition, timeout, "the condition", interval=0.005)

@@ -11,6 +11,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from services.inference.plane import ServingConfig
 from services.inference.tensors import encode_bytes
+from tests.helpers import wait_for
 
 from .conftest import TEXTS, make_learner, publish
 
@@ -23,8 +24,12 @@ def _watching(plane):
 
 
 def _subscribed(store):
-    while store.redis.pubsub_numsub(store.channel)[0][1] == 0:
-        threading.Event().wait(0.01)
+    wait_for(
+        lambda: store.redis.pubsub_numsub(store.channel)[0][1] > 0,
+        10,
+        "the watcher's subscription",
+        interval=0.01,
+    )
 
 
 def test_swap_and_pinned_versions(service, learner):
@@ -64,8 +69,13 @@ def test_watcher_swaps_on_announcement_and_counts_freshness(service, learner):
     _subscribed(store)
     learner.learn(["a red fox"], ["animal"])
     second = publish(store, learner, parent=first)
-    while plane.get("demo").version != second.version:
-        threading.Event().wait(0.01)
+    wait_for(
+        lambda: plane.get("demo").version == second.version,
+        10,
+        f"the swap to {second.version}",
+        interval=0.01,
+        seen=lambda: plane.get("demo").version,
+    )
     stop.set()
     watcher.join()
     assert service.sample("perennial_inference_swaps_total", {"adapter": "demo"}) == 2
@@ -107,7 +117,11 @@ def test_a_corrupt_snapshot_is_rejected_and_the_old_version_kept(service, learne
     assert not plane.refresh("demo")
     assert plane.get("demo").version == first.version
     assert (
-        service.sample("perennial_inference_verification_failures_total", {"adapter": "demo"}) == 1
+        service.sample(
+            "perennial_inference_verification_failures_total",
+            {"adapter": "demo", "reason": "checksum"},
+        )
+        == 1
     )
 
 
@@ -155,8 +169,13 @@ def test_swapping_under_load_fails_no_request(service, learner):
         learner.learn(["a red fox"], ["animal"])
         head = publish(store, learner, parent=head)
         published.append(head.version)
-        while plane.current_version("demo") != head.version:
-            threading.Event().wait(0.005)
+        wait_for(
+            lambda head=head: plane.current_version("demo") == head.version,
+            10,
+            f"the swap to {head.version}",
+            interval=0.005,
+            seen=lambda: plane.current_version("demo"),
+        )
     done.set()
     for thread in clients:
         thread.join()
@@ -179,8 +198,12 @@ def test_a_request_finishes_on_the_version_it_started_with(service, learner, ver
     request.inputs.add(name="text", datatype="BYTES", shape=[1])
     request.raw_input_contents.append(encode_bytes([b"a dog"]))
     call = stub.ModelInfer.future(request)
-    while service.sample("perennial_inference_queue_duration_seconds_count") < 1:
-        threading.Event().wait(0.005)
+    wait_for(
+        lambda: service.sample("perennial_inference_queue_duration_seconds_count") >= 1,
+        10,
+        "the request to reach the model",
+        interval=0.005,
+    )
     learner.learn(["a red fox"], ["animal"])
     second = publish(service.store, learner, parent=first)
     assert service.plane.refresh("demo")  # swapped while the request is inside the model

@@ -19,6 +19,7 @@ DETERMINISTIC = {
     "PERENNIAL_SNAPSHOT_EVERY_SECONDS": "inf",
     "PERENNIAL_HOLDOUT_EVERY": 0,
     "PERENNIAL_TORCH_THREADS": 1,
+    "PERENNIAL_RETAIN_BYTES": 1 << 30,  # the tests read every version of the lineage
 }
 LABELS = ("noun.animal", "noun.plant", "noun.artifact")
 

@@ -18,7 +18,7 @@ from perennial import codec
 from perennial.store import SnapshotStore, from_safetensors
 from perennial.v1 import events_pb2, trainer_pb2, trainer_pb2_grpc
 from tests.helpers import metric, stays_alive, wait_for
-from tests.services.trainer.conftest import DETERMINISTIC, Stream, examples
+from tests.services.trainer.conftest import DETERMINISTIC, LABELS, Stream, examples
 
 pytestmark = pytest.mark.e2e
 
@@ -220,3 +220,118 @@ def test_redis_and_broker_away_for_30_seconds_lose_nothing(stream, kafka_broker,
     )
     chain = [store.manifest(stream.adapter, v) for v in store.versions(stream.adapter)]
     assert all(m.offsets == {f"{stream.topic}:0": m.examples} for m in chain)
+
+
+def test_poison_pills_are_dead_letters_and_the_stream_goes_on_without_a_restart(stream):
+    """Each record that used to kill the trainer (and crash-loop it) is dead-lettered with its
+    reason; the valid records around them are learned by the same process (issue 12)."""
+    trainer = stream.trainer(
+        **{
+            **DETERMINISTIC,
+            "PERENNIAL_BATCH_WAIT_SECONDS": 0.5,
+            "PERENNIAL_SNAPSHOT_EVERY_SECONDS": 1,
+        },
+        PERENNIAL_MAX_CLASSES=3,
+    )
+    pid = trainer.process.pid
+    adapter = stream.adapter.encode()
+    huge = b'{"adapter": "%s", "text": "%s", "label": "l", "event_time": 1}' % (
+        adapter,
+        b"y" * (1536 * 1024),
+    )
+    pills = {
+        "over 1 MiB (beyond the dead-letter producer's request limit)": (huge, "RecordTooLarge"),
+        "400-digit event_time": (
+            b'{"adapter": "%s", "text": "t", "label": "l", "event_time": %s}'
+            % (adapter, b"9" * 400),
+            "InvalidTime",
+        ),
+        "100k-deep JSON array": (b"[" * 100_000 + b"]" * 100_000, "TooDeep"),
+        "100k-deep array inside an object": (
+            b'{"adapter": "%s", "text": ' % adapter + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            "TooDeep",
+        ),
+        "adapter id with a trailing newline": (
+            b'{"adapter": "evil\\n", "text": "t", "label": "l", "event_time": 1}',
+            "InvalidAdapter",
+        ),
+        "event_time 1e999 (infinity)": (
+            b'{"adapter": "%s", "text": "t", "label": "l", "event_time": 1e999}' % adapter,
+            "InvalidTime",
+        ),
+        "event_time NaN": (
+            b'{"adapter": "%s", "text": "t", "label": "l", "event_time": NaN}' % adapter,
+            "InvalidTime",
+        ),
+        "event_time -1": (
+            b'{"adapter": "%s", "text": "t", "label": "l", "event_time": -1}' % adapter,
+            "InvalidTime",
+        ),
+        "label of 129 characters": (
+            codec.encode_json(codec.Example(stream.adapter, "x", "t", "l" * 129, 1.0)),
+            "LabelTooLong",
+        ),
+        "a fourth class beyond PERENNIAL_MAX_CLASSES=3": (
+            codec.encode(codec.Example(stream.adapter, "x", "a new thing", "noun.person", 1.0)),
+            "TooManyClasses",
+        ),
+    }
+    good = iter(codec.encode(e) for e in examples(stream.adapter, 32))
+    values = []
+    for pill, _ in pills.values():
+        values += [next(good), pill]
+    values += list(good)  # 32 valid records in all, around 10 poison pills
+    keys = [b"evil\n" if b'"evil\\n"' in v else adapter for v in values]
+    for value, key in zip(values, keys, strict=True):
+        stream.producer.send(stream.topic, key=key, value=value)
+    stream.producer.flush()
+    dead = consume_all(stream.bootstrap, f"{stream.topic}.dlq", len(pills))
+    reasons = sorted(dict(r.headers)["perennial.error.class"].decode() for r in dead)
+    assert reasons == sorted(reason for _, reason in pills.values())
+    [truncated] = [r for r in dead if dict(r.headers).get("perennial.truncated") == b"true"]
+    assert int(dict(truncated.headers)["perennial.original.bytes"]) == len(huge)
+    assert truncated.value == huge[: len(truncated.value)] and len(truncated.value) < 1 << 20
+    store = SnapshotStore(redis.Redis.from_url(stream.redis_url))
+    wait_for(
+        lambda: store.latest(stream.adapter) and store.latest(stream.adapter).examples == 32,
+        120,
+        "the 32 valid records in a snapshot",
+    )
+    assert trainer.process.alive and trainer.process.pid == pid  # no restart
+    assert set(store.latest(stream.adapter).classes) == set(LABELS)
+    assert not [a for a in store.adapters() if a.startswith("evil")]  # "evil\n" created nothing
+    assert metric(trainer, "perennial_trainer_records_dead_lettered_total") == len(pills)
+
+
+def test_a_trainer_restarted_on_a_corrupted_latest_falls_back_and_loses_nothing(stream):
+    """Before issue 12 the trainer stayed SERVING, consumed nothing and showed no error."""
+    store = SnapshotStore(redis.Redis.from_url(stream.redis_url))
+    trainer = stream.trainer(**DETERMINISTIC)
+    stream.send([codec.encode(e) for e in examples(stream.adapter, 64)])
+    wait_for(
+        lambda: store.latest(stream.adapter) and store.latest(stream.adapter).examples == 64,
+        120,
+        "64 examples in a snapshot",
+    )
+    trainer.stop()
+    v32, v64 = store.versions(stream.adapter)
+    store.redis.set(f"perennial:{{{stream.adapter}}}:blob:{v64}", b"garbage")  # sha256 now fails
+    stream.send([codec.encode(e) for e in examples(stream.adapter, 32, start=64)])
+    trainer = stream.trainer(**DETERMINISTIC)
+    wait_for(
+        lambda: store.latest(stream.adapter).examples == 96,
+        120,
+        "the re-read from v32 and the 32 new examples in one snapshot",
+    )
+    latest = store.latest(stream.adapter)
+    assert latest.parent == v32 and latest.offsets == {f"{stream.topic}:0": 96}
+    assert latest.class_counts == {label: 32 for label in LABELS}  # each example once
+    assert metric(trainer, "perennial_trainer_snapshot_fallbacks_total") == 1
+    assert metric(trainer, "perennial_trainer_corrupt_snapshots_total", reason="checksum") == 1
+    events = consume_all(stream.bootstrap, f"{stream.topic}.events", 100)
+    fell_back = [
+        event.fell_back
+        for event in (events_pb2.Event.FromString(e.value) for e in events)
+        if event.WhichOneof("kind") == "fell_back"
+    ]
+    assert [(f.corrupted, f.version, f.reason) for f in fell_back] == [(v64, v32, "checksum")]

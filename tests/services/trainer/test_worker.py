@@ -61,9 +61,14 @@ def make_trainer(redis_client, tiny_backbone):
 
 
 def feed(trainer: Trainer, labels: list[str], start: int = 0, adapter: str = "ad") -> int:
+    # as the poll loop does: seek where the trainer asked, stamp what it reads with that epoch
+    epoch = trainer.take_rewinds().get("t:0", (trainer._epochs.get("t:0", 0), None))[0]
     records = [
         Incoming(
-            "t:0", start + i, Example(adapter, str(start + i), TEXTS[label][i % 4], label, 1.0)
+            "t:0",
+            start + i,
+            Example(adapter, str(start + i), TEXTS[label][i % 4], label, 1.0),
+            epoch=epoch,
         )
         for i, label in enumerate(labels)
     ]
