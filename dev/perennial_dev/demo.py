@@ -33,11 +33,10 @@ from rich.table import Table
 from tritonclient.utils import InferenceServerException
 
 from perennial import codec
-from perennial.codec import from_safetensors
 from perennial.config import ProcessSettings
 from perennial.learners import FirstSessionLearner, LearnerConfig
 from perennial.runtime import load_backbone
-from perennial.store import SnapshotStore
+from perennial.store import SnapshotStore, from_safetensors
 from perennial_dev.datasets.wordnet import (
     ClassIncrementalSplit,
     Gloss,

@@ -53,6 +53,12 @@ class TrainerSettings(ProcessSettings, RedisSettings, GrpcSecuritySettings):
     group_id: str = Field("perennial-trainer", description="consumer group of the trainer replicas")
     learner: Learner = Field(DEFAULT_LEARNER, description="continual learner (docs/LEARNING.md)")
     pet: PET = Field("lora", description="PET method of learners that adapt one")
+    warmup_examples: int = Field(
+        LearnerConfig.warmup_examples,
+        ge=1,
+        description="fsa: examples of the PET's warm-up window (it closes once it also holds "
+        f"{LearnerConfig.warmup_min_classes} classes, at 4 times as many examples at most)",
+    )
     seed: int = Field(0, description="seed of new adapters' initialisation")
     device: str = Field("auto", description="where the backbone runs: auto, cpu, cuda, cuda:N")
     batch_size: int = Field(16, ge=1, description="micro-batch size")
@@ -167,7 +173,13 @@ class TrainerSettings(ProcessSettings, RedisSettings, GrpcSecuritySettings):
         return self.pod_name or socket.gethostname()
 
     def learner_config(self) -> LearnerConfig:
-        return LearnerConfig(learner=self.learner, pet=METHODS[self.pet].config(), seed=self.seed)
+        return LearnerConfig(
+            learner=self.learner,
+            pet=METHODS[self.pet].config(),
+            seed=self.seed,
+            warmup_examples=self.warmup_examples,
+            warmup_cap=4 * self.warmup_examples,
+        )
 
     def kafka_options(self) -> dict[str, object]:
         """kafka-python client options for the transport (empty: PLAINTEXT)."""

@@ -542,19 +542,24 @@ class Trainer:
             else:
                 batch.append(record.example)
         if batch:
-            # Every example reaches the monitor (new classes are counted whatever the budget);
-            # only the prediction before learning, the concept-drift signal, is rationed.
-            started = time.perf_counter()
-            self.drift.before_learning(
-                adapter,
-                state.learner,
-                [e.text for e in batch],
-                [e.label for e in batch],
-                predict=self._prequential_due(),
-            )
-            self._prequential_seconds += time.perf_counter() - started
-            started = time.perf_counter()
-            loss = state.learner.learn([e.text for e in batch], [e.label for e in batch])
+            inputs, labels = [e.text for e in batch], [e.label for e in batch]
+            learn_and_predict = getattr(state.learner, "learn_and_predict", None)
+            if learn_and_predict is not None:
+                # The prediction before learning comes with the learning (the head's last
+                # solution scores the features it learns from): every batch, for free.
+                started = time.perf_counter()
+                self.drift.submit_prequential(adapter, labels, learn_and_predict(inputs, labels))
+                loss = 0.0
+            else:
+                # Every example reaches the monitor (new classes are counted whatever the
+                # budget); only the prediction before learning, the drift signal, is rationed.
+                started = time.perf_counter()
+                self.drift.before_learning(
+                    adapter, state.learner, inputs, labels, predict=self._prequential_due()
+                )
+                self._prequential_seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                loss = state.learner.learn(inputs, labels)
             elapsed = time.perf_counter() - started
             self._learn_seconds += elapsed
             self.metrics.step_duration.observe(elapsed)

@@ -19,16 +19,16 @@ from perennial.errors import FailedPrecondition
 from perennial.pet import LoRAConfig, PETConfig, config_from_dict
 
 LEARNER_NAMES = ("lae", "naive", "simplecil", "ranpac", "fsa")
-DEFAULT_LEARNER = "ranpac"
-"""The best task-free learner by measurement (docs/LEARNING.md)."""
+DEFAULT_LEARNER = "fsa"
+"""The best task-free learner by measurement on validation streams (docs/LEARNING.md)."""
 
 
 @dataclass(frozen=True)
 class LearnerConfig:
     """Every knob of every learner, with documented defaults.
 
-    learner: which learner ("lae", "naive", "simplecil", "ranpac").
-    pet: the PET method and its hyperparameters (LAE and naive only).
+    learner: which learner (LEARNER_NAMES).
+    pet: the PET method and its hyperparameters (LAE, naive and FSA).
     lr: Adam learning rate for the online PET module and the head (LAE, naive).
     ema_decay: offline ← decay·offline + (1−decay)·online after each optimizer step.
         LAE uses 0.9999 with thousands of steps per task; our streams bring new classes

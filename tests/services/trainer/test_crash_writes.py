@@ -1,6 +1,7 @@
 """kill -9 landing inside the trainer's Redis writes (issue 12): inside a snapshot's MULTI/EXEC
-and inside a guardrail holdout write, guardrail on, for the default learner and for LAE
-(Adam state and EMA are in the blob): the final weights and holdout equal an uninterrupted run's.
+and inside a guardrail holdout write, guardrail on, for the default learner (FSA: kills land
+before, during and after its warm-up window; the buffer is in the blob) and for LAE (Adam state
+and EMA are in the blob): the final weights and holdout equal an uninterrupted run's.
 
 Redis's CLIENT PAUSE WRITE holds the trainer's next write; CLIENT LIST shows which write it
 is (a transaction's queued SET of a snapshot, or the holdout's HSET); the kill lands while it
@@ -15,7 +16,7 @@ import pytest
 import redis
 
 from perennial import codec
-from perennial.store import SnapshotStore
+from perennial.store import SnapshotStore, from_safetensors
 from tests.helpers import wait_for
 from tests.services.trainer.conftest import DETERMINISTIC, Stream, examples
 
@@ -62,7 +63,7 @@ def wait_until(condition, seconds: float):
     return None
 
 
-@pytest.mark.parametrize("learner", ["ranpac", "lae"])
+@pytest.mark.parametrize("learner", ["fsa", "lae"])
 def test_kills_inside_snapshot_and_holdout_writes_change_nothing(
     stream, tiny_backbone_dir, learner
 ):
@@ -70,6 +71,7 @@ def test_kills_inside_snapshot_and_holdout_writes_change_nothing(
         **DETERMINISTIC,
         "PERENNIAL_BACKBONE_PATH": tiny_backbone_dir,
         "PERENNIAL_LEARNER": learner,
+        "PERENNIAL_WARMUP_EXAMPLES": 24,  # fsa: the warm-up runs at 96 examples, mid-stream
         "PERENNIAL_HOLDOUT_EVERY": 4,  # the guardrail is on
         "PERENNIAL_HOLDOUT_PER_CLASS": 8,
         "PERENNIAL_GUARDRAIL_MIN_HOLDOUT": 4,
@@ -108,6 +110,9 @@ def test_kills_inside_snapshot_and_holdout_writes_change_nothing(
     finally:
         clean.close()
     assert crashed.sha256 == reference.sha256  # learner state (LAE: + Adam and EMA) identical
+    if learner == "fsa":  # the warm-up ran mid-stream: the PET is in the final state
+        tensors, _ = from_safetensors(store.fetch(stream.adapter, crashed.version)[1])
+        assert any(name.startswith("pet.") for name in tensors)
     assert crashed.class_counts == reference.class_counts
     holdout = admin.hgetall(f"perennial:{{{stream.adapter}}}:holdout")
     assert holdout and holdout == admin.hgetall(f"perennial:{{{clean.adapter}}}:holdout")
