@@ -12,12 +12,16 @@ classes the head already knew falls more than `margin` below the head's.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+import torch
 
 from perennial.codec import Example
+from perennial.learners import FirstSessionPredictor
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,54 @@ def judge(
         )
         return Verdict(False, candidate_accuracy, head_accuracy, len(texts), reason)
     return Verdict(True, candidate_accuracy, head_accuracy, len(texts), "within the margin")
+
+
+class FeatureCache:
+    """Features of holdout texts under each PET, so judging an FSA candidate against its head
+    costs two matrix products instead of two backbone passes over the whole holdout at every
+    snapshot: an FSA adapter's features change only when its PET does (once, at its warm-up).
+
+    Bounded: at most `max_entries` (PET, text) rows, least recently used dropped first. Rows
+    are stored as the float32 the backbone computed, so scores equal `predictor.scores`."""
+
+    def __init__(self, max_entries: int = 8192) -> None:
+        self.max_entries = max_entries
+        self._rows: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self.computed = 0  # rows the backbone computed (the rest came from the cache)
+
+    def labeller(self, predictor: FirstSessionPredictor) -> Callable[[list[str]], list[str]]:
+        pet = _fingerprint(predictor.module)
+
+        def labels(texts: list[str]) -> list[str]:
+            rows = {t: self._rows.get((pet, t)) for t in dict.fromkeys(texts)}
+            missing = [t for t, row in rows.items() if row is None]
+            with torch.inference_mode():
+                for start in range(0, len(missing), 64):
+                    chunk = missing[start : start + 64]
+                    features = predictor.features(chunk, predictor.module).float()
+                    rows.update(zip(chunk, features, strict=True))
+                self.computed += len(missing)
+                for text, row in rows.items():
+                    self._rows[(pet, text)] = row
+                    self._rows.move_to_end((pet, text))
+                while len(self._rows) > self.max_entries:
+                    self._rows.popitem(last=False)
+                features = torch.stack([rows[t] for t in texts]).double()
+                best = predictor.scores_features(features).argmax(-1).tolist()
+            return [predictor.classes[i] for i in best]
+
+        return labels
+
+
+def _fingerprint(module: torch.nn.Module | None) -> str:
+    """Identity of a PET's weights (the frozen features have none: "frozen")."""
+    if module is None:
+        return "frozen"
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _accuracy(predicted: list[str], labels: list[str]) -> float:

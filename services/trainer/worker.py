@@ -47,6 +47,7 @@ from perennial.codec import Example, encode
 from perennial.errors import InvalidInput, NotFound, NotReady
 from perennial.grpc_errors import STATUS
 from perennial.learners import (
+    FirstSessionPredictor,
     Learner,
     LearnerConfig,
     build_learner,
@@ -64,7 +65,7 @@ from perennial.store import (
 )
 from services.trainer.deadletter import DeadLetterFailed, DeadLetters, Rejected
 from services.trainer.events import EventPublisher
-from services.trainer.guardrail import HoldoutReservoir, judge
+from services.trainer.guardrail import FeatureCache, HoldoutReservoir, judge
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.monitor import TrainerDriftMonitor
 from services.trainer.settings import TrainerSettings
@@ -143,6 +144,7 @@ class Trainer:
         self._safe: dict[str, int] = {}
         self._safe_lock = threading.Lock()
         self._head_cache: dict[tuple[str, str], Callable[[list[str]], list[str]]] = {}
+        self._holdout_features = FeatureCache()
         self._last_snapshot = time.monotonic()
         self._since_snapshot = 0
         self._snapshot_failed = False
@@ -786,6 +788,9 @@ class Trainer:
         return self._head_cache[key]
 
     def _labeller(self, predictor) -> Callable[[list[str]], list[str]]:
+        if isinstance(predictor, FirstSessionPredictor):
+            return self._holdout_features.labeller(predictor)
+
         def labels(texts: list[str]) -> list[str]:
             with torch.inference_mode():
                 best = predictor.scores(self.backbone, texts).argmax(-1).tolist()

@@ -1,0 +1,43 @@
+"""The guardrail's feature cache for FSA versions: the same labels as the predictor's own
+scores, each holdout text encoded once per PET, bounded."""
+
+from __future__ import annotations
+
+from perennial.learners import build_learner, load_predictor
+from perennial.store import from_safetensors, to_safetensors
+from services.trainer.guardrail import FeatureCache
+from tests.shared.test_fsa import CONFIG, WORDS, feed, stream
+
+HOLDOUT = [text for texts in WORDS.values() for text in texts]
+
+
+def predictor(learner):
+    return load_predictor(learner.backbone, *from_safetensors(to_safetensors(*learner.state())))
+
+
+def own_labels(version, texts: list[str]) -> list[str]:
+    best = version.scores(version.learner.backbone, texts).argmax(-1).tolist()
+    return [version.classes[i] for i in best]
+
+
+def test_labels_equal_the_predictors_and_each_text_is_encoded_once_per_pet(tiny_backbone):
+    learner = build_learner(tiny_backbone, CONFIG)
+    examples = stream(list(WORDS))
+    feed(learner, examples[:8])  # before the warm-up: frozen features only
+    before = predictor(learner)
+    feed(learner, examples[8:])
+    assert learner.adapted
+    after, again = predictor(learner), predictor(learner)  # two versions sharing one PET
+    cache = FeatureCache()
+    for version in (before, after, again):
+        assert cache.labeller(version)(HOLDOUT) == own_labels(version, HOLDOUT)
+    assert cache.computed == 2 * len(HOLDOUT)  # once frozen, once with the PET; `again` reused
+
+
+def test_the_cache_is_bounded(tiny_backbone):
+    learner = build_learner(tiny_backbone, CONFIG)
+    feed(learner, stream(list(WORDS)))
+    version = predictor(learner)
+    cache = FeatureCache(max_entries=5)
+    assert cache.labeller(version)(HOLDOUT) == own_labels(version, HOLDOUT)
+    assert len(cache._rows) == 5
