@@ -35,10 +35,10 @@ def redis_bytes(client: redis.Redis, adapter: str) -> int:
     [
         # plumbing at scale: 2,000 adapter ids, small statistics
         ("simplecil", 2000, 4, 32, 64 << 10, 96 << 20),
-        # the default learner at its real size (RanPAC: M=1024 float64 statistics)
-        ("ranpac", 24, 4, 4, 16 << 20, 4 * (48 << 20)),
+        # the default learner at its real size (FSA: M=1024 float64 statistics, the buffer)
+        ("fsa", 24, 4, 4, 16 << 20, 4 * (48 << 20)),
     ],
-    ids=["simplecil-2000-ids", "ranpac-default"],
+    ids=["simplecil-2000-ids", "fsa-default"],
 )
 def test_many_adapter_ids_stay_within_the_memory_bounds(
     stream,
