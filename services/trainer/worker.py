@@ -658,7 +658,7 @@ class Trainer:
 
     def _publish(self, adapter: str, state: AdapterState, force_promote: bool) -> Manifest:
         started = time.perf_counter()
-        verdict = None
+        verdict = candidate = None
         tensors, metadata = state.learner.state()
         if state.head is not None and not force_promote and self.settings.guardrail.enabled:
             try:
@@ -733,6 +733,8 @@ class Trainer:
         )
         if promote:
             state.head, state.held_reason = manifest, ""
+            if candidate is not None:  # the next verdict compares against it: no fetch, no build
+                self._head_cache = {(adapter, manifest.version): candidate}
             self.events.promoted(
                 adapter,
                 manifest.version,
