@@ -53,6 +53,12 @@ class TrainerSettings(ProcessSettings, RedisSettings, GrpcSecuritySettings):
     group_id: str = Field("perennial-trainer", description="consumer group of the trainer replicas")
     learner: Learner = Field(DEFAULT_LEARNER, description="continual learner (docs/LEARNING.md)")
     pet: PET = Field("lora", description="PET method of learners that adapt one")
+    projection_dim: int = Field(
+        LearnerConfig.projection_dim,
+        ge=1,
+        description="fsa and ranpac: random-projection width M of the ridge head (its M×M float64 "
+        "statistics are in memory and in every snapshot: 8 MiB at 1024, 32 MiB at 2048)",
+    )
     warmup_examples: int = Field(
         LearnerConfig.warmup_examples,
         ge=1,
@@ -177,6 +183,7 @@ class TrainerSettings(ProcessSettings, RedisSettings, GrpcSecuritySettings):
             learner=self.learner,
             pet=METHODS[self.pet].config(),
             seed=self.seed,
+            projection_dim=self.projection_dim,
             warmup_examples=self.warmup_examples,
             warmup_cap=4 * self.warmup_examples,
         )

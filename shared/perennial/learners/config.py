@@ -44,7 +44,8 @@ class LearnerConfig:
     freeze_steps: after a new class appears, the PET module stays frozen (head-only
         training) for this many steps, so the new zero-initialised head row does not
         drag the features (LAE's warm-up after a task boundary).
-    projection_dim: RanPAC's random-projection width M (Gram matrix is M×M float64).
+    projection_dim: RanPAC's and FSA's random-projection width M (Gram matrix is M×M float64:
+        8 MiB per adapter at 1024, 32 MiB at 2048, in memory and in every snapshot).
     ridge_grid: RanPAC's candidate ridge strengths; the one with the lowest squared
         error on a held-out fifth of the stream's statistics is used.
     ridge_every: choose λ again after this many examples (and whenever classes arrive);
@@ -54,7 +55,8 @@ class LearnerConfig:
     warmup_examples / warmup_min_classes / warmup_min_count / warmup_cap: FSA's first window
         closes at the first micro-batch end with at least `warmup_examples` examples and
         `warmup_min_classes` classes of `warmup_min_count` examples each, or at `warmup_cap`.
-    warmup_epochs / warmup_lr: FSA's PET training on that window (Adam, batches of 16).
+    warmup_epochs / warmup_lr: FSA's PET training on that window (Adam, batches of 16); chosen
+        on validation streams by `make bench-learning` (docs/LEARNING.md).
     adapt_blocks: FSA's PET sits in the last `adapt_blocks` blocks (0: the backbone's default).
     feature_states: hidden states FSA pools into its frozen features (indices into the
         backbone's hidden states, negative from the end; empty: the backbone's default).
@@ -77,7 +79,7 @@ class LearnerConfig:
     warmup_min_count: int = 8
     warmup_cap: int = 1024
     warmup_epochs: int = 5
-    warmup_lr: float = 3e-4
+    warmup_lr: float = 1e-3
     adapt_blocks: int = 0
     feature_states: tuple[int, ...] = ()
     temperature: float = 16.0
