@@ -384,7 +384,7 @@ def summary(
         (
             "examples streamed",
             f"{len(split.train)} (+{len(MALFORMED)} malformed, dead-lettered; "
-            f"+{state.answered} learned from feedback)",
+            f"+{state.answered} answers sent as feedback)",
         ),
         (
             "final version served",

@@ -76,10 +76,11 @@ def test_demo_keeps_the_stack_running_and_its_printed_commands_work(tmp_path, ti
                 seen.append(lines.get(timeout=1))
             except queue.Empty:
                 pass
-        output = "".join(seen)
+        output = " ".join("".join(seen).split())  # tables wrap their titles
         assert "never streamed as examples nor answered with feedback" in output
         assert "guardrail's holdout is a different set" in output
-        assert re.search(r"served accuracy from feedback\s+│?\s*served accuracy [\d.]+%", output)
+        assert re.search(r"served accuracy from feedback │ served accuracy [\d.]+% on \d+", output)
+        assert re.search(r"prediction log │ [1-9]\d* predictions logged, 0 dropped", output)
         commands = [line.strip() for line in seen]
         status = next(c for c in commands if c.startswith("perennial --target") and "status" in c)
         result = subprocess.run(
