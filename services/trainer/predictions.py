@@ -21,6 +21,9 @@ from services.trainer.join import PredictionIndex
 from services.trainer.metrics import TrainerMetrics
 
 log = logging.getLogger(__name__)
+# A high-watermark is as old as the fetch that brought it: at most a poll period of the loop (1 s)
+# plus the broker's fetch wait (0.5 s) before the poll that reads it.
+FETCH_AGE_SECONDS = 2.0
 
 
 def resume_offsets(store: SnapshotStore, topic: str) -> dict[str, int]:
@@ -55,14 +58,16 @@ class PredictionReader:
         if not self._assigned and not self._assign():
             self.index.caught_up_at = time.time()  # no log yet: nothing to wait for
             return
+        started = time.time()
         try:
             batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=5000)
         except KafkaError as error:
             self.metrics.dependency_errors.labels("kafka").inc()
             log.warning("prediction log poll failed", extra={"fields": {"error": str(error)}})
             return
-        if not batches:
-            self.index.caught_up_at = time.time()
+        if not batches and self._at_end():
+            # the high-watermarks come from a fetch sent a little earlier: date it back
+            self.index.caught_up_at = max(self.index.caught_up_at, started - FETCH_AGE_SECONDS)
         for tp, records in batches.items():
             partition = f"{tp.topic}:{tp.partition}"
             for record in records:
@@ -73,6 +78,19 @@ class PredictionReader:
                     continue
                 self.index.add(prediction, partition, record.offset)
         self._update_offsets()
+
+    def _at_end(self) -> bool:
+        """Every partition read up to the high-watermark of its last fetch (none yet: not)."""
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is None:
+                return False
+            try:
+                if self.consumer.position(tp, timeout_ms=1000) < highwater:
+                    return False
+            except KafkaError:
+                return False
+        return True
 
     def _assign(self) -> bool:
         partitions = self.consumer.partitions_for_topic(self.topic)

@@ -165,7 +165,7 @@ class TrainerSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecurit
     )
 
     @model_validator(mode="after")
-    def _kafka_credentials(self) -> Self:
+    def _kafka_group_timings(self) -> Self:
         if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
             raise ValueError(
                 f"{variable('kafka_heartbeat_interval_ms')}={self.kafka_heartbeat_interval_ms} must be at most a "
