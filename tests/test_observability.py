@@ -105,11 +105,23 @@ def rule_signals() -> list[str]:
 def stack(kafka_broker, redis_server, redis_client, tmp_path):
     suffix = uuid.uuid4().hex[:8]
     topic = f"perennial.examples.{suffix}"
-    create_topics(kafka_broker.bootstrap, {topic: 1, f"{topic}.dlq": 1})
+    feedback = {
+        "PERENNIAL_PREDICTIONS_TOPIC": f"perennial.predictions.{suffix}",
+        "PERENNIAL_FEEDBACK_TOPIC": f"perennial.feedback.{suffix}",
+    }
+    create_topics(
+        kafka_broker.bootstrap, {topic: 1, f"{topic}.dlq": 1, **dict.fromkeys(feedback.values(), 1)}
+    )
     started = []
     try:
         inference = start_inference(
-            tmp_path, redis_url=redis_server.url, PERENNIAL_RECONCILE_SECONDS=2, **MONITOR
+            tmp_path,
+            redis_url=redis_server.url,
+            PERENNIAL_RECONCILE_SECONDS=2,
+            PERENNIAL_PREDICTION_LOG="true",  # the feedback panels need the loop closed
+            PERENNIAL_PREDICTION_LOG_TOPIC=feedback["PERENNIAL_PREDICTIONS_TOPIC"],
+            PERENNIAL_KAFKA_BOOTSTRAP=kafka_broker.bootstrap,
+            **MONITOR,
         )
         started.append(inference)
         trainer = start_trainer(
@@ -126,6 +138,8 @@ def stack(kafka_broker, redis_server, redis_client, tmp_path):
             PERENNIAL_HOLDOUT_EVERY=4,
             PERENNIAL_FORGETTING_EVERY_SECONDS=0,
             PERENNIAL_PREQUENTIAL_BUDGET=1,
+            PERENNIAL_FEEDBACK="true",
+            **feedback,
         )
         started.append(trainer)
         prometheus = start_prometheus(
@@ -140,6 +154,7 @@ def stack(kafka_broker, redis_server, redis_client, tmp_path):
         producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
         yield {
             "topic": topic,
+            "feedback_topic": feedback["PERENNIAL_FEEDBACK_TOPIC"],
             "trainer": trainer,
             "inference": inference,
             "prometheus": prometheus,
@@ -161,12 +176,16 @@ def produce(stack, examples: list[tuple[str, str]]) -> None:
     stack["producer"].flush()
 
 
-def query(client: triton.InferenceServerClient, texts: list[str]) -> None:
+def query(client: triton.InferenceServerClient, texts: list[str]) -> list[str]:
+    """Ask about `texts`; return their prediction ids (the prediction log is on)."""
+    ids = []
     for start in range(0, len(texts), 8):
         batch = texts[start : start + 8]
         tensor = triton.InferInput("text", [len(batch)], "BYTES")
         tensor.set_data_from_numpy(np.array([t.encode() for t in batch], dtype=np.object_))
-        client.infer(ADAPTER, [tensor])
+        reply = client.infer(ADAPTER, [tensor])
+        ids += reply.get_response().parameters["prediction_id"].string_param.split(",")
+    return ids
 
 
 def test_drift_detected_after_the_injected_drift_and_every_panel_has_data(stack, tmp_path) -> None:
@@ -260,7 +279,14 @@ def test_drift_detected_after_the_injected_drift_and_every_panel_has_data(stack,
         240,
         "a second class-arrival stage in the accuracy matrix",
     )
-    query(client, reference_queries[:40])
+    ids = query(client, reference_queries[:40])
+    label_of = {g.text: g.label for glosses in split.test.values() for g in glosses}
+    for prediction_id, text in zip(ids, reference_queries[:40], strict=True):
+        answer = {"prediction_id": prediction_id, "label": label_of[text]}
+        stack["producer"].send(stack["feedback_topic"], value=json.dumps(answer).encode())
+    stack["producer"].flush()
+    joined = f'perennial_trainer_feedback_joined_total{{adapter="{ADAPTER}"}}'
+    wait_for(lambda: value(prometheus, joined) >= 40, 120, "the feedback joined and scraped")
 
     # 4. Every panel's every query has data; so has every rule.
     panels, annotations = dashboard_queries()

@@ -4,8 +4,11 @@ Starts Tansu (Kafka) and Redis on free ports, the trainer and the inference
 service as separate processes, then streams WordNet noun glosses labelled with
 their supersense (noun.animal, noun.artifact, ...) through Kafka in
 class-incremental order. A client queries the inference service over gRPC with
-held-out glosses while the stream runs; the terminal shows live progress and
-ends with a summary. Ctrl-C or the end of the stream stops every process.
+held-out glosses while the stream runs, and answers some of its predictions with
+feedback (the prediction log and the trainer's feedback join are on); the
+terminal shows live progress and ends with a summary. Ctrl-C or the end of the
+stream stops every process; with --keep the stack stays up, and the demo prints
+how to use it and how to stop it.
 
     python -m perennial_dev.demo --help
 """
@@ -13,8 +16,10 @@ ends with a summary. Ctrl-C or the end of the stream stops every process.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -34,6 +39,7 @@ from tritonclient.utils import InferenceServerException
 
 from perennial import codec
 from perennial.config import ProcessSettings
+from perennial.feedback import Feedback, encode_feedback, encode_feedback_json
 from perennial.learners import FirstSessionLearner, LearnerConfig
 from perennial.runtime import load_backbone
 from perennial.store import SnapshotStore, from_safetensors
@@ -45,10 +51,13 @@ from perennial_dev.datasets.wordnet import (
 )
 from perennial_dev.launch import Service, start_inference, start_trainer
 from perennial_dev.localstack import LocalStack
+from services.trainer.guardrail import GuardrailConfig
 
 ADAPTER = "wordnet"
 TOPIC = "perennial.examples"
 DEAD_LETTER_TOPIC = "perennial.examples.dlq"
+PREDICTIONS_TOPIC = "perennial.predictions"
+FEEDBACK_TOPIC = "perennial.feedback"
 REQUEST_TIMEOUT_SECONDS = 60.0
 MALFORMED = (
     b"\x08\x96\x01not a protobuf",
@@ -73,6 +82,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--snapshot-every", type=int, default=64, help="snapshot every N examples")
     parser.add_argument(
         "--eval-per-class", type=int, default=4, help="held-out glosses per class in live checks"
+    )
+    parser.add_argument(
+        "--feedback-per-class",
+        type=int,
+        default=4,
+        help="further held-out glosses per class the client asks about once and answers with "
+        "feedback (learned by the trainer; never in the accuracy table)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the stack running at the end and print how to use it (Ctrl-C stops it)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -142,17 +163,31 @@ class DemoState:
     requests_ok: int = 0
     requests_failed: int = 0
     errors: list[str] = field(default_factory=list)
+    answered: int = 0  # predictions the client answered with feedback
+    answered_right: int = 0  # of those, how many the served label got right (client's count)
 
 
 class Client:
     """Queries the inference service over gRPC with held-out glosses, as a production client would."""
 
-    def __init__(self, address: str, split: ClassIncrementalSplit) -> None:
+    def __init__(
+        self,
+        address: str,
+        split: ClassIncrementalSplit,
+        traffic: dict[str, tuple[Gloss, ...]] | None = None,
+        bootstrap: str = "",
+    ) -> None:
         self.client = triton.InferenceServerClient(address)
         self.split = split
+        self.traffic = traffic or {}  # asked once each, then answered with feedback
+        self._asked = dict.fromkeys(self.traffic, 0)
+        self.producer = (
+            KafkaProducer(bootstrap_servers=bootstrap, acks="all") if bootstrap else None
+        )
+        self.last_ids: list[str] = []
 
     def predict(self, glosses: list[Gloss]) -> tuple[str, list[str]]:
-        predictions, version = [], ""
+        predictions, version, self.last_ids = [], "", []
         for start in range(0, len(glosses), 64):
             texts = np.array(
                 [g.text.encode() for g in glosses[start : start + 64]], dtype=np.object_
@@ -165,9 +200,35 @@ class Client:
                 outputs=[triton.InferRequestedOutput("label")],
                 client_timeout=REQUEST_TIMEOUT_SECONDS,
             )
-            version = result.get_response().parameters["adapter_version"].string_param
+            parameters = result.get_response().parameters
+            version = parameters["adapter_version"].string_param
+            if "prediction_id" in parameters:  # the prediction log is on
+                self.last_ids += parameters["prediction_id"].string_param.split(",")
             predictions += [label.decode() for label in result.as_numpy("label")]
         return version, predictions
+
+    def answer(self, classes: list[str], state: DemoState) -> None:
+        """Ask about the next unasked traffic gloss of each seen class, then tell the service
+        the truth: one feedback record per prediction, as a client learns it later."""
+        glosses = []
+        for label in classes:
+            pool = self.traffic.get(label, ())
+            if self._asked.get(label, 0) < len(pool):
+                glosses.append(pool[self._asked[label]])
+                self._asked[label] += 1
+        if not glosses or self.producer is None:
+            return
+        _, served = self.predict(glosses)
+        for number, (gloss, label, prediction_id) in enumerate(
+            zip(glosses, served, self.last_ids, strict=True)
+        ):
+            answer = Feedback(prediction_id, gloss.label, time.time())
+            # mostly protobuf; every third answer in the JSON form a person would send
+            value = encode_feedback_json(answer) if number % 3 == 2 else encode_feedback(answer)
+            self.producer.send(FEEDBACK_TOPIC, value=value)
+            state.answered += 1
+            state.answered_right += label == gloss.label
+        self.producer.flush()
 
     def evaluate(self, stages: int, per_class: int | None) -> Evaluation:
         """Accuracy on the held-out glosses of the first `stages` stages (all, or `per_class` each)."""
@@ -256,7 +317,24 @@ def render(
     p99 = histogram_quantile(inference, "perennial_inference_freshness_seconds", 0.99)
     table.add_row("freshness", f"p50 {p50:.1f} s, p99 {p99:.1f} s" if not math.isnan(p50) else "-")
     table.add_row("requests", f"{state.requests_ok} ok, {state.requests_failed} failed")
+    table.add_row("feedback", _feedback_note(trainer, state))
     return Group(progress, table)
+
+
+def _feedback_note(trainer: dict, state: DemoState) -> str:
+    """Served accuracy from feedback, as the trainer counts it (prequential)."""
+    joined = total(trainer, "perennial_trainer_feedback_joined_total")
+    right = sum(
+        s.value
+        for s in trainer.get("perennial_trainer_feedback_joined_total", [])
+        if s.labels.get("served") == "correct"
+    )
+    if not joined:
+        return f"{state.answered} predictions answered, none joined yet"
+    return (
+        f"served accuracy {right / joined:.1%} on {int(joined)} answered predictions "
+        f"(prequential: judged as served, then learned; {state.answered} sent)"
+    )
 
 
 def summary(
@@ -268,9 +346,17 @@ def summary(
     elapsed: float,
     store: SnapshotStore,
     pet: str,
+    trainer: dict,
+    eval_per_class: int,
 ) -> None:
+    per_class = len(next(iter(split.test.values())))
     table = Table(
-        title="Per stage: accuracy on held-out glosses (rows: after stage t; columns: stage i's classes)"
+        title="Per stage: accuracy on held-out glosses, never streamed as examples nor answered "
+        "with feedback (columns: the classes of stage i)",
+        caption=f"Rows 1..T-1: the last live check during stage t ({eval_per_class} glosses per "
+        f"class); row T: all {per_class} per class after the stream. The guardrail's holdout is a "
+        f"different set: every {GuardrailConfig.every}th streamed example of a class, which the "
+        "trainer keeps out of learning to compare candidate and head before promoting.",
     )
     table.add_column("after stage")
     table.add_column("version")
@@ -281,7 +367,10 @@ def summary(
         cells = [f"{a:.0%}" for a in evaluation.per_stage] + [""] * (
             len(split.stages) - len(evaluation.per_stage)
         )
-        table.add_row(str(stage + 1), evaluation.version, *cells, f"{evaluation.seen:.1%}")
+        name = (
+            f"{stage + 1} (live check)" if stage < len(split.stages) - 1 else f"{stage + 1} (final)"
+        )
+        table.add_row(name, evaluation.version, *cells, f"{evaluation.seen:.1%}")
     console.print(table)
     head = store.head(ADAPTER)
     forgetting = [
@@ -292,7 +381,11 @@ def summary(
     results = Table(title="Summary", show_header=False)
     rows = [
         ("classes / stages", f"{len(split.classes)} / {len(split.stages)}"),
-        ("examples streamed", f"{len(split.train)} (+{len(MALFORMED)} malformed, dead-lettered)"),
+        (
+            "examples streamed",
+            f"{len(split.train)} (+{len(MALFORMED)} malformed, dead-lettered; "
+            f"+{state.answered} answers sent as feedback)",
+        ),
         (
             "final version served",
             f"{final.version} ({head.examples if head else 0} examples trained)",
@@ -301,6 +394,12 @@ def summary(
         ("accuracy, all seen classes", f"{final.seen:.1%} (chance {1 / len(split.classes):.1%})"),
         ("accuracy, first-stage classes", f"{final.first:.1%}"),
         ("PET contribution", pet),
+        ("served accuracy from feedback", _feedback_note(trainer, state)),
+        (
+            "prediction log",
+            f"{int(total(inference, 'perennial_inference_predictions_logged_total'))} predictions "
+            f"logged, {int(total(inference, 'perennial_inference_predictions_dropped_total'))} dropped",
+        ),
         ("average forgetting (stages 1..T-1)", f"{np.mean(forgetting):.1%}" if forgetting else "-"),
         (
             "freshness p50 / p99",
@@ -367,8 +466,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
         num_classes=args.classes,
         classes_per_stage=args.classes_per_stage,
         train_per_class=args.train_per_class,
-        test_per_class=args.test_per_class,
+        test_per_class=args.test_per_class + args.feedback_per_class,
         seed=args.seed,
+    )
+    # The held-out glosses of each class: the first ones only ever measure (never streamed,
+    # never answered); the rest are the client's traffic, asked once and answered with feedback.
+    traffic = {c: glosses[args.test_per_class :] for c, glosses in split.test.items()}
+    split = dataclasses.replace(
+        split, test={c: glosses[: args.test_per_class] for c, glosses in split.test.items()}
     )
     console.print(
         f"[bold]Perennial demo[/]: {len(split.train)} WordNet glosses, {len(split.classes)} supersenses "
@@ -377,15 +482,21 @@ def run(args: argparse.Namespace, console: Console) -> int:
     started = time.monotonic()
     state, stop = DemoState(), threading.Event()
     services: list[Service] = []
-    with LocalStack(
-        args.workdir, topics={TOPIC: 1, DEAD_LETTER_TOPIC: 1}, keep_workdir=args.workdir is not None
-    ) as stack:
+    topics = {TOPIC: 1, DEAD_LETTER_TOPIC: 1, PREDICTIONS_TOPIC: 1, FEEDBACK_TOPIC: 1}
+    with LocalStack(args.workdir, topics=topics, keep_workdir=args.workdir is not None) as stack:
         console.print(f"broker {stack.bootstrap}, redis {stack.redis_url}; logs in {stack.workdir}")
         try:
             with console.status(
                 "starting the inference service and the trainer (loading the backbone)"
             ):
-                services.append(start_inference(stack.workdir, redis_url=stack.redis_url))
+                services.append(
+                    start_inference(
+                        stack.workdir,
+                        redis_url=stack.redis_url,
+                        PERENNIAL_PREDICTION_LOG="true",  # off by default in the service
+                        PERENNIAL_KAFKA_BOOTSTRAP=stack.bootstrap,
+                    )
+                )
                 services.append(
                     start_trainer(
                         stack.workdir,
@@ -394,11 +505,12 @@ def run(args: argparse.Namespace, console: Console) -> int:
                         PERENNIAL_BATCH_SIZE=args.batch_size,
                         PERENNIAL_SNAPSHOT_EVERY_EXAMPLES=args.snapshot_every,
                         PERENNIAL_SEED=args.seed,
+                        PERENNIAL_FEEDBACK="true",
                     )
                 )
             inference, trainer = services
             store = SnapshotStore(redis.Redis.from_url(stack.redis_url))
-            client = Client(inference.grpc_address, split)
+            client = Client(inference.grpc_address, split, traffic, stack.bootstrap)
             producer = threading.Thread(
                 target=produce, args=(stack, split, args.rate, state, stop), daemon=True
             )
@@ -421,6 +533,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                             evaluation = client.evaluate(stages_seen, args.eval_per_class)
                             state.evaluation = evaluation
                             state.by_stage[len(evaluation.per_stage) - 1] = evaluation
+                            client.answer(state.seen_classes, state)
                             state.requests_ok += 1
                         except InferenceServerException as error:
                             state.requests_failed += 1
@@ -446,6 +559,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 state.by_stage[len(split.stages) - 1] = final
             with console.status("the PET's contribution: the same head on frozen features only"):
                 pet = pet_contribution(store, split, final)
+            with console.status("waiting for the trainer to join the last feedback"):
+                deadline = time.monotonic() + 60
+                while (
+                    total(scrape(trainer), "perennial_trainer_feedback_joined_total")
+                    < state.answered
+                    and time.monotonic() < deadline
+                ):
+                    stop.wait(0.5)
             summary(
                 console,
                 state,
@@ -455,12 +576,67 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 time.monotonic() - started,
                 store,
                 pet,
+                scrape(trainer),
+                args.eval_per_class,
             )
+            if args.keep:
+                explain_kept(console, stack, inference, trainer)
+                try:
+                    threading.Event().wait()
+                except KeyboardInterrupt:
+                    console.print("stopping the stack")
             return 0 if state.requests_failed == 0 else 1
         finally:
             stop.set()
             for service in reversed(services):
                 service.stop()
+
+
+def explain_kept(console: Console, stack: LocalStack, inference: Service, trainer: Service) -> None:
+    """--keep: where everything is and the exact commands to try."""
+    grpc, rest, control = (
+        inference.grpc_address,
+        f"http://{inference.rest_address}",
+        trainer.grpc_address,
+    )
+    text = "a domesticated carnivorous mammal that barks"
+    body = json.dumps(
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}]}
+    )
+    lines = [
+        "The stack is still running (--keep).",
+        f"  Kafka      {stack.bootstrap}  (topics {TOPIC}, {FEEDBACK_TOPIC}, {PREDICTIONS_TOPIC}, "
+        f"{DEAD_LETTER_TOPIC})",
+        f"  Redis      {stack.redis_url}",
+        f"  inference  gRPC {grpc}, REST {rest}, metrics {inference.metrics_url}",
+        f"  trainer    control API {control}, metrics {trainer.metrics_url}",
+        f"  logs       {stack.workdir}",
+        "",
+        "The trainer's control API, with the `perennial` CLI:",
+        f"  perennial --target {control} status {ADAPTER}",
+        f"  perennial --target {control} versions {ADAPTER}",
+        "Ask the model with tritonclient (gRPC) and over REST:",
+        f'  python examples/query_grpc.py --url {grpc} --adapter {ADAPTER} "{text}"',
+        f"  python -c \"import numpy as np, tritonclient.grpc as t; i = t.InferInput('text', [1], "
+        f"'BYTES'); i.set_data_from_numpy(np.array([b'{text}'], dtype=object)); "
+        f"r = t.InferenceServerClient('{grpc}').infer('{ADAPTER}', [i]); "
+        f"print(r.as_numpy('label'), r.get_response().parameters)\"",
+        f"  curl -s {rest}/v2/models/{ADAPTER}/infer -d '{body}'",
+        "Answer a prediction (its prediction_id is in the answer's parameters), then watch:",
+        f"  python examples/send_feedback.py --bootstrap {stack.bootstrap} PREDICTION_ID=noun.animal",
+        f"  python examples/watch_metrics.py --trainer http://127.0.0.1:{trainer.metrics_port} "
+        f"--inference http://127.0.0.1:{inference.metrics_port}",
+        "Produce more examples: python examples/produce_json.py --bootstrap "
+        f"{stack.bootstrap} (docs/QUICKSTART.md)",
+        "",
+        "Stop everything: press Ctrl-C here (or kill -INT "
+        f"{os.getpid()}): the trainer, inference, Kafka and Redis stop with the demo.",
+    ]
+    for line in lines:  # commands are printed verbatim: no markup, no wrapping
+        bold = line.startswith(("The stack", "Stop everything"))
+        console.print(
+            line, markup=False, highlight=False, soft_wrap=True, style="bold" if bold else None
+        )
 
 
 def _interrupt(signum: int, _frame) -> None:

@@ -7,6 +7,7 @@ import logging
 import threading
 
 from grpc_health.v1 import health
+from kafka import KafkaProducer
 
 from perennial import redis_connect, runtime, tracing
 from perennial.grpc_security import ServerSecurity
@@ -14,6 +15,7 @@ from perennial.store import SnapshotStore
 from services.inference.metrics import InferenceDriftMetrics, InferenceMetrics
 from services.inference.monitor import InferenceDriftMonitor, frozen_token_embedder
 from services.inference.plane import DataPlane
+from services.inference.predictionlog import PredictionLog
 from services.inference.rest import RestServer
 from services.inference.server import InferenceServicer, build_server, set_health
 from services.inference.settings import InferenceSettings
@@ -60,6 +62,18 @@ def serve(settings: InferenceSettings) -> None:
     servicer.monitor = InferenceDriftMonitor(
         InferenceDriftMetrics(registry), frozen_token_embedder(backbone), settings.monitor()
     )
+    if settings.prediction_log:
+        servicer.operations.prediction_log = PredictionLog(
+            settings.prediction_log_config(),
+            lambda: KafkaProducer(
+                bootstrap_servers=settings.kafka_bootstrap,
+                linger_ms=50,
+                acks=1,
+                max_block_ms=5000,
+                **settings.kafka_options(),
+            ),
+            metrics,
+        ).start(stop)
     threading.Thread(target=plane.watch, args=(stop,), name="watcher", daemon=True).start()
     servicer.attach(plane)
     set_health(health_servicer, True)
@@ -67,6 +81,7 @@ def serve(settings: InferenceSettings) -> None:
 
     stop.wait()
     servicer.drain(server, health_servicer, grace=settings.drain_seconds, others=[rest.stop])
+    servicer.operations.prediction_log.close(timeout=settings.drain_seconds)
     tracing.shutdown()
     log.info("stopped")
 

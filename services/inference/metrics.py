@@ -53,6 +53,17 @@ class InferenceMetrics:
         self.resident_adapters = Gauge(
             "resident_adapters", "Adapter versions held in memory.", **common
         )
+        self.predictions_logged = Counter(
+            "predictions_logged",
+            "Predictions the Kafka prediction log confirmed (PERENNIAL_PREDICTION_LOG).",
+            **common,
+        )
+        self.predictions_dropped = Counter(
+            "predictions_dropped",
+            "Predictions not logged: queue full, or Kafka unavailable or failing.",
+            ["reason"],
+            **common,
+        )
         self.resident_bytes = Gauge(
             "resident_adapter_memory",
             "Memory of the resident adapter versions.",

@@ -32,6 +32,7 @@ from services.inference.batching import Batcher, BatchingConfig, Job
 from services.inference.metrics import InferenceMetrics
 from services.inference.model import Prediction, predict
 from services.inference.plane import DataPlane
+from services.inference.predictionlog import NoPredictionLog
 from services.inference.statistics import InferenceStatistics, RequestTimes, triton_version
 from services.inference.tensors import decode_bytes, decode_fp32, element_count, typed_fp32
 
@@ -84,8 +85,8 @@ class OutputTensor:
 
 @dataclass(frozen=True)
 class InferResult:
-    """An inference answer. Both transports copy `parameters` into the response's parameters
-    (today `adapter_version`; the place for more, such as a prediction id)."""
+    """An inference answer. Both transports copy `parameters` into the response's parameters:
+    `adapter_version`, and `prediction_id` when the prediction log is on."""
 
     model_name: str
     model_version: str
@@ -104,6 +105,7 @@ class InferenceOperations:
         self.metrics = metrics
         self.batching = batching
         self.monitor = monitor or NoMonitor()  # drift: `submit` only queues, off the request path
+        self.prediction_log = NoPredictionLog()  # `record` only queues, off the request path
         self.statistics = InferenceStatistics()
         self.plane: DataPlane | None = None
         self.batcher: Batcher | None = None
@@ -276,7 +278,15 @@ class InferenceOperations:
             returned = time.perf_counter()
             if isinstance(rows[0], str):  # the drift monitor embeds texts
                 self.monitor.submit(served.adapter, rows, prediction.labels)
-            result = _result(request, prediction, wanted)
+            ids = self.prediction_log.record(
+                served.adapter,
+                served.version,
+                rows,
+                prediction.labels,
+                prediction.scores.numpy(),
+                served.classes,
+            )
+            result = _result(request, prediction, wanted, ids)
             times["compute_output"] = time.perf_counter() - returned
             return result
         except Exception as raised:
@@ -314,7 +324,11 @@ class InferenceOperations:
             self.batcher.stop(timeout=timeout)
 
 
-def _result(request: InferRequest, prediction: Prediction, wanted: list[str]) -> InferResult:
+def _result(
+    request: InferRequest, prediction: Prediction, wanted: list[str], ids: list[str]
+) -> InferResult:
+    """The answer; `ids` (the rows' prediction ids, when the prediction log is on) go into the
+    parameter `prediction_id`, comma-separated in row order."""
     version = prediction.served.version
     outputs = []
     for name in wanted:
@@ -326,9 +340,10 @@ def _result(request: InferRequest, prediction: Prediction, wanted: list[str]) ->
             outputs.append(
                 OutputTensor(name, "BYTES", [len(items)], [item.encode() for item in items])
             )
-    return InferResult(
-        request.model_name, version, request.id, outputs, {"adapter_version": version}
-    )
+    parameters: dict[str, str | int | bool] = {"adapter_version": version}
+    if ids:
+        parameters["prediction_id"] = ",".join(ids)
+    return InferResult(request.model_name, version, request.id, outputs, parameters)
 
 
 def _deadline(deadline: float | None, parameters: dict) -> float | None:

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal, Self
 
-from perennial.config import GrpcSecuritySettings, ProcessSettings, RedisSettings
+from pydantic import Field, model_validator
+
+from perennial.config import (
+    GrpcSecuritySettings,
+    KafkaSettings,
+    ProcessSettings,
+    RedisSettings,
+    variable,
+)
 from services.inference.batching import BatchingConfig
 from services.inference.monitor import MonitorConfig
 from services.inference.plane import ServingConfig
+from services.inference.predictionlog import PredictionLogConfig
 from services.inference.rest import RestConfig
 from services.inference.server import ServerConfig
 
 _M = MonitorConfig
 
 
-class InferenceSettings(ProcessSettings, RedisSettings, GrpcSecuritySettings):
+class InferenceSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecuritySettings):
     """The inference service's settings (`python -m services.inference --help` lists them)."""
 
     metrics_port: int = Field(
@@ -94,6 +103,34 @@ class InferenceSettings(ProcessSettings, RedisSettings, GrpcSecuritySettings):
         description="prediction drift: false-alarm probability per test",
     )
 
+    prediction_log: bool = Field(
+        False,
+        description="write every prediction to the prediction log (Kafka) and return its id",
+    )
+    prediction_log_topic: str = Field(
+        PredictionLogConfig.topic, description="topic of the prediction log"
+    )
+    prediction_log_inputs: Literal["text", "sha256"] = Field(
+        "text",
+        description="log each input itself (learnable from feedback) or only its sha256",
+    )
+    prediction_log_queue_size: int = Field(
+        PredictionLogConfig.queue_size,
+        ge=1,
+        description="requests waiting for the prediction log's producer; more are dropped (counted)",
+    )
+    kafka_bootstrap: str = Field(
+        "", description="Kafka bootstrap servers, host:port[,host:port] (for the prediction log)"
+    )
+
+    @model_validator(mode="after")
+    def _prediction_log_needs_kafka(self) -> Self:
+        if self.prediction_log and not self.kafka_bootstrap:
+            raise ValueError(
+                f"{variable('prediction_log')} is on but {variable('kafka_bootstrap')} is not set"
+            )
+        return self
+
     def batching(self) -> BatchingConfig:
         return BatchingConfig(
             self.max_batch_size, self.max_queue_delay_ms / 1000, self.max_queue_size
@@ -122,4 +159,11 @@ class InferenceSettings(ProcessSettings, RedisSettings, GrpcSecuritySettings):
             prediction_reference=self.drift_prediction_reference,
             prediction_window=self.drift_prediction_window,
             prediction_alpha=self.drift_prediction_alpha,
+        )
+
+    def prediction_log_config(self) -> PredictionLogConfig:
+        return PredictionLogConfig(
+            self.prediction_log_topic,
+            self.prediction_log_queue_size,
+            self.prediction_log_inputs == "text",
         )

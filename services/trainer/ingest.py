@@ -11,15 +11,27 @@ import logging
 import threading
 import time
 
+import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from perennial import codec, tracing
+from perennial.feedback import decode_feedback, prediction_time
 from services.trainer.deadletter import DeadLetterFailed, DeadLetters, Rejected
 from services.trainer.events import EventPublisher
+from services.trainer.join import (
+    WAIT,
+    AnsweredMarks,
+    FeedbackJoin,
+    JoinConfig,
+    PredictionIndex,
+    Refused,
+    Wait,
+)
 from services.trainer.metrics import TrainerMetrics
+from services.trainer.predictions import PredictionReader, resume_offsets
 from services.trainer.settings import TrainerSettings
 from services.trainer.worker import Incoming, Trainer
 
@@ -83,9 +95,44 @@ class Ingest:
         self.lag: dict[
             str, int
         ] = {}  # partition -> records not yet fetched (read by the control API)
+        self.join: FeedbackJoin | None = None
+        self.reader: PredictionReader | None = None
+        self._waiting: dict[TopicPartition, tuple[float, str]] = {}  # paused for a prediction
+        if settings.feedback:
+            self._start_join()
+
+    def _start_join(self) -> None:
+        """Feedback on: the join, its index of logged predictions and their reader."""
+        settings, store = self.settings, self.trainer.store
+        config = JoinConfig(
+            settings.feedback_window_seconds,
+            settings.feedback_wait_seconds,
+            settings.feedback_max_predictions,
+        )
+        index = PredictionIndex(config, self.metrics)
+        marks = AnsweredMarks(
+            store.redis, store.prefix, config.window_seconds + config.wait_seconds + 3600
+        )
+        self.join = FeedbackJoin(config, index, marks)
+        self.reader = PredictionReader(
+            KafkaConsumer(
+                bootstrap_servers=settings.kafka_bootstrap,
+                enable_auto_commit=False,
+                **settings.kafka_options(),
+            ),
+            settings.predictions_topic,
+            index,
+            resume_offsets(store, settings.predictions_topic),
+            self.metrics,
+        )
+        # every manifest records where the log must be read again from after a restart
+        self.trainer.side_offsets = lambda: self.reader.offsets
 
     def run(self, stop: threading.Event) -> None:
-        self.consumer.subscribe([self.settings.topic], listener=_Rebalance(self))
+        topics = [self.settings.topic]
+        if self.join is not None:
+            topics.append(self.settings.feedback_topic)
+        self.consumer.subscribe(topics, listener=_Rebalance(self))
         log.info(
             "consuming",
             extra={"fields": {"topic": self.settings.topic, "group": self.settings.group_id}},
@@ -96,10 +143,15 @@ class Ingest:
     def close(self) -> None:
         self.commit()
         self.consumer.close(autocommit=False)
+        if self.reader is not None:
+            self.reader.close()
 
     def poll_once(self) -> None:
         self.heartbeat = time.monotonic()
         self._apply_rewinds()
+        if self.reader is not None:
+            self.reader.poll()  # predictions first: feedback read below may need them
+            self._release_waiting()
         assignments = self._assignments
         try:
             batches = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
@@ -111,6 +163,7 @@ class Ingest:
             # a rebalance happened: what was fetched may start past records the revocation
             # dropped, so read every assigned partition again from its committed offset
             self._restart_pending = not self._restart_from_commits()
+            self._waiting.clear()
             return
         incoming = []
         for tp, records in batches.items():
@@ -118,10 +171,18 @@ class Ingest:
             epoch = self._epochs.get(key, 0)
             for record in records:
                 try:
-                    example = self._validate(record)
-                except DeadLetterFailed as error:  # read it again; never commit past it
+                    if tp.topic == self.settings.feedback_topic and self.join is not None:
+                        example = self._join(record, tp)
+                        if example is WAIT:
+                            break  # paused at this record until its prediction is read
+                    else:
+                        example = self._validate(record)
+                except (DeadLetterFailed, redis.RedisError) as error:  # read it again later
+                    self.metrics.dependency_errors.labels(
+                        "redis" if isinstance(error, redis.RedisError) else "kafka"
+                    ).inc()
                     log.warning(
-                        "dead letter not delivered; re-reading",
+                        "dead letter or answer mark not written; re-reading",
                         extra={"fields": {"error": str(error)}},
                     )
                     self.consumer.seek(tp, record.offset)
@@ -158,6 +219,60 @@ class Ingest:
             )
         )
         return None
+
+    def _join(self, record, tp: TopicPartition) -> codec.Example | Wait | None:
+        """A feedback record's example, or None once dead-lettered (confirmed), or `WAIT`
+        (the partition is paused at the record until its prediction is read)."""
+        position = partition_key(record.topic, record.partition) + f"@{record.offset}"
+        try:
+            limit = self.settings.max_record_bytes
+            if record.value is not None and len(record.value) > limit:
+                raise codec.DecodeError(
+                    "RecordTooLarge", f"record has {len(record.value)} bytes; at most {limit}"
+                )
+            feedback = decode_feedback(record.value, timestamp_ms=record.timestamp)
+        except codec.DecodeError as error:
+            self._reject_feedback(record, record.key, error.reason, str(error))
+            return None
+        outcome = self.join.join(feedback, position)
+        if outcome is WAIT:
+            self.consumer.seek(tp, record.offset)
+            self.consumer.pause(tp)
+            self._waiting[tp] = (
+                prediction_time(feedback.prediction_id) + self.settings.feedback_wait_seconds,
+                feedback.prediction_id,
+            )
+            return WAIT
+        if isinstance(outcome, Refused):
+            self._reject_feedback(record, record.key, outcome.reason, outcome.message)
+            return None
+        adapter = outcome.example.adapter
+        served = "correct" if outcome.served_label == outcome.example.label else "wrong"
+        self.metrics.feedback_joined.labels(adapter, served).inc()
+        if not outcome.learnable:
+            self._reject_feedback(
+                record,
+                adapter.encode(),
+                "InputNotLogged",
+                "the prediction log holds only the input's sha256 (PERENNIAL_PREDICTION_LOG_INPUTS)",
+            )
+            return None
+        return outcome.example
+
+    def _reject_feedback(self, record, key: bytes | None, reason: str, message: str) -> None:
+        self.dead_letters.send(
+            Rejected(
+                record.topic, record.partition, record.offset, key, record.value, reason, message
+            )
+        )
+
+    def _release_waiting(self) -> None:
+        """Resume feedback partitions whose prediction was read, or waited for long enough."""
+        for tp, (until, prediction_id) in list(self._waiting.items()):
+            if self.join.index.caught_up_at >= until or self.join.index.get(prediction_id):
+                del self._waiting[tp]
+                if tp in self.consumer.assignment() and not self._backpressure:
+                    self.consumer.resume(tp)
 
     def _restart_from_commits(self) -> bool:
         """Seek every assigned partition to its committed offset, with a new epoch."""

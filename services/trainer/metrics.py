@@ -70,6 +70,25 @@ class TrainerMetrics:
             ["adapter"],
             **common,
         )
+        self.feedback_joined = Counter(
+            "feedback_joined",
+            "Feedback joined with its logged prediction, by whether the served label was right "
+            "(served accuracy, prequential: correct / all).",
+            ["adapter", "served"],
+            **common,
+        )
+        self.feedback_predictions_held = Gauge(
+            "feedback_predictions_held",
+            "Logged predictions the feedback join holds (PERENNIAL_FEEDBACK_MAX_PREDICTIONS).",
+            **common,
+        )
+        self.feedback_predictions_dropped = Counter(
+            "feedback_predictions_dropped",
+            "Logged predictions the join dropped: bound (the oldest beyond the limit), expired "
+            "(older than the window), undecodable.",
+            ["reason"],
+            **common,
+        )
         self.consumer_lag = Gauge(
             "consumer_lag",
             "Records between the consumer position and the high-watermark.",

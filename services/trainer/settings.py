@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import socket
 from functools import cached_property
-from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, model_validator
 
-from perennial.config import GrpcSecuritySettings, ProcessSettings, RedisSettings, variable
+from perennial.config import (
+    GrpcSecuritySettings,
+    KafkaSettings,
+    ProcessSettings,
+    RedisSettings,
+    variable,
+)
 from perennial.learners import DEFAULT_LEARNER, LearnerConfig
 from perennial.learners.config import LEARNER_NAMES
 from perennial.pet import METHODS
@@ -20,19 +25,10 @@ Learner = Literal[LEARNER_NAMES]  # type: ignore[valid-type]
 PET = Literal[tuple(sorted(METHODS))]  # type: ignore[valid-type]
 
 
-class TrainerSettings(ProcessSettings, RedisSettings, GrpcSecuritySettings):
+class TrainerSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecuritySettings):
     """The trainer's settings (`python -m services.trainer --help` lists them)."""
 
     kafka_bootstrap: str = Field(description="Kafka bootstrap servers, host:port[,host:port]")
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="Kafka transport"
-    )
-    kafka_sasl_mechanism: str = Field(
-        "SCRAM-SHA-512", description="SASL mechanism (SASL_* protocols)"
-    )
-    kafka_sasl_username: str = Field("", description="SASL user name (SASL_* protocols)")
-    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (from a Secret)")
-    kafka_ssl_cafile: Path | None = Field(None, description="CA of the brokers (SSL, SASL_SSL)")
     kafka_session_timeout_ms: int = Field(
         10_000,
         ge=1000,
@@ -51,6 +47,32 @@ class TrainerSettings(ProcessSettings, RedisSettings, GrpcSecuritySettings):
         "perennial.events", description="lifecycle events (perennial.v1.Event)"
     )
     group_id: str = Field("perennial-trainer", description="consumer group of the trainer replicas")
+    feedback: bool = Field(
+        False,
+        description="join feedback with the prediction log and learn it (docs/QUICKSTART.md)",
+    )
+    feedback_topic: str = Field(
+        "perennial.feedback", description="feedback {prediction_id, label} from clients"
+    )
+    predictions_topic: str = Field(
+        "perennial.predictions", description="the inference service's prediction log"
+    )
+    feedback_window_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="feedback later than this after its prediction is dead-lettered (LateFeedback)",
+    )
+    feedback_wait_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="feedback whose prediction is not read yet waits this long (past the "
+        "prediction's time) before it is dead-lettered (UnknownPrediction)",
+    )
+    feedback_max_predictions: int = Field(
+        100_000,
+        ge=1,
+        description="logged predictions held for the join; beyond, the oldest are dropped (counted)",
+    )
     learner: Learner = Field(DEFAULT_LEARNER, description="continual learner (docs/LEARNING.md)")
     pet: PET = Field("lora", description="PET method of learners that adapt one")
     projection_dim: int = Field(
@@ -149,14 +171,7 @@ class TrainerSettings(ProcessSettings, RedisSettings, GrpcSecuritySettings):
     )
 
     @model_validator(mode="after")
-    def _kafka_credentials(self) -> Self:
-        if self.kafka_security_protocol.startswith("SASL") and not (
-            self.kafka_sasl_username and self.kafka_sasl_password
-        ):
-            raise ValueError(
-                f"{variable('kafka_security_protocol')}={self.kafka_security_protocol} needs "
-                f"{variable('kafka_sasl_username')} and {variable('kafka_sasl_password')}"
-            )
+    def _kafka_group_timings(self) -> Self:
         if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
             raise ValueError(
                 f"{variable('kafka_heartbeat_interval_ms')}={self.kafka_heartbeat_interval_ms} must be at most a "
@@ -187,16 +202,3 @@ class TrainerSettings(ProcessSettings, RedisSettings, GrpcSecuritySettings):
             warmup_examples=self.warmup_examples,
             warmup_cap=4 * self.warmup_examples,
         )
-
-    def kafka_options(self) -> dict[str, object]:
-        """kafka-python client options for the transport (empty: PLAINTEXT)."""
-        options: dict[str, object] = {}
-        if self.kafka_security_protocol != "PLAINTEXT":
-            options["security_protocol"] = self.kafka_security_protocol
-        if self.kafka_security_protocol.startswith("SASL"):
-            options["sasl_mechanism"] = self.kafka_sasl_mechanism
-            options["sasl_plain_username"] = self.kafka_sasl_username
-            options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
-        if self.kafka_ssl_cafile is not None:
-            options["ssl_cafile"] = str(self.kafka_ssl_cafile)
-        return options

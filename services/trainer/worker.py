@@ -152,6 +152,9 @@ class Trainer:
         self._learn_seconds = self._prequential_seconds = 0.0
         self._stopped_lock = threading.Lock()
         self.dead_letters: DeadLetters | None = None  # set by the poll loop's owner
+        # Offsets of other topics every manifest records (the prediction log, for the feedback
+        # join: where a restarted trainer reads it again from); set by the poll loop's owner.
+        self.side_offsets: Callable[[], dict[str, int]] = dict
         self.heartbeat = time.monotonic()  # the watchdog reads it: the training thread is alive
         self._held: dict[str, int] = {}  # partition -> records in memory, not yet learned
         self._held_lock = threading.Lock()
@@ -695,7 +698,7 @@ class Trainer:
                 adapter,
                 to_safetensors(tensors, metadata),
                 parent=state.latest,
-                offsets=state.applied,
+                offsets={**state.applied, **self.side_offsets()},
                 examples=state.learner.examples,
                 classes=state.learner.classes,
                 metrics=metrics,

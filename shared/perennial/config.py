@@ -162,6 +162,44 @@ class RedisSettings(Settings):
         return nodes
 
 
+class KafkaSettings(Settings):
+    """The Kafka transport both services use (`kafka_bootstrap` is each service's own)."""
+
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka transport"
+    )
+    kafka_sasl_mechanism: str = Field(
+        "SCRAM-SHA-512", description="SASL mechanism (SASL_* protocols)"
+    )
+    kafka_sasl_username: str = Field("", description="SASL user name (SASL_* protocols)")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (from a Secret)")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA of the brokers (SSL, SASL_SSL)")
+
+    @model_validator(mode="after")
+    def _kafka_credentials(self) -> Self:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"{variable('kafka_security_protocol')}={self.kafka_security_protocol} needs "
+                f"{variable('kafka_sasl_username')} and {variable('kafka_sasl_password')}"
+            )
+        return self
+
+    def kafka_options(self) -> dict[str, object]:
+        """kafka-python client options for the transport (empty: PLAINTEXT)."""
+        options: dict[str, object] = {}
+        if self.kafka_security_protocol != "PLAINTEXT":
+            options["security_protocol"] = self.kafka_security_protocol
+        if self.kafka_security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_cafile is not None:
+            options["ssl_cafile"] = str(self.kafka_ssl_cafile)
+        return options
+
+
 class GrpcSecuritySettings(Settings):
     """TLS and bearer-token settings of a gRPC server (`perennial.grpc_security`)."""
 

@@ -690,3 +690,28 @@ def test_with_sentinel_the_trainer_waits_for_a_replica(render, values: dict, wai
     inference = next(data for name, data in maps.items() if name.endswith("inference"))
     assert trainer.get("PERENNIAL_REDIS_WAIT_REPLICAS") == wait
     assert "PERENNIAL_REDIS_WAIT_REPLICAS" not in inference  # a trainer setting only
+
+
+def test_feedback_gives_the_inference_pods_the_prediction_log_and_kafka(render) -> None:
+    from .values import FEEDBACK
+
+    default = _env(render({}), "inference")
+    assert not {k for k in default if "KAFKA" in k or "PREDICTION" in k}  # off by default
+    assert "PERENNIAL_FEEDBACK" not in _env(render({}), "trainer")
+    rendered = render(FEEDBACK)
+    inference, trainer = _env(rendered, "inference"), _env(rendered, "trainer")
+    assert inference["PERENNIAL_PREDICTION_LOG"] == "true"
+    assert inference["PERENNIAL_PREDICTION_LOG_INPUTS"] == "sha256"
+    assert inference["PERENNIAL_PREDICTION_LOG_TOPIC"] == trainer["PERENNIAL_PREDICTIONS_TOPIC"]
+    for name in ("BOOTSTRAP", "SECURITY_PROTOCOL", "SASL_USERNAME", "SSL_CAFILE"):
+        assert inference[f"PERENNIAL_KAFKA_{name}"] == trainer[f"PERENNIAL_KAFKA_{name}"]
+    assert inference["PERENNIAL_KAFKA_SASL_PASSWORD"] == trainer["PERENNIAL_KAFKA_SASL_PASSWORD"]
+    assert trainer["PERENNIAL_FEEDBACK"] == "true"
+    assert trainer["PERENNIAL_FEEDBACK_WINDOW_SECONDS"] == "3600"
+    pod = rendered.one("Deployment", "inference")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert inference["PERENNIAL_KAFKA_SSL_CAFILE"].startswith(mounts["kafka-ca"] + "/")
+    assert {t["spec"]["topicName"] for t in rendered.all("KafkaTopic")} >= {
+        "perennial.predictions",
+        "perennial.feedback",
+    }

@@ -18,6 +18,7 @@ ALERTS = {
     "PerennialTargetDown",
     "PerennialMetricsAbsent",
     "ServedAccuracyDropped",
+    "FeedbackAccuracyLow",
     "TrainerBackpressure",
     "DeadLettersHigh",
     "DependencyErrors",

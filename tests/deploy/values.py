@@ -138,6 +138,16 @@ EXISTING_SECRETS: dict = {
     "tls": {"enabled": True, "existingSecret": "perennial-tls"},
 }
 
+# The feedback loop on, over SASL_SSL with secrets that exist: the inference pods get Kafka too.
+FEEDBACK: dict = {
+    **EXISTING_SECRETS,
+    "kafka": {
+        **EXISTING_SECRETS["kafka"],
+        "strimzi": {"enabled": True, "cluster": "prod"},
+    },
+    "feedback": {"enabled": True, "inputs": "sha256", "windowSeconds": 3600},
+}
+
 VALUE_SETS: dict[str, dict] = {
     "default": DEFAULT,
     "gpu": GPU,
@@ -145,4 +155,5 @@ VALUE_SETS: dict[str, dict] = {
     "minimal": MINIMAL,
     "full": FULL,
     "existing-secrets": EXISTING_SECRETS,
+    "feedback": FEEDBACK,
 }
