@@ -99,7 +99,7 @@ bench-training: setup
 # `BENCH_ARGS=--render` rewrites the report from the results file alone.
 bench-learning: setup
 	$(PIP) install --quiet -c requirements.lock -e ".[dev,bench]" -e ./dev
-	$(PY) -m bench.learning --out docs/LEARNING.md --results docs/learning/results.json $(BENCH_ARGS)
+	$(PY) -m bench.learning $(BENCH_ARGS)
 
 # Serving: Perennial's inference service vs KServe 0.21 (own venv: .venv-kserve, same model) vs the
 # model in-process; tritonclient load at concurrency 1/8/32, swaps every 100 ms, 1/100/1000 adapters.

@@ -648,8 +648,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, default=Path("docs/LEARNING.md"))
-    parser.add_argument("--results", type=Path, default=Path("docs/learning/results.json"))
+    parser.add_argument(
+        "--out", type=Path, help="default: docs/LEARNING.md (--quick: beside results)"
+    )
+    parser.add_argument(
+        "--results", type=Path, help="default: docs/learning/results.json (--quick: quick/)"
+    )
     parser.add_argument("--quick", action="store_true", help="one order, fewer examples")
     parser.add_argument("--streams", default="nouns,verbs,fmnist")
     parser.add_argument("--orders", type=int, default=3)
@@ -662,8 +666,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from bench.learning_report import write_report
 
+    folder = Path("docs/learning/quick" if args.quick else "docs/learning")
+    args.results = args.results or folder / "results.json"
+    args.out = args.out or (folder / "LEARNING.md" if args.quick else Path("docs/LEARNING.md"))
     if args.render:
-        write_report(json.loads(args.results.read_text()), args.out)
+        write_report(json.loads(args.results.read_text()), args.out, args.results.parent)
         return 0
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
@@ -679,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
         args.results,
         {
             "command": command,
+            "results": str(args.results),
             "quick": args.quick,
             "orders": orders,
             "runtime": args.runtime,
@@ -804,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
         results.add_run(name, kind, order, run)
         log.info("%s %s order %d: %.0f s", name, kind, order, clock.wall)
     results.save("finished")
-    write_report(results.data, args.out)
+    write_report(results.data, args.out, args.results.parent)
     log.info("done in %.1f min; wrote %s", results.elapsed() / 60, args.out)
     return 0
 
