@@ -681,7 +681,8 @@ def main(argv: list[str] | None = None) -> int:
     specs = {
         n: STREAMS[n].scaled(*QUICK[STREAMS[n].domain]) if args.quick else STREAMS[n] for n in names
     }
-    command = "make bench-learning" + (" BENCH_ARGS='" + " ".join(argv or sys.argv[1:]) + "'")
+    given = " ".join(sys.argv[1:] if argv is None else argv)
+    command = "make bench-learning" + (f" BENCH_ARGS='{given}'" if given else "")
     results = Results(
         args.results,
         {
