@@ -575,7 +575,9 @@ def methods(data: dict) -> list[str]:
         + ". One warm-up serves both widths (it does not depend on the head).",
         "- **FSA head on frozen multi-layer features (no PET)**: the same learner whose window "
         "never closes — the ablation that isolates the PET's contribution.",
-        "- **APER prototypes**: cosine class means over FSA's features (the same warm-up).",
+        "- **APER prototypes**: cosine class means over FSA's features (the same warm-up). Neither "
+        "it nor the ablation is a library learner, so neither has a real-input throughput row; "
+        "both cost what FSA costs.",
         f"- **LAE** and **naive fine-tuning**: the library's learners, PETs "
         f"{meta['lae_pets']['text']} (text) / {meta['lae_pets']['image']} (image); "
         f"settings from a validation-only grid run before this benchmark (not re-run here): "
