@@ -510,6 +510,7 @@ def plots(data: dict, folder: Path) -> list[str]:
                 mean = 100 * np.mean(curves, axis=0)
                 ax.plot(range(1, len(mean) + 1), mean, marker="o", label=label(key))
         ax.set_title(STREAM_NAMES.get(name, name))
+        ax.set_xticks(range(1, len(stage_sizes(stream, stream["runs"][0]["order"])) + 1))
         ax.set_xlabel("stage")
         ax.set_ylabel("accuracy on seen classes, test (%)")
         ax.grid(alpha=0.3)
