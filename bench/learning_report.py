@@ -1,303 +1,680 @@
-"""docs/LEARNING.md and its plots from `bench.learning` results."""
+"""docs/LEARNING.md and its plots from docs/learning/results.json (`bench.learning`).
+
+Every number, choice and verdict below is computed from the results file; the rules that make
+the choices are declared here, before any run, and use validation accuracy only.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
+import math
 import os
-import platform
-from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from perennial import evaluation
 
-LABELS = {
-    "lae": "LAE",
-    "naive": "naive fine-tuning",
-    "joint": "joint (upper bound)",
-    "simplecil": "SimpleCIL",
-    "ranpac": "RanPAC",
+FSA_RULE = (
+    "FSA's warm-up and head width: the grid point whose worst stream has the largest validation "
+    "margin (final accuracy, mean over orders) over the best frozen-feature learner (SimpleCIL, "
+    "RanPAC-frozen) of that stream; within 0.5 points of the best, the narrower head wins."
+)
+DEFAULT_RULE = (
+    "Recommended default: among the library's learners (SimpleCIL, RanPAC-frozen, FSA as chosen "
+    "above, LAE, naive fine-tuning) measured on every stream, the one whose worst stream has the "
+    "largest validation margin over the best frozen-feature learner of that stream; within 0.5 "
+    "points of the best, the cheaper to serve (serving cost per row) wins."
+)
+TIE = 0.005  # 0.5 points
+EPS = 1e-9  # accuracies are ratios of counts: 0.79 - 0.76 must count as 3.0 points
+FROZEN = ("simplecil", "ranpac")
+STREAM_NAMES = {
+    "nouns": "WordNet nouns",
+    "verbs": "WordNet verbs",
+    "fmnist": "Fashion-MNIST",
 }
 
 
-METHOD_NOTES = """## How the learners are configured
-
-All learners run with the defaults of `perennial.learners.LearnerConfig` (what the trainer
-uses), on the stream as the trainer sees it: micro-batches, no task ids.
-
-- **LAE** (`learner=lae`): online PET + one growing head trained with Adam (lr 3e-4);
-  offline PET = EMA of the online one after every step (decay 0.999, no warm-up); loss
-  over the classes seen in the last 16 examples (at least the 2 most recent); scores =
-  elementwise max of the online and offline softmaxes. `freeze_steps` (PET frozen after a
-  new class) exists but defaults to 0: in these streams a class group brings only ~6–12
-  steps, so any useful freeze would freeze most of the stream.
-- **naive fine-tuning**: the same PET + head, loss over every seen class, online module only.
-- **joint**: the naive learner trained on the whole stream, shuffled, several epochs
-  (the upper bound with the same PET); the `none` row is a linear head trained jointly
-  on frozen features.
-- **SimpleCIL**: running class means of frozen features, cosine scores.
-- **RanPAC**: frozen features → fixed Gaussian projection to 1024 dims → ReLU; ridge head
-  (G + λI)⁻¹Q from additive statistics, λ picked on a held-out fifth of the statistics.
-  Its final head is the same whatever the order or batching of the stream (the statistics
-  are sums), i.e. exactly the jointly trained ridge head on those features.
-- PETs: LoRA rank 5 on K and V (text) or on the 1×1 projection convs of MBConv blocks
-  (image); Adapter bottleneck 16 beside each attention sub-block (text) or stride-1
-  MBConv block (image); Prefix 10 key/value tokens per block with LAE's attention
-  compensation (text only). PETs in all blocks of MiniLM; in the first 16 MBConv blocks
-  of EfficientNet-Lite0.
-
-## Sizing
-
-The whole benchmark must finish within 60 minutes on 2 CPU cores. Measured on the shared
-machine: MiniLM forward ~50–200 sentences/s, PET training (forward + backward through all
-six blocks) ~6–130 examples/s depending on the load from other jobs (load average 3.5–6
-during the reference run). Extrapolated from a one-order run with 8 glosses and 8 images
-per class (3.5 minutes), the sample is 24 training and 10 test glosses per class (576
-stream examples per order) and 40 training / 30 test images per class at 64×64 pixels.
-Small test sets make single numbers noisy (±3–5 points): read the mean ± std over the
-three orders.
-"""
-
-
-FINDINGS = """
-## Findings of the reference run (2026-11-23, 44 minutes)
-
-- **Default learner: RanPAC** (`PERENNIAL_LEARNER` unset). On final accuracy it ties with
-  SimpleCIL (mean of both domains 69.2% vs 69.3%, differences inside one std): SimpleCIL is
-  ahead on text (61.8 vs 60.0), RanPAC on images (78.4 vs 76.7, with a third of the spread).
-  RanPAC is within 3 points of the jointly trained head on both domains (text +0.3 above
-  joint, images 1.0 below; SimpleCIL is 2.8 below on images), its ridge head keeps
-  improving with more examples per class while class means saturate, and its final head
-  equals the jointly trained ridge head whatever the stream order. SimpleCIL remains the
-  light alternative (`PERENNIAL_LEARNER=simplecil`: ~74 KB snapshots for 24 text classes instead of
-  ~11.5 MB, no hyperparameters).
-- **Goals for the default**: final accuracy within 3 points of joint training with the same
-  PET (here: none, a jointly trained head on the same frozen features): **met** on both
-  domains. Far above naive fine-tuning: **met** (+12 points on text over the best naive
-  PET, +44 on images). Forgetting ≤ 5 points: **not met** (10.7 text, 9.9 images). RanPAC's
-  statistics of old classes never change, so this "forgetting" is the accuracy an old class
-  loses when confusable new classes join the label set (e.g. noun.act vs noun.event, Shirt
-  vs T-shirt/top), not drift of a model; a jointly trained model shows the same drop when
-  evaluated over more classes. No learner measured here gets below 9 points.
-- **LAE** (any PET) forgets much less than naive fine-tuning (≈12 vs 17–39 points on text,
-  12 vs 56–58 on images) and beats it on final accuracy. On text it is within 3 points of
-  joint training with LoRA (2.9) and Adapter (1.8) — but those joint rows are weak, see
-  below — and 8.0 points below joint with Prefix; on images it is ~31 points below joint
-  training with the same PET. It stays ~9–11 points (text) and ~35 points (images) below
-  the analytic heads on frozen features. Its weak spot is the shared softmax head trained
-  on a window of recent classes: old and new rows are never trained against each other,
-  so scores across stages are badly calibrated. The PET itself hardly moves in streams
-  this short (lr 3e-4; 36 optimizer steps per text order, 25 per image order): LoRA,
-  Adapter and Prefix give the same LAE accuracy within noise.
-- **Joint training with a PET** does not beat the head-only joint row on text (PET joint
-  52.8–59.2 vs 59.7): 2 epochs over 576 glosses are too few steps to adapt MiniLM usefully.
-  On images, joint PET training is 4–5 points below the frozen-feature joint head.
-- Numbers rest on 10 test glosses and 30 test images per class: differences under ~3
-  points are within noise.
-"""
-
-
-def _groups(runs) -> dict[tuple[str, str], list]:
-    grouped = defaultdict(list)
-    for run in runs:
-        grouped[(run.learner, run.pet)].append(run)
-    return dict(grouped)
-
-
-def _metrics(run) -> dict[str, float]:
-    r = np.asarray(run.matrix, dtype=float)
-    if run.final_only:
-        return {"final_accuracy": float(np.mean(r[-1]))}
-    return evaluation.summary(r)
-
-
-def _cell(values: list[float], scale: float = 100.0) -> str:
-    if not values:
-        return "—"
-    v = np.asarray(values) * scale
-    return f"{v.mean():.1f} ± {v.std():.1f}"
-
-
-def table(runs) -> tuple[str, dict]:
-    rows = [
-        "| learner | PET | final acc. (%) | avg. incr. acc. (%) | forgetting (pts) | BWT (pts) "
-        "| train ex/s | trainable params |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    numbers = {}
-    for (learner, pet), group in sorted(_groups(runs).items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        metrics = [_metrics(run) for run in group]
-
-        def pick(key: str, metrics=metrics) -> list[float]:
-            return [m[key] for m in metrics if key in m]
-
-        speed = [run.examples / max(run.train_seconds, 1e-9) for run in group]
-        numbers[f"{learner}/{pet}"] = {k: float(np.mean(pick(k))) for k in metrics[0]}
-        rows.append(
-            f"| {LABELS.get(learner, learner)} | {pet} | {_cell(pick('final_accuracy'))} "
-            f"| {_cell(pick('average_incremental_accuracy'))} | {_cell(pick('forgetting'))} "
-            f"| {_cell(pick('backward_transfer'))} | {np.mean(speed):.0f} | {group[0].parameters:,} |"
-        )
-    return "\n".join(rows), numbers
-
-
-def goals(domain: str, numbers: dict, default: str) -> list[str]:
-    """The issue's goals, checked against this run's means (accuracy in %, forgetting in points)."""
-
-    def pct(key: str, metric: str) -> float | None:
-        return 100 * numbers[key][metric] if key in numbers and metric in numbers[key] else None
-
-    streaming = {
-        k: v for k, v in numbers.items() if not k.startswith("joint/") and "forgetting" in v
+def label(key: str) -> str:
+    """A readable name for a learner key of results.json."""
+    names = {
+        "simplecil": "SimpleCIL",
+        "ranpac": "RanPAC-frozen (M=1024)",
+        "lae": "LAE (tuned)",
+        "naive": "naive fine-tuning",
+        "oracle": "joint-so-far oracle",
     }
-    best = max(streaming, key=lambda k: streaming[k]["final_accuracy"])
-    lines = [
-        f"Best task-free learner by final accuracy: **{best}** "
-        f"({pct(best, 'final_accuracy'):.1f}%, forgetting {pct(best, 'forgetting'):.1f} points)."
+    if key in names:
+        return names[key]
+    kind, _, variant = key.partition("/")
+    prefix = {
+        "fsa": "FSA",
+        "fsa_frozen": "FSA head on frozen multi-layer features (no PET)",
+        "aper": "APER prototypes over FSA features",
+    }[kind]
+    return f"{prefix} ({variant})"
+
+
+# -- metrics ---------------------------------------------------------------------------------
+def stage_sizes(stream: dict, order: int) -> list[int]:
+    stages = stream["info"]["stages"]
+    return [len(s) for s in stages.get(str(order), stages.get(order, []))]
+
+
+def run_metrics(matrix, sizes: list[int]) -> dict[str, float]:
+    """final / average incremental accuracy, forgetting, BWT of one R matrix (NaN: not measured)."""
+    r = np.asarray(matrix, dtype=float)
+    if np.isnan(r[np.tril_indices(len(r))]).any():
+        return {"final": float(evaluation.final_accuracy(np.nan_to_num(r), sizes))}
+    out = evaluation.summary(r, sizes)
+    return {
+        "final": out["final_accuracy"],
+        "avg_inc": out["average_incremental_accuracy"],
+        "forgetting": out["forgetting"],
+        "bwt": out["backward_transfer"],
+    }
+
+
+def summarise(stream: dict, learner: str, part: str) -> dict[str, tuple[float, float, int]]:
+    """metric -> (mean, std, number of orders) over the orders `learner` ran on."""
+    values: dict[str, list[float]] = {}
+    for run in stream["runs"]:
+        if run["learner"] != learner:
+            continue
+        for name, value in run_metrics(run["R"][part], stage_sizes(stream, run["order"])).items():
+            values.setdefault(name, []).append(value)
+    return {k: (float(np.mean(v)), float(np.std(v)), len(v)) for k, v in values.items()}
+
+
+def mean_final(stream: dict, learner: str, part: str) -> float | None:
+    summary = summarise(stream, learner, part)
+    return summary["final"][0] if "final" in summary else None
+
+
+def best_frozen(stream: dict, part: str) -> tuple[str, float]:
+    """The best frozen-feature learner of a stream on `part` and its mean final accuracy."""
+    scored = [(mean_final(stream, k, part), k) for k in FROZEN]
+    value, key = max((v, k) for v, k in scored if v is not None)
+    return key, value
+
+
+def worst_margin(streams: dict, learner: str, part: str = "val") -> float | None:
+    """min over streams of (learner's mean final accuracy − the best frozen learner's)."""
+    margins = []
+    for stream in streams.values():
+        value = mean_final(stream, learner, part)
+        if value is None:
+            return None
+        margins.append(value - best_frozen(stream, part)[1])
+    return min(margins)
+
+
+def pick(candidates: list[tuple[str, float, tuple]]) -> str:
+    """The candidate with the largest score; within TIE of it, the smallest cost."""
+    top = max(score for _, score, _ in candidates)
+    close = [c for c in candidates if c[1] >= top - TIE - EPS]
+    return min(close, key=lambda c: c[2])[0]
+
+
+def _fsa_key(key: str) -> dict:
+    fields = dict(kv.split("=") for kv in key.split("/", 1)[1].split(","))
+    return {
+        "warmup": {"warmup_lr": float(fields["lr"]), "warmup_epochs": int(fields["ep"])},
+        "width": int(fields["M"]),
+        "tag": f"lr={fields['lr']},ep={fields['ep']}",
+    }
+
+
+def choose_fsa(streams: dict) -> dict:
+    """FSA_RULE applied to results.json's streams."""
+    keys = sorted({r["learner"] for s in streams.values() for r in s["runs"]})
+    table = []
+    for key in (k for k in keys if k.startswith("fsa/")):
+        margin = worst_margin(streams, key)
+        if margin is not None:
+            table.append((key, margin, (_fsa_key(key)["width"],)))
+    chosen = pick(table)
+    return {"rule": FSA_RULE, "chosen": chosen, "worst_margins": dict((k, m) for k, m, _ in table),
+            **_fsa_key(chosen)}  # fmt: skip
+
+
+def serving_relative(streams: dict, learner: str) -> float:
+    costs = []
+    for stream in streams.values():
+        cost = stream.get("cost", {}).get(learner, {}).get("serving")
+        if cost is None:  # LAE / naive: measured on their first run
+            cost = next((r["serving"] for r in stream["runs"] if r["learner"] == learner
+                         and "serving" in r), None)  # fmt: skip
+        if cost is not None:
+            costs.append(cost["relative"])
+    return float(np.mean(costs)) if costs else math.inf
+
+
+def recommend(streams: dict, fsa: str) -> dict:
+    """DEFAULT_RULE applied to results.json's streams; `fsa` is the chosen FSA key."""
+    names = {"simplecil": "simplecil", "ranpac": "ranpac", fsa: "fsa", "lae": "lae",
+             "naive": "naive"}  # fmt: skip
+    table, missing = [], []
+    for key, learner in names.items():
+        margin = worst_margin(streams, key)
+        if margin is None:
+            missing.append(learner)
+            continue
+        table.append((key, margin, (serving_relative(streams, learner),)))
+    chosen = pick(table)
+    return {
+        "rule": DEFAULT_RULE,
+        "chosen": names[chosen],
+        "key": chosen,
+        "worst_margins": {names[k]: m for k, m, _ in table},
+        "not_on_every_stream": missing,
+    }
+
+
+# -- goals -----------------------------------------------------------------------------------
+def goals(data: dict) -> list[dict]:
+    """Issue 11's goals for the recommended learner, each with its numbers and a verdict."""
+    streams = data["streams"]
+    fsa = data["choices"]["fsa"]["chosen"]
+    rec = recommend(streams, fsa)
+    key = rec["key"]
+    ablation = f"fsa_frozen/M={data['choices']['fsa']['width']}"
+    out = []
+    for name, stream in streams.items():
+        row: dict = {"stream": name}
+        for part in ("val", "test"):
+            own = mean_final(stream, key, part)
+            frozen_key, frozen = best_frozen(stream, part)
+            row[f"margin_{part}"] = own - frozen
+            row[f"frozen_{part}"] = (frozen_key, frozen)
+            row[f"own_{part}"] = own
+            abl = mean_final(stream, ablation, part)
+            fsa_value = mean_final(stream, fsa, part)
+            row[f"pet_contribution_{part}"] = (
+                fsa_value - abl if abl is not None and fsa_value is not None else None
+            )
+            joint = stream.get("joint", {}).get(f"ridge_{part}")
+            row[f"joint_{part}"] = joint
+            row[f"joint_gap_{part}"] = None if joint is None else joint - own
+            lae = mean_final(stream, "lae", part)
+            row[f"lae_gap_{part}"] = None if lae is None else own - lae
+        row["margin_met"] = row["margin_test"] >= 0.03 - EPS
+        row["joint_met"] = (
+            None if row["joint_test"] is None else row["joint_gap_test"] <= 0.03 + EPS
+        )
+        oracle_orders = sorted(r["order"] for r in stream["runs"] if r["learner"] == "oracle")
+        row["oracle_orders"] = oracle_orders
+        if oracle_orders:
+            own_f = [
+                run_metrics(r["R"]["test"], stage_sizes(stream, r["order"]))["forgetting"]
+                for r in stream["runs"]
+                if r["learner"] == key and r["order"] in oracle_orders
+            ]
+            oracle_f = [
+                run_metrics(r["R"]["test"], stage_sizes(stream, r["order"]))["forgetting"]
+                for r in stream["runs"]
+                if r["learner"] == "oracle"
+            ]
+            row["forgetting"] = (float(np.mean(own_f)), float(np.mean(oracle_f)))
+            row["forgetting_met"] = row["forgetting"][0] <= row["forgetting"][1] + 0.02 + EPS
+        else:
+            row["forgetting"], row["forgetting_met"] = None, None
+        out.append(row)
+    return out
+
+
+# -- rendering -------------------------------------------------------------------------------
+def pct(value: float | None, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+
+
+def pm(summary: dict, metric: str) -> str:
+    if metric not in summary:
+        return "–"
+    mean, std, n = summary[metric]
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
+
+
+def verdict(met: bool | None) -> str:
+    return "not measured" if met is None else ("**met**" if met else "**not met**")
+
+
+def rows_of(data: dict) -> list[str]:
+    """The learners of the main tables, chosen FSA variants first resolved."""
+    choice = data["choices"]["fsa"]
+    return [
+        "simplecil",
+        "ranpac",
+        f"fsa_frozen/M={choice['width']}",
+        choice["chosen"],
+        f"aper/{choice['tag']}",
+        "lae",
+        "naive",
+        "oracle",
     ]
-    for key in sorted(streaming, key=lambda k: -streaming[k]["final_accuracy"]):
-        learner, pet = key.split("/")
-        joint, naive = pct(f"joint/{pet}", "final_accuracy"), pct(f"naive/{pet}", "final_accuracy")
-        if naive is None:  # analytic learners: compare with the best naive fine-tuning
-            naive = max(
-                (pct(k, "final_accuracy") for k in numbers if k.startswith("naive/")), default=None
-            )
-        final, forgot = pct(key, "final_accuracy"), pct(key, "forgetting")
-        parts = [f"forgetting {forgot:.1f} ≤ 5: {'yes' if forgot <= 5 else 'no'}"]
-        if joint is not None:
-            parts.append(
-                f"joint/{pet} − final = {joint - final:+.1f} points (goal ≤ 3: "
-                f"{'yes' if joint - final <= 3 else 'no'})"
-            )
-        if naive is not None:
-            parts.append(f"final − naive = {final - naive:+.1f} points")
-        marker = " (default)" if learner == default else ""
-        lines.append(f"- `{key}`{marker}: final {final:.1f}%; " + "; ".join(parts))
+
+
+def stream_table(name: str, stream: dict, keys: list[str]) -> list[str]:
+    lines = [
+        f"### {STREAM_NAMES.get(name, name)}",
+        "",
+        "| learner | val final | test final | test avg. incremental | test forgetting "
+        "| test BWT | orders |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key in keys:
+        val, test = summarise(stream, key, "val"), summarise(stream, key, "test")
+        if not test:
+            continue
+        lines.append(
+            f"| {label(key)} | {pm(val, 'final')} | {pm(test, 'final')} | {pm(test, 'avg_inc')} "
+            f"| {pm(test, 'forgetting')} | {pm(test, 'bwt')} | {test['final'][2]} |"
+        )
+    joint = stream.get("joint")
+    if joint:
+        lines.append(
+            f"| joint PET + head to convergence (lr {joint['lr']:g}, {joint['epochs']} epochs by "
+            f"validation), then the ridge head (M={joint['width']}) | {pct(joint['ridge_val'])} "
+            f"| {pct(joint['ridge_test'])} | – | – | – | seed 0 |"
+        )
+        lines.append(
+            f"| the same joint PET, its own linear head | {pct(joint['linear_val'])} "
+            f"| {pct(joint['linear_test'])} | – | – | – | seed 0 |"
+        )
     return lines
 
 
-def plots(domain: str, runs, directory: Path) -> list[str]:
+def grid_table(data: dict) -> list[str]:
+    streams = data["streams"]
+    choice = data["choices"]["fsa"]
+    names = list(streams)
+    lines = [
+        "| FSA grid point | "
+        + " | ".join(f"{STREAM_NAMES.get(n, n)} val" for n in names)
+        + " | worst margin over best frozen (val) |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    for key, margin in sorted(choice["worst_margins"].items()):
+        cells = [pm(summarise(streams[n], key, "val"), "final") for n in names]
+        mark = " **(chosen)**" if key == choice["chosen"] else ""
+        lines.append(f"| {label(key)}{mark} | " + " | ".join(cells) + f" | {pct(margin, True)} |")
+    frozen = [
+        f"{STREAM_NAMES.get(n, n)}: {label(best_frozen(streams[n], 'val')[0])} "
+        f"{pct(best_frozen(streams[n], 'val')[1])}"
+        for n in names
+    ]
+    lines += ["", "Best frozen-feature learner on validation: " + "; ".join(frozen) + "."]
+    return lines
+
+
+def cost_table(name: str, stream: dict) -> list[str]:
+    lines = [
+        f"#### {STREAM_NAMES.get(name, name)}",
+        "",
+        "| learner | training examples/s incl. encoding (order 0) | CPU s per 1000 examples "
+        "| serving s/row (batches of 16) | × frozen forward | trainable parameters |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, cost in stream.get("cost", {}).items():
+        serving = cost["serving"]
+        lines.append(
+            f"| {label(key) if key != 'fsa' else 'FSA (chosen)'} "
+            f"| {cost['examples_per_second']:.1f} ({cost['examples']} examples) "
+            f"| {1000 * cost['cpu_seconds'] / cost['examples']:.1f} "
+            f"| {serving['seconds_per_row'] * 1000:.1f} ms | {serving['relative']:.2f} "
+            f"| {cost['trainable_parameters']:,} |"
+        )
+    for key in ("lae", "naive"):
+        run = next((r for r in stream["runs"] if r["learner"] == key and "serving" in r), None)
+        if run is None:
+            continue
+        serving = run["serving"]
+        lines.append(
+            f"| {label(key)} | {run['examples'] / run['train_seconds']:.1f} "
+            f"({run['examples']} examples) "
+            f"| {1000 * run['train_cpu_seconds'] / run['examples']:.1f} "
+            f"| {serving['seconds_per_row'] * 1000:.1f} ms | {serving['relative']:.2f} "
+            f"| {run['trainable_parameters']:,} |"
+        )
+    return lines
+
+
+def goal_lines(data: dict) -> list[str]:
+    rows = goals(data)
+    rec = recommend(data["streams"], data["choices"]["fsa"]["chosen"])
+    key = rec["key"]
+    lines = [
+        "| goal | " + " | ".join(STREAM_NAMES.get(r["stream"], r["stream"]) for r in rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+
+    def cells(fn) -> str:
+        return " | ".join(fn(r) for r in rows)
+
+    lines.append(
+        "| final accuracy ≥ 3.0 points above the best frozen-feature learner (test; val) | "
+        + cells(
+            lambda r: (
+                f"{verdict(r['margin_met'])}: {pct(r['own_test'])} vs "
+                f"{label(r['frozen_test'][0])} {pct(r['frozen_test'][1])} "
+                f"({pct(r['margin_test'], True)}; val {pct(r['margin_val'], True)})"
+            )
+        )
+        + " |"
+    )
+    lines.append(
+        "| forgetting ≤ joint-so-far oracle + 2 points (test, orders the oracle ran) | "
+        + cells(
+            lambda r: (
+                "oracle not run"
+                if r["forgetting"] is None
+                else f"{verdict(r['forgetting_met'])}: {pct(r['forgetting'][0])} vs oracle "
+                f"{pct(r['forgetting'][1])} (orders {', '.join(map(str, r['oracle_orders']))})"
+            )
+        )
+        + " |"
+    )
+    lines.append(
+        "| final accuracy within 3 points of joint PET training to convergence (test) | "
+        + cells(
+            lambda r: (
+                "joint not run"
+                if r["joint_test"] is None
+                else f"{verdict(r['joint_met'])}: joint {pct(r['joint_test'])}, gap "
+                f"{pct(r['joint_gap_test'], True)} (val gap {pct(r['joint_gap_val'], True)})"
+            )
+        )
+        + " |"
+    )
+    lines.append(
+        "| LAE (tuned), as it is: the recommended learner's lead over it (test; val) | "
+        + cells(lambda r: f"{pct(r['lae_gap_test'], True)} ({pct(r['lae_gap_val'], True)})")
+        + " |"
+    )
+    lines.append(
+        "| the PET's own contribution: FSA − the same head on frozen multi-layer features "
+        "(test; val) | "
+        + cells(
+            lambda r: (
+                f"{pct(r['pet_contribution_test'], True)} ({pct(r['pet_contribution_val'], True)})"
+            )
+        )
+        + " |"
+    )
+    pet_changes = [
+        run.get("pet_change")
+        for s in data["streams"].values()
+        for run in s["runs"]
+        if run["learner"] == data["choices"]["fsa"]["chosen"]
+    ]
+    pet_changes = [p for p in pet_changes if p is not None]
+    if rec["chosen"] == "fsa":
+        lines += [
+            "",
+            f"The recommended learner (FSA) has trainable PET parameters that change during the "
+            f"stream (distance of the warmed-up LoRA from its initialisation: "
+            f"{min(pet_changes):.3f}–{max(pet_changes):.3f} over streams and orders) and are "
+            f"used at inference (its features are [frozen ⊕ adapted]).",
+        ]
+    elif key:
+        lines += ["", f"The recommended learner ({label(key)}) adapts no PET."]
+    return lines
+
+
+def findings(data: dict) -> list[str]:
+    streams = data["streams"]
+    choice = data["choices"]["fsa"]
+    rec = recommend(streams, choice["chosen"])
+    rows = goals(data)
+    met = [r["stream"] for r in rows if r["margin_met"]]
+    missed = [r["stream"] for r in rows if not r["margin_met"]]
+    margins = ", ".join(f"{k} {pct(v, True)}" for k, v in rec["worst_margins"].items())
+    lines = [
+        f"- **Recommended default: `{rec['chosen']}`**"
+        + (
+            f" with `projection_dim={choice['width']}`, "
+            f"`warmup_lr={choice['warmup']['warmup_lr']:g}`, "
+            f"`warmup_epochs={choice['warmup']['warmup_epochs']}` "
+            "(the other warm-up settings at their LearnerConfig defaults)"
+            if rec["chosen"] == "fsa"
+            else ""
+        )
+        + f". Worst-stream validation margins over the best frozen learner: {margins}.",
+    ]
+    if rec["not_on_every_stream"]:
+        lines.append(
+            "- Not candidates (not run on every stream within the budget): "
+            + ", ".join(rec["not_on_every_stream"])
+            + "."
+        )
+    lines.append(
+        f"- The +3.0-point goal is met on {', '.join(met) or 'no stream'}"
+        + (f" and missed on {', '.join(missed)}" if missed else "")
+        + " (test, mean over orders)."
+    )
+    own = [r for r in rows if r["pet_contribution_test"] is not None]
+    if own:
+        helps = [r["stream"] for r in own if r["pet_contribution_test"] >= 0.01 - EPS]
+        lines.append(
+            "- The PET's own contribution (FSA minus the same head on frozen multi-layer "
+            "features), test (validation): "
+            + "; ".join(
+                f"{r['stream']} {pct(r['pet_contribution_test'], True)} "
+                f"({pct(r['pet_contribution_val'], True)})"
+                for r in own
+            )
+            + f". At least +1 point on test on: {', '.join(helps) or 'no stream'}; the rest of "
+            "FSA's margin over RanPAC-frozen comes from its head (width, multi-layer features)."
+        )
+    lae = [(r["stream"], r["lae_gap_test"]) for r in rows if r["lae_gap_test"] is not None]
+    if lae:
+        parts = []
+        for name, gap in lae:
+            own = summarise(streams[name], rec["key"], "test").get("forgetting")
+            theirs = summarise(streams[name], "lae", "test").get("forgetting")
+            parts.append(
+                f"{name} {pct(gap, True)} (forgetting {pm({'f': theirs}, 'f')} vs "
+                f"{pm({'f': own}, 'f')})"
+                if own and theirs
+                else f"{name} {pct(gap, True)}"
+            )
+        lines.append(
+            "- LAE (tuned) trails the recommended learner on test by: " + "; ".join(parts) + "."
+        )
+    return lines
+
+
+def plots(data: dict, folder: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    directory.mkdir(parents=True, exist_ok=True)
-    streaming = {k: g for k, g in _groups(runs).items() if not g[0].final_only}
-    names = sorted(streaming, key=lambda k: (k[1], k[0]))
-    files = []
-    cols = min(4, len(names))
-    rows = (len(names) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, names, strict=False):
-        mean = np.mean([np.asarray(r.matrix) for r in streaming[key]], axis=0) * 100
-        mean = np.where(np.tril(np.ones_like(mean)) > 0, mean, np.nan)
-        ax.imshow(mean, vmin=0, vmax=100, cmap="viridis")
-        for (t, i), value in np.ndenumerate(mean):
-            if not np.isnan(value):
-                ax.text(
-                    i,
-                    t,
-                    f"{value:.0f}",
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if value < 60 else "black",
-                )
-        ax.set_title(f"{LABELS.get(key[0], key[0])} / {key[1]}", fontsize=9)
-        ax.set_xlabel("class group i")
-        ax.set_ylabel("after stage t")
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
-    fig.suptitle(f"{domain}: accuracy matrix R[t, i] (%), mean over orders")
+    folder.mkdir(parents=True, exist_ok=True)
+    streams = data["streams"]
+    keys = [k for k in rows_of(data) if k != "oracle"] + ["oracle"]
+    fig, axes = plt.subplots(1, len(streams), figsize=(5 * len(streams), 4), squeeze=False)
+    for ax, (name, stream) in zip(axes[0], streams.items(), strict=True):
+        for key in keys:
+            curves = [
+                evaluation.seen_accuracy(r["R"]["test"], stage_sizes(stream, r["order"]))
+                for r in stream["runs"]
+                if r["learner"] == key
+                and not np.isnan(
+                    np.asarray(r["R"]["test"], dtype=float)[np.tril_indices(len(r["R"]["test"]))]
+                ).any()
+            ]
+            if curves:
+                mean = 100 * np.mean(curves, axis=0)
+                ax.plot(range(1, len(mean) + 1), mean, marker="o", label=label(key))
+        ax.set_title(STREAM_NAMES.get(name, name))
+        ax.set_xticks(range(1, len(stage_sizes(stream, stream["runs"][0]["order"])) + 1))
+        ax.set_xlabel("stage")
+        ax.set_ylabel("accuracy on seen classes, test (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
     fig.tight_layout()
-    heatmap = directory / f"{domain}-accuracy-matrix.png"
-    fig.savefig(heatmap, dpi=110)
+    fig.savefig(folder / "accuracy-curves.png", dpi=110)
     plt.close(fig)
-    files.append(heatmap.name)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key in names:
-        seen = np.array([evaluation.seen_accuracy(r.matrix) for r in streaming[key]]) * 100
-        ax.errorbar(
-            np.arange(1, seen.shape[1] + 1),
-            seen.mean(0),
-            yerr=seen.std(0),
-            capsize=2,
-            label=f"{LABELS.get(key[0], key[0])} / {key[1]}",
-            marker="o",
-            markersize=3,
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(keys)
+    for k, key in enumerate(keys):
+        values = [mean_final(s, key, "test") for s in streams.values()]
+        xs = [i + k * width for i, v in enumerate(values) if v is not None]
+        ax.bar(xs, [100 * v for v in values if v is not None], width, label=label(key))
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(streams))])
+    ax.set_xticklabels([STREAM_NAMES.get(n, n) for n in streams])
+    ax.set_ylabel("final accuracy, test (%)")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(folder / "final-accuracy.png", dpi=110)
+    plt.close(fig)
+    return ["accuracy-curves.png", "final-accuracy.png"]
+
+
+def methods(data: dict) -> list[str]:
+    meta = data["meta"]
+    specs = meta["specs"]
+    lae = meta["lae_tuned"]
+    return [
+        "## Set-up",
+        "",
+        *(
+            f"- **{STREAM_NAMES.get(n, n)}**: {s['train']} training / {s['val']} validation / "
+            f"{s['test']} test examples per class, {s['per_stage']} classes per stage "
+            f"({data['streams'][n]['info']['classes'] if n in data['streams'] else '?'} classes)."
+            for n, s in specs.items()
+        ),
+        f"- Class orders {', '.join(map(str, meta['orders']))}; each class's examples are the "
+        "same in every order (a fixed sample seed). Micro-batches of 16, no task boundaries. "
+        f"Frozen runtime: {meta['runtime']}; torch and ONNX Runtime threads: {meta['threads']}.",
+        "- Frozen outputs are computed once per stream. SimpleCIL, RanPAC, FSA and the FSA-head "
+        "ablation are fed these cached features through the learners' own `learn_features` / "
+        "`scores_features` (what `learn` does after encoding); FSA's warm-up is the library's "
+        "`warm_up()` on the real buffered inputs, and its adapted features run the PET's blocks "
+        "from the cached frozen state. λ is chosen at the example counts the library chooses, "
+        "from a snapshot of the statistics, computed when the head is evaluated. LAE, naive "
+        "fine-tuning, joint training and the oracle train PETs and run for real. Throughput "
+        "including encoding is measured with real inputs on order 0 (SimpleCIL and RanPAC on "
+        "the first 1024 examples, FSA on the whole stream, its validation accuracy compared "
+        "with the cached run's below).",
+        "- **SimpleCIL** and **RanPAC-frozen**: the library's learners with LearnerConfig "
+        "defaults on the backbone's features.",
+        "- **FSA** (`learner=fsa`): LoRA rank 8 on K,V of MiniLM's last 2 blocks / the 1×1 "
+        "convolutions of EfficientNet-Lite0's last 4 blocks, warm-up on the stream's first window "
+        "(≥ 256 examples with ≥ 4 classes of ≥ 8, at most 1024), then a ridge head on [frozen "
+        "multi-layer ⊕ adapted] features. Grid: warm-up "
+        + ", ".join(
+            f"lr {w['warmup_lr']:g} × {w['warmup_epochs']} epochs"
+            for w in meta["fsa_grid"]["warmups"]
         )
-    for key, group in _groups(runs).items():
-        if group[0].final_only:
-            final = np.mean([np.mean(r.matrix[-1]) for r in group]) * 100
-            ax.axhline(final, linestyle=":", linewidth=1, color="grey")
-            ax.annotate(f"joint / {key[1]}", (1, final), fontsize=7, color="grey")
-    ax.set_xlabel("stage (classes arrived so far)")
-    ax.set_ylabel("accuracy on seen classes A_t (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title(f"{domain}: accuracy over the stream (mean ± std over orders)")
-    fig.tight_layout()
-    curve = directory / f"{domain}-accuracy-curve.png"
-    fig.savefig(curve, dpi=110)
-    plt.close(fig)
-    files.append(curve.name)
-    return files
-
-
-def write_report(args, results: dict, elapsed: float, command: str) -> None:
-    out: Path = args.out
-    plot_dir = out.parent / "learning"
-    sections, raw = [], {}
-    from perennial.learners import DEFAULT_LEARNER
-
-    for domain, runs in results.items():
-        if not runs:
-            continue
-        text, numbers = table(runs)
-        files = plots(domain, runs, plot_dir)
-        raw[domain] = {"summary": numbers, "runs": [asdict(r) for r in runs]}
-        sections.append((domain, text, files, goals(domain, numbers, DEFAULT_LEARNER)))
-    raw["meta"] = {
-        "elapsed_seconds": elapsed,
-        "command": command,
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "written": getattr(args, "written", None)
-        or f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
-    }
-    (plot_dir / "results.json").write_text(json.dumps(raw, indent=1, sort_keys=True, default=str))
-    body = [
-        "# Learning quality",
+        + "; head width M ∈ "
+        + ", ".join(map(str, meta["fsa_grid"]["widths"]))
+        + ". One warm-up serves both widths (it does not depend on the head).",
+        "- **FSA head on frozen multi-layer features (no PET)**: the same learner whose window "
+        "never closes — the ablation that isolates the PET's contribution.",
+        "- **APER prototypes**: cosine class means over FSA's features (the same warm-up). Neither "
+        "it nor the ablation is a library learner, so neither has a real-input throughput row; "
+        "both cost what FSA costs.",
+        f"- **LAE** and **naive fine-tuning**: the library's learners, PETs "
+        f"{meta['lae_pets']['text']} (text) / {meta['lae_pets']['image']} (image); "
+        f"settings from a validation-only grid run before this benchmark (not re-run here): "
+        f"LAE text {lae['text']['lae']}, image {lae['image']['lae']}; naive text "
+        f"{lae['text']['naive']}, image {lae['image']['naive']}.",
+        "- **Joint PET to convergence**: FSA's PET + a linear head trained on every training "
+        "example, shuffled, learning rate from "
+        + ", ".join(f"{d}: {', '.join(f'{x:g}' for x in v)}" for d, v in meta["joint_lrs"].items())
+        + ", epochs by validation early stopping (patience 2, at most "
+        + ", ".join(f"{d} {v}" for d, v in meta["joint_max_epochs"].items())
+        + "), then the ridge head of the chosen width on [frozen ⊕ adapted]. It does not depend "
+        "on the class order: run once.",
+        "- **Joint-so-far oracle**: after every stage, the joint training above (its learning "
+        "rate and epochs) from scratch on all training data of stages ≤ t, then the ridge head.",
         "",
-        f"Generated by `{command}` on {getattr(args, 'written', None) or f'{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC'}, "
-        f"{' '.join(filter(None, [platform.machine(), platform.processor()]))} with {os.cpu_count()} CPUs "
-        f"(torch threads: {args.threads}), in {elapsed / 60:.1f} minutes. Raw numbers: "
-        "[learning/results.json](learning/results.json).",
+        f"Choices, declared before the run: {FSA_RULE} {DEFAULT_RULE}",
+    ]
+
+
+def write_report(data: dict, out: Path, folder: Path) -> None:
+    """docs/LEARNING.md from results.json's content, its plots into `folder`."""
+    known = list(STREAM_NAMES)
+    ordered = sorted(
+        data["streams"].items(), key=lambda kv: known.index(kv[0]) if kv[0] in known else len(known)
+    )
+    data = {**data, "streams": dict(ordered)}
+    meta = data["meta"]
+    images = plots(data, folder) if data["streams"] else []
+    link = Path(os.path.relpath(folder, out.parent))
+    keys = rows_of(data)
+    lines = [
+        "# Learning quality: continual learners on class-incremental streams",
         "",
-        f"Set-up: {args.orders} class orders (seeds 0..{args.orders - 1}); micro-batches of "
-        f"{args.batch_size}, no task boundaries given to the learners. Text: WordNet noun supersenses, "
-        f"24 classes in 6 stages of 4, {args.text_train} training and {args.text_test} test glosses per "
-        f"class, MiniLM. Image: Fashion-MNIST, 10 classes in 5 stages of 2, {args.image_train} training "
-        f"and {args.image_test} test images per class, EfficientNet-Lite0 at {args.image_size}×{args.image_size}. "
-        f"Joint training: {args.joint_epochs} epochs over the shuffled stream with the PET "
-        f"({args.joint_epochs * 10} epochs for the head-only joint row, on cached features). "
-        "Forgetting and BWT in accuracy points; mean ± std over orders. Prefix does not apply to "
-        "EfficientNet (a CNN has no attention): `inject` raises ValueError, so it has no image rows.",
+        f"Generated by `bench/learning_report.py` from `{meta.get('results', 'docs/learning/results.json')}`, written by "
+        f"`{meta['command']}` ({meta['written']}). Status: **{meta['status']}**"
+        + (" — a *quick* run (one order, fewer examples)." if meta["quick"] else ".")
+        + f" Wall time {meta['elapsed_seconds'] / 60:.1f} min, CPU {meta['cpu_seconds'] / 60:.1f} "
+        f"min on {meta['cpus']} cores (load average during the run: mean "
+        f"{meta['load_average_mean']:.1f}, max {meta['load_average_max']:.1f}; the machine is "
+        "shared, so seconds are noisy).",
+        "",
+        "## Findings (generated)",
+        "",
+        *findings(data),
+        "",
+        "## Goals of issue 11",
+        "",
+        *goal_lines(data),
+        "",
+        "## Final accuracy and forgetting (%, mean ± std over orders)",
         "",
     ]
-    for domain, text, files, checks in sections:
-        body += [
-            f"## {domain}",
-            "",
-            text,
-            "",
-            "Goals (default learner and every task-free learner):",
+    for name, stream in data["streams"].items():
+        lines += [*stream_table(name, stream, keys), ""]
+    lines += [
+        "## FSA's grid (validation only)",
+        "",
+        *grid_table(data),
+        "",
+        "## Cost",
+        "",
+    ]
+    for name, stream in data["streams"].items():
+        cost = stream.get("cost", {})
+        lines += [*cost_table(name, stream), ""]
+        fsa = cost.get("fsa", {})
+        cached = [
+            r
+            for r in stream["runs"]
+            if r["learner"] == data["choices"]["fsa"]["chosen"] and r["order"] == 0
+        ]
+        if "real_final_val" in fsa and cached:
+            stages = stage_sizes(stream, 0)
+            lines += [
+                f"FSA fed real inputs (order 0): validation accuracy {pct(fsa['real_final_val'])} "
+                f"vs {pct(run_metrics(cached[0]['R']['val'], stages)['final'])} with cached features.",
+                "",
+            ]
+        info = stream["info"]
+        lines += [
+            f"Caching the frozen outputs of {sum(info['examples'].values())} examples: "
+            f"{info['cache_seconds']:.0f} s wall, {info['cache_cpu_seconds']:.0f} s CPU.",
             "",
         ]
-        body += checks + [""]
-        body += [f"![{f}](learning/{f})" for f in files] + [""]
-    out.write_text("\n".join(body) + "\n" + METHOD_NOTES + FINDINGS)
+    if data["skipped"]:
+        lines += [
+            "## Not run (the budget of "
+            f"{meta['budget_minutes']:.0f} minutes would have been exceeded)",
+            "",
+            *(
+                f"- {label(s['learner'])} on {STREAM_NAMES.get(s['stream'], s['stream'])}, "
+                f"order {s['order']} (estimated {s['estimate_seconds'] / 60:.0f} min)"
+                for s in data["skipped"]
+            ),
+            "",
+        ]
+    lines += [*methods(data), "", "## Plots", ""]
+    lines += [f"![{image}]({(link / image).as_posix()})" for image in images]
+    out.write_text("\n".join(lines) + "\n")
