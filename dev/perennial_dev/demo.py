@@ -41,6 +41,7 @@ from perennial import codec
 from perennial.config import ProcessSettings
 from perennial.feedback import Feedback, encode_feedback, encode_feedback_json
 from perennial.learners import FirstSessionLearner, LearnerConfig
+from perennial.logs import silence_progress_bars
 from perennial.runtime import load_backbone
 from perennial.store import SnapshotStore, from_safetensors
 from perennial_dev.datasets.wordnet import (
@@ -429,6 +430,7 @@ def pet_contribution(store: SnapshotStore, split: ClassIncrementalSplit, final: 
         return f"- (the {config.learner} learner adapts no PET module)"
     if not any(name.startswith("pet.") for name in tensors):
         return "- (the stream ended before the PET's warm-up window closed)"
+    silence_progress_bars()  # the summary, not a loading bar
     backbone = load_backbone(ProcessSettings())
     frozen_only = FirstSessionLearner(backbone, config)
     texts, labels = [g.text for g in split.train], [g.label for g in split.train]
