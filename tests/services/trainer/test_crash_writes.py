@@ -36,7 +36,7 @@ def blocked_write(admin: redis.Redis) -> str | None:
     return None
 
 
-def kill_inside(admin: redis.Redis, trainer, kind: str, timeout: float = 180) -> None:
+def kill_inside(admin: redis.Redis, trainer, kind: str, timeout: float = 300) -> None:
     """Hold writes until the trainer's next write of `kind` is held, then kill -9 it."""
     deadline, seen = time.monotonic() + timeout, []
     while time.monotonic() < deadline:
