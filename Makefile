@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 DEBIAN_PACKAGES := redis-server redis-sentinel wordnet-base prometheus dataset-fashion-mnist
 PROTO_OUT := shared
 
-.PHONY: help setup system venv proto proto-check lint docs lock demo test test-unit test-e2e bench-training bench-drift bench-learning bench-serving bench-protocols bench-rest-servers bench-perf-analyzer chart-sync chart-lint k8s k8s-check clean
+.PHONY: help setup system venv proto proto-check lint docs lock demo test test-unit test-e2e bench-training bench-drift bench-learning bench-int8 bench-serving bench-protocols bench-rest-servers bench-perf-analyzer chart-sync chart-lint k8s k8s-check clean
 
 help:
 	@echo "make demo        start broker, Redis, trainer, inference and stream WordNet through them"
@@ -18,6 +18,7 @@ help:
 	@echo "make lock        refresh requirements.lock from the current environment"
 	@echo "make bench-training  trainer throughput (Kafka vs memory), snapshots, freshness -> docs/BENCHMARKS.md"
 	@echo "make bench-learning  continual learners vs fair bounds on WordNet nouns/verbs and Fashion-MNIST -> docs/LEARNING.md (BENCH_ARGS=--quick for a look)"
+	@echo "make bench-int8      learning accuracy on the int8 backbone runtime vs fp32 -> docs/BENCHMARKS.md"
 	@echo "make bench-drift     drift detectors vs river's defaults -> docs/DRIFT.md"
 	@echo "make bench-serving   inference vs KServe vs the in-process compute limit -> docs/BENCHMARKS.md"
 	@echo "make bench-protocols REST vs gRPC latency at concurrency 1 and 8 -> docs/BENCHMARKS.md"
@@ -100,6 +101,10 @@ bench-training: setup
 bench-learning: setup
 	$(PIP) install --quiet -c requirements.lock -e ".[dev,bench]" -e ./dev
 	$(PY) -m bench.learning $(BENCH_ARGS)
+
+bench-int8: setup
+	$(PIP) install --quiet -c requirements.lock -e ".[dev,bench]" -e ./dev
+	$(PY) -m bench.learning_int8 $(BENCH_ARGS)
 
 # Serving: Perennial's inference service vs KServe 0.21 (own venv: .venv-kserve, same model) vs the
 # model in-process; tritonclient load at concurrency 1/8/32, swaps every 100 ms, 1/100/1000 adapters.
