@@ -41,7 +41,7 @@ def serve(settings: InferenceSettings) -> None:
     )
     runtime.listen(server, security, settings.grpc_host, settings.grpc_port, "grpc_port")
     # the same operations over HTTP/JSON: one batcher, one set of limits, metrics and statistics
-    rest = RestServer(servicer.operations, settings.rest(), security)
+    rest = RestServer(servicer.operations, settings.server(), security)
     runtime.bind(rest.start, settings.rest_host, settings.rest_port, "rest_port")
     server.start()
     log.info(

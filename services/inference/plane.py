@@ -76,6 +76,25 @@ class ServingConfig:
             raise ValueError(f"reconcile_seconds must be > 0, got {self.reconcile_seconds}")
 
 
+@dataclass(frozen=True)
+class ServerConfig:
+    """Limits of both front ends, gRPC and REST (each has its own threads).
+
+    workers: request threads, also the most requests in flight (beyond: gRPC RESOURCE_EXHAUSTED,
+        HTTP 429).
+    max_message_bytes: largest request or gRPC reply; REST counts the body after decompression
+        (beyond: HTTP 413)."""
+
+    workers: int = 128
+    max_message_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
+
+
 class DataPlane:
     """Adapter versions resident on one backbone: lookup, load, LRU eviction, hot swap."""
 

@@ -33,7 +33,6 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 from aiohttp import web
@@ -47,27 +46,13 @@ from services.inference.operations import (
     InferResult,
     InputTensor,
 )
+from services.inference.plane import ServerConfig
 from services.inference.tensors import encode_bytes, encode_fp32
 
 log = logging.getLogger(__name__)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")  # probes send no token
 MAX_NESTING = 8  # JSON `data` may nest lists per dimension; tensors here have at most 4
-
-
-@dataclass(frozen=True)
-class RestConfig:
-    """workers: threads running operations (also the most requests in flight; beyond: 429).
-    max_message_bytes: largest request body after decompression (beyond: 413)."""
-
-    workers: int = 128
-    max_message_bytes: int = 16 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
-        if self.max_message_bytes < 1024:
-            raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
 
 
 class _Cancellation:
@@ -90,7 +75,7 @@ class RestServer:
     def __init__(
         self,
         operations: InferenceOperations,
-        config: RestConfig = RestConfig(),
+        config: ServerConfig = ServerConfig(),
         security: ServerSecurity = ServerSecurity(),
     ) -> None:
         self.operations = operations

@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
-from dataclasses import dataclass
 
 import grpc
 from google.protobuf import json_format
@@ -34,6 +33,7 @@ from services.inference.operations import (
     InferResult,
     InputTensor,
 )
+from services.inference.plane import ServerConfig
 from services.inference.tensors import encode_bytes, encode_fp32
 
 log = logging.getLogger(__name__)
@@ -188,21 +188,6 @@ def _set_parameter(parameter, value) -> None:
         parameter.int64_param = value
     else:
         parameter.string_param = str(value)
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """workers: gRPC request threads (also the limit of concurrent RPCs; beyond it RESOURCE_EXHAUSTED).
-    max_message_bytes: largest request or reply."""
-
-    workers: int = 128
-    max_message_bytes: int = 16 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
-        if self.max_message_bytes < 1024:
-            raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
 
 
 def build_server(

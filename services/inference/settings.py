@@ -15,10 +15,8 @@ from perennial.config import (
 )
 from services.inference.batching import BatchingConfig
 from services.inference.monitor import MonitorConfig
-from services.inference.plane import ServingConfig
+from services.inference.plane import ServerConfig, ServingConfig
 from services.inference.predictionlog import PredictionLogConfig
-from services.inference.rest import RestConfig
-from services.inference.server import ServerConfig
 
 _M = MonitorConfig
 
@@ -146,9 +144,6 @@ class InferenceSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecur
 
     def server(self) -> ServerConfig:
         return ServerConfig(self.grpc_workers, self.max_message_bytes)
-
-    def rest(self) -> RestConfig:
-        return RestConfig(self.grpc_workers, self.max_message_bytes)
 
     def monitor(self) -> MonitorConfig:
         return MonitorConfig(

@@ -24,9 +24,9 @@ from perennial.store import Manifest, SnapshotStore, to_safetensors
 from perennial_dev.localstack import free_port
 from services.inference.batching import Batcher, BatchingConfig
 from services.inference.metrics import InferenceMetrics
-from services.inference.plane import DataPlane, ServingConfig
-from services.inference.rest import RestConfig, RestServer
-from services.inference.server import InferenceServicer, ServerConfig, build_server, set_health
+from services.inference.plane import DataPlane, ServerConfig, ServingConfig
+from services.inference.rest import RestServer
+from services.inference.server import InferenceServicer, build_server, set_health
 
 TEXTS = ["a small dog", "a tall tree", "an old house"]
 LABELS = ["animal", "plant", "artifact"]
@@ -140,8 +140,7 @@ def start_service(redis_client, tiny_backbone) -> Iterator[Callable[..., Service
         server = build_server(servicer, health_servicer, server_config, security, tracing)
         port = security.add_port(server, f"127.0.0.1:{free_port()}")
         server.start()
-        rest_config = RestConfig(server_config.workers, server_config.max_message_bytes)
-        rest = RestServer(servicer.operations, rest_config, security)
+        rest = RestServer(servicer.operations, server_config, security)
         rest.start("127.0.0.1", 0)
         store = SnapshotStore(redis_client)
         plane = DataPlane(backbone or tiny_backbone, store, metrics, serving)

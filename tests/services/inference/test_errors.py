@@ -9,8 +9,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from perennial.grpc_errors import INTERNAL_MESSAGE
 from services.inference.batching import BatchingConfig
-from services.inference.plane import ServingConfig
-from services.inference.server import ServerConfig
+from services.inference.plane import ServerConfig, ServingConfig
 from services.inference.tensors import encode_bytes
 from tests.helpers import wait_for
 

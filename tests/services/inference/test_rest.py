@@ -20,9 +20,8 @@ from tritonclient.utils import InferenceServerException
 from perennial.grpc_errors import INTERNAL_MESSAGE
 from perennial.grpc_security import ServerSecurity
 from services.inference.batching import BatchingConfig
-from services.inference.plane import ServingConfig
+from services.inference.plane import ServerConfig, ServingConfig
 from services.inference.rest import HEADER_LENGTH
-from services.inference.server import ServerConfig
 
 from .conftest import TEXTS, publish
 from .test_images import image_backbone, image_service  # noqa: F401  (fixtures)
