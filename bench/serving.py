@@ -230,6 +230,7 @@ class Server:
     address: str
     process: ManagedProcess
     service: object | None = None  # Perennial's launch.Service (metrics)
+    settings: dict = field(default_factory=dict)  # PERENNIAL_* beyond runtime and threads
     points: dict = field(default_factory=dict)  # concurrency -> [run_load results per round]
 
     @property
@@ -240,20 +241,28 @@ class Server:
         self.process.stop(20)
 
 
-def start_perennial(workdir: Path, redis_url: str, runtime: str, threads: int) -> Server:
+def start_perennial(
+    workdir: Path, redis_url: str, runtime: str, threads: int, **settings: object
+) -> Server:
+    """The inference service with its defaults but `runtime`, `threads` and `settings`."""
+    name = f"perennial-{runtime}-t{threads}" + "".join(
+        f"-{k.removeprefix('PERENNIAL_').lower()}={v}" for k, v in settings.items()
+    )
     service = start_inference(
         workdir,
         redis_url=redis_url,
-        log_name=f"perennial-{runtime}-t{threads}.log",
+        log_name=f"{name}.log",
         PERENNIAL_RUNTIME=runtime,
         PERENNIAL_TORCH_THREADS=threads,
         PERENNIAL_RECONCILE_SECONDS=2,
         PERENNIAL_LOG_LEVEL="WARNING",
+        **settings,
     )
-    name = f"perennial-{runtime}-t{threads}"
-    return Server(
+    server = Server(
         name, "perennial", runtime, threads, service.grpc_address, service.process, service
     )
+    server.settings = {k: str(v) for k, v in settings.items()}
+    return server
 
 
 def start_kserve(workdir: Path, redis_url: str, adapter: str, runtime: str, threads: int) -> Server:
@@ -287,6 +296,25 @@ def scrape(service) -> dict[str, float]:
         for sample in family.samples:
             values[sample.name] = values.get(sample.name, 0.0) + sample.value
     return values
+
+
+INSIDE = {  # Perennial's own histograms: where a request's time goes inside the server
+    "queue": "perennial_inference_queue_duration_seconds",
+    "batch": "perennial_inference_batch_duration_seconds",
+    "rows": "perennial_inference_batch_size_rows",
+    "drift": "perennial_inference_drift_update_duration_seconds",
+}
+
+
+def inside(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Means over a point (warm-up included) of the server's histograms: queue wait per
+    request, model call per batch, rows per batch, drift-monitor update per request (s, rows)."""
+    out = {}
+    for name, metric in INSIDE.items():
+        count = after.get(f"{metric}_count", 0.0) - before.get(f"{metric}_count", 0.0)
+        total = after.get(f"{metric}_sum", 0.0) - before.get(f"{metric}_sum", 0.0)
+        out[name] = total / count if count else None
+    return out
 
 
 def rss_bytes(pid: int) -> int:
@@ -406,13 +434,24 @@ def run(args) -> dict:
         servers.append(start_perennial(workdir, redis_server.url, "onnx", args.threads))
         servers.append(start_perennial(workdir, redis_server.url, "onnx", other))
         servers.append(start_perennial(workdir, redis_server.url, "torch", args.threads))
+        servers.append(  # the batcher's fill wait, measured against its default
+            start_perennial(
+                workdir, redis_server.url, "onnx", args.threads, PERENNIAL_MAX_QUEUE_DELAY_MS=0
+            )
+        )
         if not args.skip_kserve:
             servers.append(start_kserve(workdir, redis_server.url, adapter, "onnx", args.threads))
             servers.append(
                 start_kserve(workdir, redis_server.url, f"{ADAPTER}-torch", "torch", args.threads)
             )
         results["servers"] = {
-            s.name: {"kind": s.kind, "runtime": s.runtime, "threads": s.threads} for s in servers
+            s.name: {
+                "kind": s.kind,
+                "runtime": s.runtime,
+                "threads": s.threads,
+                "settings": s.settings,
+            }
+            for s in servers
         }
 
         limits: dict[str, list[dict]] = {str(t): [] for t in THREAD_CHOICES}
@@ -429,10 +468,13 @@ def run(args) -> dict:
                 shift = round_index % len(servers)
                 for server in servers[shift:] + servers[:shift]:
                     model = ADAPTER if server.runtime == "onnx" else f"{ADAPTER}-{server.runtime}"
+                    before = scrape(server.service) if server.service else None
                     point = run_load(
                         server.address, [model], concurrency, args.duration, data.queries,
                         pid=server.pid, seed=round_index,
                     )  # fmt: skip
+                    if before is not None:
+                        point["inside"] = inside(before, scrape(server.service))
                     server.points.setdefault(str(concurrency), []).append(point)
                     print(
                         f"  c={concurrency} {server.name}: {point['throughput']:.1f} req/s, "

@@ -37,12 +37,17 @@ def _label(results: dict, name: str) -> str:
     server = results["servers"][name]
     label = LABELS[(server["kind"], server["runtime"])]
     threads = server["threads"]
-    return f"{label}, {threads} thread{'s' if threads > 1 else ''}"
+    extra = "".join(
+        f", {k.removeprefix('PERENNIAL_')}={v}" for k, v in server.get("settings", {}).items()
+    )
+    return f"{label}, {threads} thread{'s' if threads > 1 else ''}{extra}"
 
 
 def _find(results: dict, kind: str, runtime: str, threads: int) -> str | None:
     for name, server in results["servers"].items():
-        if (server["kind"], server["runtime"], server["threads"]) == (kind, runtime, threads):
+        if (server["kind"], server["runtime"], server["threads"]) == (kind, runtime, threads) and (
+            not server.get("settings")
+        ):
             return name
     return None
 
@@ -116,6 +121,7 @@ def section(results: dict) -> str:
                 f"| {_spread([p['client_cpu_share'] * 100 for p in points], '{:.0f}')} % "
                 f"| {_spread([p['server_cpu_ms_per_request'] for p in points])} |"
             )
+    out += _inside(results)
     out += _limit_table(results)
     out += _goals(results)
     out += _perf_analyzer(results)
@@ -127,6 +133,37 @@ def section(results: dict) -> str:
         "`python -m bench.serving --render bench/serving-results.json --doc docs/BENCHMARKS.md`.",
     ]
     return "\n".join(out)
+
+
+def _inside(results: dict) -> list[str]:
+    """Where the time goes inside Perennial, from its own histograms per point."""
+    out = [
+        "",
+        "**Inside Perennial** (its own histograms over each point, warm-up included; medians over "
+        "the rounds): queue wait per request, rows per model call, the model call (`predict`) "
+        "per batch and per row, the drift monitor's update per request (its own thread, off the "
+        "request path but on the same cores):",
+        "",
+        "| c | server | queue ms | rows / call | call ms | call ms / row | drift update ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in CONCURRENCY:
+        for name, points in results["points"].items():
+            inner = [p["inside"] for p in points[c] if p.get("inside")]
+            if not inner:
+                continue
+
+            def cell(key, scale=1000.0, inner=inner):
+                return _median(i[key] * scale if i[key] is not None else None for i in inner)
+
+            per_row = _median(
+                i["batch"] / i["rows"] * 1000 if i["batch"] and i["rows"] else None for i in inner
+            )
+            out.append(
+                f"| {c} | {_label(results, name)} | {cell('queue'):.1f} | {cell('rows', 1):.1f} "
+                f"| {cell('batch'):.1f} | {per_row:.1f} | {cell('drift'):.1f} |"
+            )
+    return out
 
 
 def _limit_table(results: dict) -> list[str]:
