@@ -255,6 +255,30 @@ def _goals(results: dict) -> list[str]:
         + f" rows/s. **{winner} wins** at c=32; the servers compared above use "
         f"{threads}.",
     ]
+    variant = next(
+        (
+            n
+            for n, s in results["servers"].items()
+            if s.get("settings") and s["kind"] == "perennial"
+        ),
+        None,
+    )
+    if variant:
+        settings = ", ".join(
+            f"`{k}={v}`" for k, v in results["servers"][variant]["settings"].items()
+        )
+        out += [
+            "",
+            f"Batcher settings: the defaults vs {settings} (same runtime and threads), "
+            + "; ".join(
+                f"c={c}: {_point(results, p_onnx, c, 'throughput'):.1f} vs "
+                f"{_point(results, variant, c, 'throughput'):.1f} req/s, p50 "
+                f"{_point(results, p_onnx, c, 'p50_ms'):.0f} vs "
+                f"{_point(results, variant, c, 'p50_ms'):.0f} ms"
+                for c in CONCURRENCY
+            )
+            + ".",
+        ]
     return out
 
 
