@@ -20,7 +20,7 @@ help:
 	@echo "make bench-learning  continual learners vs fair bounds on WordNet nouns/verbs and Fashion-MNIST -> docs/LEARNING.md (BENCH_ARGS=--quick for a look)"
 	@echo "make bench-int8      learning accuracy on the int8 backbone runtime vs fp32 -> docs/BENCHMARKS.md"
 	@echo "make bench-drift     drift detectors vs river's defaults -> docs/DRIFT.md"
-	@echo "make bench-serving   inference vs KServe vs the in-process compute limit -> docs/BENCHMARKS.md"
+	@echo "make bench-serving   inference vs KServe (same predict, same runtime) vs the in-process limit -> docs/BENCHMARKS.md"
 	@echo "make bench-protocols REST vs gRPC latency at concurrency 1 and 8 -> docs/BENCHMARKS.md"
 	@echo "make bench-perf-analyzer  perf_analyzer drives the service for one point -> docs/BENCHMARKS.md"
 	@echo "make k8s         sync the chart's rules/dashboard copies, regenerate deploy/k8s from helm/perennial"
@@ -106,12 +106,15 @@ bench-int8: setup
 	$(PIP) install --quiet -c requirements.lock -e ".[dev,bench]" -e ./dev
 	$(PY) -m bench.learning_int8 $(BENCH_ARGS)
 
-# Serving: Perennial's inference service vs KServe 0.21 (own venv: .venv-kserve, same model) vs the
-# model in-process; tritonclient load at concurrency 1/8/32, swaps every 100 ms, 1/100/1000 adapters.
+# Serving: Perennial's inference service vs KServe 0.21 (own venv: .venv-kserve, with this project
+# installed by path so its model calls the same services.inference.model.predict) vs that function
+# in-process; ONNX Runtime and torch fp32; tritonclient load at concurrency 1/8/32 in interleaved
+# rounds, swaps every 100 ms, resident adapters. BENCH_ARGS=--quick for a look.
 VENV_KSERVE := .venv-kserve
-$(VENV_KSERVE)/.installed: bench/requirements-kserve.txt
+$(VENV_KSERVE)/.installed: bench/requirements-kserve.txt pyproject.toml
 	@test -x $(VENV_KSERVE)/bin/python || $(PYTHON) -m venv $(VENV_KSERVE)
 	$(VENV_KSERVE)/bin/pip install --quiet -r bench/requirements-kserve.txt
+	$(VENV_KSERVE)/bin/pip install --quiet --no-deps -e .
 	@touch $@
 
 bench-serving: setup $(VENV_KSERVE)/.installed

@@ -36,13 +36,18 @@ import zipfile
 from pathlib import Path
 
 import redis
-import torch
 
 from bench.report import write_section
-from bench.serving import ADAPTER, THREADS, machine, trained_snapshot
-from perennial.backbone import TextBackbone
-from perennial.store import SnapshotStore, to_safetensors
-from perennial_dev.datasets.wordnet import read_noun_glosses
+from bench.serving import (
+    ADAPTER,
+    THREADS,
+    machine,
+    publish,
+    serving_backbone,
+    trained_snapshot,
+    workload,
+)
+from perennial.store import SnapshotStore
 from perennial_dev.launch import start_inference
 from perennial_dev.localstack import start_redis
 
@@ -115,12 +120,22 @@ def _unpack_debian_runtime(root: Path) -> None:
         subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
 
 
-def run_point(prefix: list[str], protocol: str, address: str, seconds: float) -> dict:
+def run_point(
+    prefix: list[str],
+    protocol: str,
+    address: str,
+    seconds: float,
+    concurrency: int = 1,
+    data: Path | None = None,
+) -> dict:
+    """One perf_analyzer point: `concurrency` synchronous clients for `seconds` per window, each
+    request one text (`TEXT`, or the texts of `data`, perf_analyzer's --input-data JSON)."""
+    inputs = ["--input-data", str(data)] if data else ["--string-data", TEXT]
     with tempfile.NamedTemporaryFile(suffix=".csv") as report:
         command = [
             *prefix, "-m", ADAPTER, "-i", protocol, "-u", address,
-            "--concurrency-range", "1:1", "--measurement-interval", str(int(seconds * 1000)),
-            "--string-data", TEXT,
+            "--concurrency-range", f"{concurrency}:{concurrency}",
+            "--measurement-interval", str(int(seconds * 1000)), *inputs,
             # the 2 cores are shared: perf_analyzer's default 10 % stability rarely holds here
             "--stability-percentage", "50", "-f", report.name,
         ]  # fmt: skip
@@ -131,7 +146,10 @@ def run_point(prefix: list[str], protocol: str, address: str, seconds: float) ->
             else []
         )
     shown = ["perf_analyzer", *command[len(prefix) : -1], "perf.csv"]
-    shown[shown.index("--string-data") + 1] = f"'{TEXT}'"
+    if data is None:
+        shown[shown.index("--string-data") + 1] = f"'{TEXT}'"
+    else:
+        shown[shown.index("--input-data") + 1] = data.name
     print(" ".join(shown), "\n", done.stdout, done.stderr, flush=True)
     return {"protocol": protocol, "command": " ".join(shown), "returncode": done.returncode,
             "stdout": done.stdout, "stderr": done.stderr, "csv": rows}  # fmt: skip
@@ -203,7 +221,6 @@ def measure(args) -> dict:
     how = "directly" if len(prefix) == 1 else f"through Debian 13's glibc loader ({DEBIAN})"
     reply = subprocess.run([*prefix, "--version"], capture_output=True, text=True)
     version = (reply.stdout + reply.stderr).strip()
-    torch.set_num_threads(THREADS)
     results: dict = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -213,20 +230,17 @@ def measure(args) -> dict:
         "glibc": os.confstr("CS_GNU_LIBC_VERSION"),
         "command": "make bench-perf-analyzer",
     }
-    glosses = read_noun_glosses()
-    texts = [g.text for g in glosses[::7]][:4000]
-    labels = [g.label for g in glosses[::7]][:4000]
     workdir = Path(tempfile.mkdtemp(prefix="bench-perf-analyzer-"))
     redis_server = start_redis(workdir)
     try:
         store = SnapshotStore(redis.Redis.from_url(redis_server.url))
-        tensors, metadata = trained_snapshot(TextBackbone.load(), texts[1000:], labels[1000:])
-        store.publish(ADAPTER, to_safetensors(tensors, metadata), parent=None, offsets={},
-                      examples=320, classes=json.loads(metadata["classes"]))  # fmt: skip
+        backbone = serving_backbone("onnx", THREADS)  # the service's default runtime
+        publish(store, ADAPTER, *trained_snapshot(backbone, workload().stream))
         service = start_inference(
             workdir,
             redis_url=redis_server.url,
             PERENNIAL_TORCH_THREADS=THREADS,
+            PERENNIAL_RUNTIME="onnx",
             PERENNIAL_LOG_LEVEL="WARNING",
         )
         try:

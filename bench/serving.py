@@ -1,14 +1,22 @@
 """`make bench-serving`: Perennial's inference service vs KServe's Python model server vs the
-in-process compute limit, on the same model (MiniLM + LAE LoRA ensemble), one run.
+in-process limit, on the same model, the same runtime and the same predict function.
 
-    .venv/bin/python bench/serving.py [--duration 8] [--out bench/results/serving.json]
+    .venv/bin/python -m bench.serving [--quick] [--rounds 3] [--duration 5] [--doc docs/BENCHMARKS.md]
+    .venv/bin/python -m bench.serving --render bench/serving-results.json --doc docs/BENCHMARKS.md
 
-(a) Perennial (`python -m services.inference`, a separate process);
-(b) KServe 0.21 (`bench/kserve_server.py` in .venv-kserve) serving the same snapshot;
-(c) the model called in-process at its best batch size.
-Load: `tritonclient.grpc`, closed loop, one text per request, concurrency 1, 8, 32. Then, on (a):
-a new version swapped in every 100 ms; and 1, 100, 1000 resident adapters (memory per
-adapter; throughput spread over all of them vs one). Results: JSON + a Markdown table on stdout.
+The model: the trainer's default learner (`fsa`) after a class-incremental WordNet stream,
+published to Redis with the public store API. Servers, all alive for the whole run so their
+points can be interleaved (an idle server costs nothing):
+- Perennial (`python -m services.inference`) on ONNX Runtime fp32 (the default) with `--threads`
+  intra-op threads, and with the other thread count; on torch fp32;
+- KServe 0.21 (`bench/kserve_server.py`, .venv-kserve) calling the same
+  `services.inference.model.predict`, on ONNX Runtime fp32 and on torch fp32.
+Load: `tritonclient.grpc`, closed loop, one random held-out gloss per request, concurrency 1, 8,
+32; each round visits every (concurrency, server) point in a rotated order. The in-process limit:
+`predict` on random batches of the same queries, every batch size, 1 and 2 threads, once per round.
+Also: the load generator's CPU share, each server's CPU per request, the load average; a new
+version every 100 ms (hot swap); resident adapters; one point cross-checked with perf_analyzer.
+Results: bench/serving-results.json; the report (bench/serving_report.py) renders from it alone.
 """
 
 from __future__ import annotations
@@ -18,10 +26,13 @@ import datetime
 import json
 import os
 import platform
+import resource
+import statistics
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,40 +44,114 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.report import write_section
 from perennial.backbone import TextBackbone
 from perennial.learners import LearnerConfig, build_learner
-from perennial.pet import LoRAConfig
-from perennial.store import SnapshotStore, from_safetensors, to_safetensors
-from perennial_dev.datasets.wordnet import read_noun_glosses
+from perennial.store import SnapshotStore, to_safetensors
+from perennial_dev.datasets.wordnet import class_incremental_split, read_noun_glosses
 from perennial_dev.launch import start_inference
 from perennial_dev.localstack import ManagedProcess, free_port, start_redis
-from services.inference.model import load_version, predict, predict_grouped
+from services.inference.model import load_version, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTER = "bench"
 OUTPUTS = ("probabilities", "label")
-THREADS = 1  # torch intra-op threads of every server under test: 2 threads on 2 shared cores collapse (measured)
+CONCURRENCY = (1, 8, 32)
+BATCHES = (1, 2, 4, 8, 16, 32, 64)
+THREAD_CHOICES = (1, 2)
+THREADS = (
+    1  # intra-op threads (torch and ONNX Runtime) of the servers compared: chosen by measurement
+)
+MICRO_BATCH = 16  # the trainer's default micro-batch
 
 
-# -- load generation --------------------------------------------------------------------------------
+# -- data and model ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Workload:
+    """A class-incremental WordNet stream to train on and held-out glosses to query."""
+
+    stream: list[tuple[str, str]]
+    queries: list[str]
+    classes: int
+
+
+def workload(train_per_class: int = 20, test_per_class: int = 40) -> Workload:
+    split = class_incremental_split(
+        read_noun_glosses(), train_per_class=train_per_class, test_per_class=test_per_class
+    )
+    queries = [g.text for glosses in split.test.values() for g in glosses]
+    np.random.default_rng(0).shuffle(queries)
+    return Workload([(g.text, g.label) for g in split.train], queries, len(split.classes))
+
+
+def serving_backbone(runtime: str, threads: int) -> TextBackbone:
+    """MiniLM with its frozen part on `runtime`, `threads` intra-op threads (torch and ORT)."""
+    torch.set_num_threads(threads)
+    backbone = TextBackbone.load()
+    backbone.use_runtime(runtime, None, threads)
+    return backbone
+
+
+def trained_snapshot(backbone: TextBackbone, stream: list[tuple[str, str]]) -> tuple[dict, dict]:
+    """The trainer's default learner after the stream in micro-batches: (tensors, metadata)."""
+    learner = build_learner(backbone, LearnerConfig(seed=0))
+    for start in range(0, len(stream), MICRO_BATCH):
+        texts, labels = zip(*stream[start : start + MICRO_BATCH], strict=True)
+        learner.learn(list(texts), list(labels))
+    return learner.state()
+
+
+def publish(store: SnapshotStore, adapter: str, tensors: dict, metadata: dict, parent=None):
+    return store.publish(
+        adapter,
+        to_safetensors(tensors, metadata),
+        parent=parent,
+        offsets={},
+        examples=int(metadata.get("examples", 0)),
+        classes=json.loads(metadata["classes"]),
+    )
+
+
+def perturbed(tensors: dict, step: int) -> dict:
+    """A different set of weights (a new version) with the same shapes: the PET's B matrices."""
+    return {k: v + 1e-4 * step if "lora_b" in k else v for k, v in tensors.items()}
+
+
+# -- measurement primitives -------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def run_load(
     address: str,
     models: list[str],
     concurrency: int,
     duration: float,
-    texts: list[str],
+    queries: list[str],
+    *,
+    pid: int | None = None,
+    seed: int = 0,
     warmup: float = 1.0,
 ) -> dict:
-    """Closed-loop load: `concurrency` threads, each with its own client, one text per request."""
+    """Closed-loop load: `concurrency` threads, each with its own client, one random query per
+    request. Besides latency: the CPU share of this process (the load generator) and the server's
+    CPU per request over the measured window."""
     start = time.monotonic()
     record_from, stop_at = start + warmup, start + warmup + duration
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
+    marks: dict[str, float] = {}
 
     def worker(index: int) -> None:
         client = triton.InferenceServerClient(address)
+        rng = np.random.default_rng([seed, index])
         inputs = []
-        for text in texts[index::concurrency][:64]:
+        for i in rng.choice(len(queries), min(len(queries), 128), replace=False):
             tensor = triton.InferInput("text", [1], "BYTES")
-            tensor.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
+            tensor.set_data_from_numpy(np.array([queries[i].encode()], dtype=np.object_))
             inputs.append(tensor)
         outputs = [triton.InferRequestedOutput(name) for name in OUTPUTS]
         n = 0
@@ -82,12 +167,23 @@ def run_load(
             n += 1
         client.close()
 
+    def marker() -> None:  # CPU counters at the edges of the measured window
+        time.sleep(max(0.0, record_from - time.monotonic()))
+        marks["client"], marks["at"] = time.process_time(), time.monotonic()
+        marks["server"] = cpu_seconds(pid) if pid else 0.0
+        time.sleep(max(0.0, stop_at - time.monotonic()))
+        marks["client_end"], marks["at_end"] = time.process_time(), time.monotonic()
+        marks["server_end"] = cpu_seconds(pid) if pid else 0.0
+
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    threads.append(threading.Thread(target=marker))
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     samples = np.array([x for per in latencies for x in per])
+    wall = marks["at_end"] - marks["at"]
+    server_cpu = marks["server_end"] - marks["server"]
     return {
         "concurrency": concurrency,
         "requests": int(samples.size),
@@ -95,62 +191,105 @@ def run_load(
         "throughput": samples.size / duration,
         "p50_ms": float(np.percentile(samples, 50) * 1000) if samples.size else None,
         "p99_ms": float(np.percentile(samples, 99) * 1000) if samples.size else None,
+        "client_cpu_share": (marks["client_end"] - marks["client"]) / wall,
+        "server_cpu_share": server_cpu / wall if pid else None,
+        "server_cpu_ms_per_request": server_cpu / samples.size * 1000
+        if pid and samples.size
+        else None,
     }
 
 
-# -- the model and its snapshots --------------------------------------------------------------------
-def trained_snapshot(
-    backbone: TextBackbone, texts: list[str], labels: list[str]
-) -> tuple[dict, dict]:
-    """An LAE LoRA learner after 20 micro-batches of WordNet, as (serving tensors, metadata)."""
-    learner = build_learner(backbone, LearnerConfig(learner="lae", pet=LoRAConfig(), seed=0))
-    order = np.random.default_rng(0).permutation(len(texts))[
-        :320
-    ]  # mixed supersenses, not file order
-    texts, labels = [texts[i] for i in order], [labels[i] for i in order]
-    for start in range(0, 320, 16):
-        learner.learn(texts[start : start + 16], labels[start : start + 16])
-    tensors, metadata = learner.state()
-    return {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}, metadata
-
-
-def perturbed(tensors: dict, step: int) -> dict:
-    """A different set of weights (a new version) with the same shapes."""
-    return {k: v + 1e-4 * step if "lora_b" in k else v for k, v in tensors.items()}
-
-
-def compute_limit(
-    backbone: TextBackbone, blob: bytes, manifest, texts: list[str], seconds: float = 3.0
-) -> dict:
-    """(c): rows/s of `predict` in-process by batch size; and fused vs grouped multi-adapter batches."""
-    served = load_version(backbone, manifest, blob)
-
-    def rate(fn, work, rows):
-        fn(backbone, work)
+def limit_round(
+    backbone: TextBackbone, served, queries: list[str], threads: int, seconds: float, seed: int
+) -> dict[str, float]:
+    """rows/s of `predict` in-process on random batches of `queries`, by batch size."""
+    torch.set_num_threads(threads)
+    backbone.use_runtime(backbone.runtime, None, threads)
+    rng = np.random.default_rng(seed)
+    rates = {}
+    for size in BATCHES:
+        batches = [[queries[i] for i in rng.choice(len(queries), size)] for _ in range(256)]
+        predict(backbone, [(served, batches[-1])])  # warm-up at this shape
         calls, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            fn(backbone, work)
+        while (elapsed := time.perf_counter() - started) < seconds or calls < 2:
+            predict(backbone, [(served, batches[calls % len(batches)])])
             calls += 1
-        return calls * rows / (time.perf_counter() - started)
-
-    by_batch = {bs: rate(predict, [(served, texts[:bs])], bs) for bs in (1, 8, 16, 32, 64)}
-    many = [load_version(backbone, manifest, blob) for _ in range(32)]
-    mixed = [(many[i], [texts[i]]) for i in range(32)]
-    one = [(served, [texts[i]]) for i in range(32)]
-    strategies = {
-        "one adapter, 32 requests: rowwise": rate(predict, one, 32),
-        "one adapter, 32 requests: grouped": rate(predict_grouped, one, 32),
-        "32 adapters, 1 request each: rowwise": rate(predict, mixed, 32),
-        "32 adapters, 1 request each: grouped": rate(predict_grouped, mixed, 32),
-    }
-    return {
-        "rows_per_second_by_batch": by_batch,
-        "best": max(by_batch.values()),
-        "strategies": strategies,
-    }
+        rates[str(size)] = calls * size / elapsed
+    return rates
 
 
-# -- servers ------------------------------------------------------------------------------------------
+# -- servers ----------------------------------------------------------------------------------------
+@dataclass
+class Server:
+    """A server under test: its name in the results, gRPC address, process and how it runs."""
+
+    name: str
+    kind: str  # "perennial" | "kserve"
+    runtime: str
+    threads: int
+    address: str
+    process: ManagedProcess
+    service: object | None = None  # Perennial's launch.Service (metrics)
+    settings: dict = field(default_factory=dict)  # PERENNIAL_* beyond runtime and threads
+    points: dict = field(default_factory=dict)  # concurrency -> [run_load results per round]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        self.process.stop(20)
+
+
+def start_perennial(
+    workdir: Path, redis_url: str, runtime: str, threads: int, **settings: object
+) -> Server:
+    """The inference service with its defaults but `runtime`, `threads` and `settings`."""
+    name = f"perennial-{runtime}-t{threads}" + "".join(
+        f"-{k.removeprefix('PERENNIAL_').lower()}={v}" for k, v in settings.items()
+    )
+    service = start_inference(
+        workdir,
+        redis_url=redis_url,
+        log_name=f"{name}.log",
+        PERENNIAL_RUNTIME=runtime,
+        PERENNIAL_TORCH_THREADS=threads,
+        PERENNIAL_RECONCILE_SECONDS=2,
+        PERENNIAL_LOG_LEVEL="WARNING",
+        **settings,
+    )
+    server = Server(
+        name, "perennial", runtime, threads, service.grpc_address, service.process, service
+    )
+    server.settings = {k: str(v) for k, v in settings.items()}
+    return server
+
+
+def start_kserve(workdir: Path, redis_url: str, adapter: str, runtime: str, threads: int) -> Server:
+    python = ROOT / ".venv-kserve" / "bin" / "python"
+    grpc_port, http_port = free_port(), free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("PYTHONPATH", None)  # the KServe venv has the project installed itself
+    process = ManagedProcess(
+        [str(python), str(ROOT / "bench" / "kserve_server.py"),
+         "--redis-url", redis_url, "--model", adapter, "--runtime", runtime,
+         "--threads", str(threads), "--grpc_port", str(grpc_port), "--http_port", str(http_port)],
+        workdir / f"kserve-{runtime}.log",
+        name="kserve",
+        env=env,
+    )  # fmt: skip
+    address = f"127.0.0.1:{grpc_port}"
+
+    def ready() -> bool:
+        try:
+            return triton.InferenceServerClient(address).is_model_ready(adapter)
+        except Exception:
+            return False
+
+    process.wait_ready(ready, 300, "KServe model ready")
+    return Server(f"kserve-{runtime}-t{threads}", "kserve", runtime, threads, address, process)
+
+
 def scrape(service) -> dict[str, float]:
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(service.scrape()):
@@ -159,84 +298,30 @@ def scrape(service) -> dict[str, float]:
     return values
 
 
+INSIDE = {  # Perennial's own histograms: where a request's time goes inside the server
+    "queue": "perennial_inference_queue_duration_seconds",
+    "batch": "perennial_inference_batch_duration_seconds",
+    "rows": "perennial_inference_batch_size_rows",
+    "drift": "perennial_inference_drift_update_duration_seconds",
+}
+
+
+def inside(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Means over a point (warm-up included) of the server's histograms: queue wait per
+    request, model call per batch, rows per batch, drift-monitor update per request (s, rows)."""
+    out = {}
+    for name, metric in INSIDE.items():
+        count = after.get(f"{metric}_count", 0.0) - before.get(f"{metric}_count", 0.0)
+        total = after.get(f"{metric}_sum", 0.0) - before.get(f"{metric}_sum", 0.0)
+        out[name] = total / count if count else None
+    return out
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-def start_kserve(workdir: Path, snapshot: Path) -> tuple[ManagedProcess, str]:
-    python = ROOT / ".venv-kserve" / "bin" / "python"
-    grpc_port, http_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": str(THREADS),
-    }
-    process = ManagedProcess(
-        [
-            str(python),
-            str(ROOT / "bench" / "kserve_server.py"),
-            "--snapshot",
-            str(snapshot),
-            "--model",
-            ADAPTER,
-            "--grpc_port",
-            str(grpc_port),
-            "--http_port",
-            str(http_port),
-            "--torch_threads",
-            str(THREADS),
-        ],
-        workdir / "kserve.log",
-        name="kserve",
-        env=env,
-    )
-    address = f"127.0.0.1:{grpc_port}"
-
-    def ready() -> bool:
-        try:
-            return triton.InferenceServerClient(address).is_model_ready(ADAPTER)
-        except Exception:
-            return False
-
-    process.wait_ready(ready, 180, "KServe model ready")
-    return process, address
-
-
-def remeasure_compute(args) -> None:
-    torch.set_num_threads(THREADS)
-    results = json.loads(args.compute_into.read_text())
-    glosses = read_noun_glosses()
-    texts = [g.text for g in glosses[::7]][:4000]
-    labels = [g.label for g in glosses[::7]][:4000]
-    backbone = TextBackbone.load()
-    tensors, metadata = trained_snapshot(backbone, texts[1000:], labels[1000:])
-    blob = to_safetensors(tensors, metadata)
-    from perennial.store import Manifest
-
-    manifest = Manifest(
-        ADAPTER, "v1", 1, None, "", {}, 0, time.time(), json.loads(metadata["classes"])
-    )
-    again = compute_limit(backbone, blob, manifest, texts[:1000], seconds=3.0)
-    old = results["compute"]
-    by_batch = {
-        str(b): max(v, old["rows_per_second_by_batch"].get(str(b), 0.0))
-        for b, v in again["rows_per_second_by_batch"].items()
-    }
-    strategies = {k: max(v, old["strategies"].get(k, 0.0)) for k, v in again["strategies"].items()}
-    results["compute"] = {
-        "rows_per_second_by_batch": by_batch,
-        "best": max(by_batch.values()),
-        "strategies": strategies,
-        "first_measurement": old,
-        "second_measurement": again,
-        "second_load_average": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
-    }
-    args.compute_into.write_text(json.dumps(results, indent=1))
-    print(json.dumps(again, indent=1))
 
 
 def machine() -> str:
@@ -253,382 +338,316 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
+# -- the run ----------------------------------------------------------------------------------------
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--duration", type=float, default=8.0, help="seconds measured per load point"
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.serving", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "serving-results.json")
-    parser.add_argument(
-        "--doc", type=Path, default=None, help="write the Serving section of this file"
-    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per point")
+    parser.add_argument("--rounds", type=int, default=3, help="repeats of every point")
+    parser.add_argument("--limit-seconds", type=float, default=1.5, help="per batch size and round")
+    parser.add_argument("--threads", type=int, default=THREADS, choices=THREAD_CHOICES)
+    parser.add_argument("--adapters", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--swap-repeats", type=int, default=3)
     parser.add_argument("--skip-kserve", action="store_true")
+    parser.add_argument("--skip-perf-analyzer", action="store_true")
     parser.add_argument(
-        "--adapters",
-        type=int,
-        nargs="+",
-        default=[1, 100, 1000],
-        help="resident-adapter counts to measure",
+        "--quick", action="store_true", help="a look: 1 round, 3 s points, no perf_analyzer"
     )
-    parser.add_argument("--skip-compute", action="store_true", help="(smoke runs) skip (c)")
-    parser.add_argument(
-        "--render",
-        type=Path,
-        default=None,
-        help="measure nothing: re-render the section from a results JSON",
-    )
-    parser.add_argument(
-        "--compute-into",
-        type=Path,
-        default=None,
-        help="measure only (c) again and keep, per batch size, the faster of it and the "
-        "value in this results JSON (a compute limit measured under heavier contention "
-        "than the servers would flatter them)",
-    )
+    parser.add_argument("--out", type=Path, default=None, help="results JSON (default: bench/)")
+    parser.add_argument("--doc", type=Path, default=None, help="write the Serving section here")
+    parser.add_argument("--render", type=Path, default=None, help="only render this results JSON")
     args = parser.parse_args()
-    if args.compute_into:
-        return remeasure_compute(args)
+    from bench.serving_report import SECTION, section
+
     if args.render:
         text = section(json.loads(args.render.read_text()))
-        print(text)
-        if args.doc:
-            write_section(args.doc, SECTION, text)
-        return
-    torch.set_num_threads(THREADS)
-    began = time.monotonic()
-    results: dict = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "python": platform.python_version(),
-        "command": "make bench-serving",
-        "duration_per_point_s": args.duration,
-        "load_average": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
-    }
-    glosses = read_noun_glosses()
-    texts = [g.text for g in glosses[::7]][:4000]
-    labels = [g.label for g in glosses[::7]][:4000]
-    workdir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    redis_server = start_redis(workdir)
-    try:
-        store = SnapshotStore(redis.Redis.from_url(redis_server.url))
-        backbone = TextBackbone.load()
-        tensors, metadata = trained_snapshot(backbone, texts[1000:], labels[1000:])
-        blob = to_safetensors(tensors, metadata)
-        manifest = store.publish(
-            ADAPTER,
-            blob,
-            parent=None,
-            offsets={},
-            examples=320,
-            classes=json.loads(metadata["classes"]),
+    else:
+        if args.quick:
+            args.rounds, args.duration, args.limit_seconds = 1, 3.0, 1.0
+            args.swap_repeats, args.adapters, args.skip_perf_analyzer = 1, [1], True
+        out = args.out or ROOT / "bench" / (
+            "serving-results.quick.json" if args.quick else "serving-results.json"
         )
-        results["classes"] = len(manifest.classes)
-        snapshot = workdir / "bench.safetensors"
-        snapshot.write_bytes(blob)
-        queries = texts[:1000]
-
-        if not args.skip_compute:
-            print("(c) compute limit in-process", flush=True)
-            results["compute"] = compute_limit(
-                backbone, blob, manifest, queries, seconds=min(3.0, args.duration)
-            )
-            print(json.dumps(results["compute"], indent=1), flush=True)
-
-        print("(a) Perennial", flush=True)
-        service = start_inference(
-            workdir,
-            redis_url=redis_server.url,
-            PERENNIAL_TORCH_THREADS=THREADS,
-            PERENNIAL_RECONCILE_SECONDS=2,
-            PERENNIAL_LOG_LEVEL="WARNING",
-        )
-        try:
-            results["perennial"] = [
-                run_load(service.grpc_address, [ADAPTER], c, args.duration, queries)
-                for c in (1, 8, 32)
-            ]
-            print(json.dumps(results["perennial"]), flush=True)
-            results["swap"] = swap_test(
-                service, store, manifest, tensors, metadata, args.duration, queries
-            )
-            print(json.dumps(results["swap"]), flush=True)
-            results["adapters"] = adapters_test(
-                service, store, blob, manifest, args.duration, queries, args.adapters
-            )
-            print(json.dumps(results["adapters"]), flush=True)
-        finally:
-            service.stop()
-
-        if not args.skip_kserve:
-            print("(b) KServe", flush=True)
-            process, address = start_kserve(workdir, snapshot)
-            try:
-                results["kserve"] = [
-                    run_load(address, [ADAPTER], c, args.duration, queries) for c in (1, 8, 32)
-                ]
-                print(json.dumps(results["kserve"]), flush=True)
-            finally:
-                process.stop()
-    finally:
-        redis_server.stop()
-    results["wall_seconds"] = round(time.monotonic() - began)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
-    text = section(results)
+        results = run(args)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        text = section(results)
     print(text)
     if args.doc:
         write_section(args.doc, SECTION, text)
 
 
+def run(args) -> dict:
+    began, cpu_began = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
+    other = next(t for t in THREAD_CHOICES if t != args.threads)
+    results: dict = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "command": "make bench-serving" + (" BENCH_ARGS=--quick" if args.quick else ""),
+        "duration_per_point_s": args.duration,
+        "warmup_per_point_s": 1.0,
+        "rounds": args.rounds,
+        "limit_seconds": args.limit_seconds,
+        "threads": args.threads,
+        "load_average": {"start": load_average()},
+        "batches": list(BATCHES),
+    }
+    data = workload()
+    results["workload"] = {
+        "stream_examples": len(data.stream),
+        "classes": data.classes,
+        "queries": len(data.queries),
+        "micro_batch": MICRO_BATCH,
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    redis_server = start_redis(workdir)
+    servers: list[Server] = []
+    try:
+        store = SnapshotStore(redis.Redis.from_url(redis_server.url))
+        print("training the serving snapshots (the default learner, onnx and torch)", flush=True)
+        snapshots, backbones = {}, {}
+        for runtime in ("onnx", "torch"):
+            backbone = serving_backbone(runtime, args.threads)
+            started = time.monotonic()
+            tensors, metadata = trained_snapshot(backbone, data.stream)
+            adapter = ADAPTER if runtime == "onnx" else f"{ADAPTER}-{runtime}"
+            manifest = publish(store, adapter, tensors, metadata)
+            snapshots[runtime] = (adapter, manifest, tensors, metadata)
+            backbones[runtime] = backbone
+            results.setdefault("model", {})[runtime] = {
+                "adapter": adapter,
+                "learner": json.loads(metadata["learner"])["learner"],
+                "pet": json.loads(metadata["learner"])["pet"]["method"],
+                "adapted": any(k.startswith("pet.") for k in tensors),
+                "classes": len(manifest.classes),
+                "snapshot_bytes": len(to_safetensors(tensors, metadata)),
+                "train_seconds": round(time.monotonic() - started, 1),
+            }
+        print(json.dumps(results["model"]), flush=True)
+        adapter, manifest, tensors, metadata = snapshots["onnx"]
+        backbone = backbones["onnx"]
+        served = load_version(backbone, manifest, to_safetensors(tensors, metadata))
+
+        print("starting the servers", flush=True)
+        servers.append(start_perennial(workdir, redis_server.url, "onnx", args.threads))
+        servers.append(start_perennial(workdir, redis_server.url, "onnx", other))
+        servers.append(start_perennial(workdir, redis_server.url, "torch", args.threads))
+        servers.append(  # the batcher's fill wait, measured against its default
+            start_perennial(
+                workdir, redis_server.url, "onnx", args.threads, PERENNIAL_MAX_QUEUE_DELAY_MS=0
+            )
+        )
+        if not args.skip_kserve:
+            servers.append(start_kserve(workdir, redis_server.url, adapter, "onnx", args.threads))
+            servers.append(
+                start_kserve(workdir, redis_server.url, f"{ADAPTER}-torch", "torch", args.threads)
+            )
+        results["servers"] = {
+            s.name: {
+                "kind": s.kind,
+                "runtime": s.runtime,
+                "threads": s.threads,
+                "settings": s.settings,
+            }
+            for s in servers
+        }
+
+        limits: dict[str, list[dict]] = {str(t): [] for t in THREAD_CHOICES}
+        for round_index in range(args.rounds):
+            print(f"round {round_index + 1}/{args.rounds}: in-process limit", flush=True)
+            for threads in THREAD_CHOICES:
+                limits[str(threads)].append(
+                    limit_round(backbone, served, data.queries, threads, args.limit_seconds,
+                                seed=round_index * 10 + threads)
+                )  # fmt: skip
+            print(json.dumps({t: v[-1] for t, v in limits.items()}), flush=True)
+            results["load_average"].setdefault("rounds", []).append(load_average())
+            for concurrency in CONCURRENCY:
+                shift = round_index % len(servers)
+                for server in servers[shift:] + servers[:shift]:
+                    model = ADAPTER if server.runtime == "onnx" else f"{ADAPTER}-{server.runtime}"
+                    before = scrape(server.service) if server.service else None
+                    point = run_load(
+                        server.address, [model], concurrency, args.duration, data.queries,
+                        pid=server.pid, seed=round_index,
+                    )  # fmt: skip
+                    if before is not None:
+                        point["inside"] = inside(before, scrape(server.service))
+                    server.points.setdefault(str(concurrency), []).append(point)
+                    print(
+                        f"  c={concurrency} {server.name}: {point['throughput']:.1f} req/s, "
+                        f"p50 {point['p50_ms']:.0f} p99 {point['p99_ms']:.0f} ms, "
+                        f"client CPU {point['client_cpu_share']:.0%}",
+                        flush=True,
+                    )
+        torch.set_num_threads(args.threads)
+        backbone.use_runtime("onnx", None, args.threads)
+        results["limit"] = limits
+        results["points"] = {s.name: s.points for s in servers}
+
+        main_server = servers[0]
+        if not args.skip_perf_analyzer:
+            results["perf_analyzer"] = perf_analyzer_check(
+                main_server, data.queries, workdir, args.duration
+            )
+        for server in servers[1:]:  # alone with the service under test from here on
+            server.stop()
+        servers = servers[:1]
+        print("hot swap", flush=True)
+        results["swap"] = swap_test(
+            main_server, store, tensors, metadata, args.duration, data.queries, args.swap_repeats
+        )
+        print(json.dumps(results["swap"]["p99_increase"]), flush=True)
+        print("resident adapters", flush=True)
+        results["adapters"] = adapters_test(
+            main_server, store, tensors, metadata, args.duration, data.queries, args.adapters
+        )
+    finally:
+        for server in servers:
+            server.stop()
+        redis_server.stop()
+    results["load_average"]["end"] = load_average()
+    results["wall_seconds"] = round(time.monotonic() - began)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    results["bench_cpu_seconds"] = round(
+        usage.ru_utime + usage.ru_stime - cpu_began.ru_utime - cpu_began.ru_stime
+    )
+    return results
+
+
+def perf_analyzer_check(server: Server, queries: list[str], workdir: Path, seconds: float) -> dict:
+    """perf_analyzer and our load generator on the same point (concurrency 32), back to back."""
+    from bench.perf_analyzer import binary, command_prefix, run_point
+
+    concurrency = 32
+    data = workdir / "queries.json"
+    rows = [{"text": {"content": [q], "shape": [1]}} for q in queries[:512]]
+    data.write_text(json.dumps({"data": rows}))
+    ours_before = run_load(server.address, [ADAPTER], concurrency, seconds, queries, pid=server.pid)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_cpu, started = cpu_seconds(server.pid), time.monotonic()
+    point = run_point(
+        command_prefix(binary()),
+        "grpc",
+        server.address,
+        seconds,
+        concurrency=concurrency,
+        data=data,
+    )
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    point["client_cpu_share"] = (
+        after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    ) / wall
+    point["server_cpu_share"] = (cpu_seconds(server.pid) - server_cpu) / wall
+    ours_after = run_load(server.address, [ADAPTER], concurrency, seconds, queries, pid=server.pid)
+    return {
+        "server": server.name,
+        "concurrency": concurrency,
+        "perf_analyzer": point,
+        "ours": [ours_before, ours_after],
+    }
+
+
 def swap_test(
-    service,
+    server: Server,
     store: SnapshotStore,
-    manifest,
     tensors: dict,
     metadata: dict,
     duration: float,
     queries: list[str],
+    repeats: int,
 ) -> dict:
-    """p99 and errors at concurrency 8 without swaps, then with a new version every 100 ms."""
-    baseline = run_load(service.grpc_address, [ADAPTER], 8, duration, queries)
-    blobs = [
-        to_safetensors(perturbed(tensors, step), metadata)
-        for step in range(1, int(duration * 10) + 30)
-    ]
-    swaps_before = scrape(service).get("perennial_inference_swaps_total", 0.0)
-    stop, published = threading.Event(), []
+    """p99 and errors at concurrency 8 without swaps, then with a new version every 100 ms;
+    `repeats` pairs, alternating. The versions go through the public store API."""
+    adapter = "swap"
+    head = publish(store, adapter, tensors, metadata)
+    blobs = [to_safetensors(perturbed(tensors, step), metadata) for step in range(1, 11)]
+    pairs = []
+    for repeat in range(repeats):
+        baseline = run_load(
+            server.address, [adapter], 8, duration, queries, pid=server.pid, seed=repeat
+        )
+        swaps_before = scrape(server.service).get("perennial_inference_swaps_total", 0.0)
+        stop, published = threading.Event(), []
+        thread = threading.Thread(
+            target=publish_every, args=(store, adapter, blobs, head, stop, published)
+        )
+        thread.start()
+        swapping = run_load(
+            server.address, [adapter], 8, duration, queries, pid=server.pid, seed=repeat
+        )
+        stop.set()
+        thread.join()
+        head = published[-1]
+        swaps = scrape(server.service).get("perennial_inference_swaps_total", 0.0) - swaps_before
+        store.prune(adapter, keep=2)
+        pairs.append(
+            {
+                "baseline": baseline,
+                "swapping": swapping,
+                "versions_published": len(published),
+                "swaps_applied": swaps,
+            }
+        )
+    base = statistics.median(p["baseline"]["p99_ms"] for p in pairs)
+    under = statistics.median(p["swapping"]["p99_ms"] for p in pairs)
+    return {"pairs": pairs, "p99_increase": under / base - 1}
 
-    def publisher() -> None:
-        head, due = manifest, time.monotonic()
-        for blob in blobs:
-            if stop.is_set():
-                return
-            head = store.publish(
-                ADAPTER, blob, parent=head, offsets={}, examples=0, classes=head.classes
-            )
-            published.append(head.version)
-            due += 0.1
-            stop.wait(max(0.0, due - time.monotonic()))
 
-    thread = threading.Thread(target=publisher)
-    thread.start()
-    under_swaps = run_load(service.grpc_address, [ADAPTER], 8, duration, queries)
-    stop.set()
-    thread.join()
-    swaps = scrape(service).get("perennial_inference_swaps_total", 0.0) - swaps_before
-    return {
-        "baseline": baseline,
-        "swapping": under_swaps,
-        "versions_published": len(published),
-        "swaps_applied": swaps,
-        "p99_increase": (under_swaps["p99_ms"] / baseline["p99_ms"] - 1)
-        if baseline["p99_ms"]
-        else None,
-    }
+def publish_every(
+    store: SnapshotStore, adapter: str, blobs: list[bytes], head, stop, published: list
+) -> None:
+    """A new version of `adapter` every 100 ms (cycling through `blobs`) until `stop` is set."""
+    due = time.monotonic()
+    while not stop.is_set():
+        head = store.publish(
+            adapter, blobs[len(published) % len(blobs)], parent=head, offsets={}, examples=0,
+            classes=head.classes,
+        )  # fmt: skip
+        published.append(head)
+        due += 0.1
+        stop.wait(max(0.0, due - time.monotonic()))
 
 
 def adapters_test(
-    service,
+    server: Server,
     store: SnapshotStore,
-    blob: bytes,
-    manifest,
+    tensors: dict,
+    metadata: dict,
     duration: float,
     queries: list[str],
     counts: list[int],
 ) -> list:
-    """1, 100, 1000 resident adapters: memory per adapter; throughput spread over all vs one."""
-    tensors, metadata = from_safetensors(blob)
+    """N resident adapters: memory per adapter; throughput spread over all of them vs one."""
     names = [f"a{i:04d}" for i in range(max(counts))]
     for i, name in enumerate(names):  # distinct weights per adapter
-        store.publish(
-            name,
-            to_safetensors(perturbed(tensors, i + 1), metadata),
-            parent=None,
-            offsets={},
-            examples=0,
-            classes=manifest.classes,
-        )
-    client = triton.InferenceServerClient(service.grpc_address)
+        publish(store, name, perturbed(tensors, i + 1), metadata)
+    client = triton.InferenceServerClient(server.address)
     tensor = triton.InferInput("text", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([b"warm-up"], dtype=np.object_))
     rows, loaded = [], 0
     for count in counts:
-        rss_before, metrics_before = rss_bytes(service.process.pid), scrape(service)
+        rss_before, metrics_before = rss_bytes(server.pid), scrape(server.service)
         for name in names[loaded:count]:
-            client.infer(name, [tensor])
-        metrics = scrape(service)
-        new = count - loaded
-        loaded = count
-        resident_bytes = metrics["perennial_inference_resident_adapter_memory_bytes"]
-        per_adapter = (
-            resident_bytes - metrics_before["perennial_inference_resident_adapter_memory_bytes"]
-        ) / new
-        rss_per_adapter = (rss_bytes(service.process.pid) - rss_before) / new
-        spread = run_load(service.grpc_address, names[:count], 32, duration, queries)
-        one = run_load(service.grpc_address, [names[0]], 32, duration, queries)
+            client.infer(name, [tensor], client_timeout=60)
+        metrics = scrape(server.service)
+        new, loaded = count - loaded, count
+        key = "perennial_inference_resident_adapter_memory_bytes"
         rows.append(
             {
                 "adapters": count,
                 "resident": metrics["perennial_inference_resident_adapters"],
-                "tensor_bytes_per_adapter": per_adapter,
-                "rss_bytes_per_adapter": rss_per_adapter,
-                "spread": spread,
-                "one": one,
+                "tensor_bytes_per_adapter": (metrics[key] - metrics_before[key]) / new,
+                "rss_bytes_per_adapter": (rss_bytes(server.pid) - rss_before) / new,
+                "spread": run_load(server.address, names[:count], 32, duration, queries),
+                "one": run_load(server.address, [names[0]], 32, duration, queries),
             }
         )
+    client.close()
     return rows
-
-
-SECTION = ("<!-- serving:begin (written by make bench-serving) -->", "<!-- serving:end -->")
-
-
-def _ms(value) -> str:
-    return f"{value:.0f}" if value is not None else "—"
-
-
-def section(results: dict) -> str:
-    """The "Serving" section of docs/BENCHMARKS.md, from one run's results."""
-    best = results["compute"]["best"] if "compute" in results else float("nan")
-    out = [
-        "## Serving",
-        "",
-        f"One run of `{results['command']}` on {results['date']} — {results['machine']}, Python "
-        f"{results['python']}; {results['duration_per_point_s']:.0f} s measured per point after 1 s of warm-up; "
-        f"the whole run took {results.get('wall_seconds', 0) / 60:.0f} min. **The machine is shared** with other "
-        f"engineers' jobs (load average {results.get('load_average', '?')} at the start of the run), so absolute "
-        "numbers are low and noisy; the servers were measured back to back under the same conditions.",
-        "",
-        "Same model everywhere: all-MiniLM-L6-v2 + the LAE ensemble of two rank-8 LoRA modules (K, V of all 6 "
-        f"blocks) and a {results.get('classes', '?')}-class head"
-        + (
-            " (this run trained on a file-order slice of WordNet that held one supersense — fixed since; the "
-            "head's size, 384×C, is negligible next to the backbone's 22 M parameters)"
-            if results.get("classes") == 1
-            else ""
-        )
-        + ", from one safetensors snapshot. Load: `tritonclient.grpc`, closed loop, "
-        "one text per request (WordNet glosses), requesting `probabilities` and `label`. Every server uses "
-        f"{THREADS} torch intra-op thread{'s' if THREADS > 1 else ''} (with 2 threads on the 2 shared cores "
-        "torch's intra-op pool collapsed under the other jobs' load — in-process batch-1 rate 3 rows/s vs 57 "
-        "with one thread — so a first run with 2 threads was discarded). (a) Perennial (`python -m services.inference`, defaults: max batch 64, "
-        "queue delay 2 ms); (b) KServe 0.21 Python model server with the same module as a custom "
-        "`kserve.Model` (`bench/kserve_server.py`, its own venv); (c) the same `predict` function in-process "
-        "at its best batch size.",
-        "",
-        "| concurrency | server | throughput (req/s) | p50 (ms) | p99 (ms) | errors |",
-        "|---|---|---|---|---|---|",
-    ]
-    for index, c in enumerate((1, 8, 32)):
-        for name, label in (("perennial", "(a) Perennial"), ("kserve", "(b) KServe")):
-            if name in results:
-                r = results[name][index]
-                out.append(
-                    f"| {c} | {label} | {r['throughput']:.1f} | {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} "
-                    f"| {r['errors']} |"
-                )
-    if "compute" in results:
-        by_batch = results["compute"]["rows_per_second_by_batch"]
-        out += [
-            "",
-            "(c) compute limit, in-process rows/s by batch size: "
-            + ", ".join(f"{b}: {v:.1f}" for b, v in by_batch.items())
-            + f" → best **{best:.1f}**.",
-        ]
-        if "first_measurement" in results["compute"]:
-            out[-1] += (
-                " (c) was measured twice — at the start of the run, under the heaviest contention of the "
-                "run, and again right after it (load average "
-                f"{results['compute']['second_load_average']}); the faster value per batch size is kept, "
-                "which makes a/c conservative."
-            )
-    out += ["", "| concurrency | a/b (throughput) | a/c | p99 a vs b |", "|---|---|---|---|"]
-    for index, c in enumerate((1, 8, 32)):
-        a = results["perennial"][index]
-        b = results["kserve"][index] if "kserve" in results else None
-        ab = f"{a['throughput'] / b['throughput']:.2f}" if b and b["throughput"] else "—"
-        p99 = f"{_ms(a['p99_ms'])} vs {_ms(b['p99_ms'])} ms" if b else "—"
-        out.append(f"| {c} | {ab} | {a['throughput'] / best:.2f} | {p99} |")
-    if "kserve" in results:
-        a32, b32 = results["perennial"][2], results["kserve"][2]
-        met_b = a32["throughput"] >= 2 * b32["throughput"] and (a32["p99_ms"] or 0) <= (
-            b32["p99_ms"] or 0
-        )
-        met_c = a32["throughput"] >= 0.7 * best
-        out += [
-            "",
-            f"Goals at concurrency 32: ≥ 2× KServe's throughput at equal or lower p99 — "
-            f"**{'met' if met_b else 'not met'}** ({a32['throughput'] / b32['throughput']:.2f}×, p99 "
-            f"{_ms(a32['p99_ms'])} vs {_ms(b32['p99_ms'])} ms); ≥ 70 % of the compute limit — "
-            f"**{'met' if met_c else 'not met'}** ({a32['throughput'] / best:.0%}).",
-        ]
-    if "compute" in results:
-        st = results["compute"]["strategies"]
-        out += [
-            "",
-            "Batching across adapters, in-process rows/s (32 one-text requests per batch): "
-            + "; ".join(f"{k} {v:.1f}" for k, v in st.items())
-            + ". One forward with per-row LoRA weights (`RowwiseLoRA`) is what the service uses.",
-        ]
-    if "swap" in results:
-        sw = results["swap"]
-        out += [
-            "",
-            "**Hot swap** (a, concurrency 8): without swaps p99 "
-            f"{_ms(sw['baseline']['p99_ms'])} ms; with a new version published every 100 ms "
-            f"({sw['versions_published']} published, {sw['swaps_applied']:.0f} swapped in) p99 "
-            f"{_ms(sw['swapping']['p99_ms'])} ms"
-            + (f" ({sw['p99_increase']:+.0%})" if sw["p99_increase"] is not None else "")
-            + f", **{sw['swapping']['errors']} failed requests** of {sw['swapping']['requests']}"
-            + (
-                " (a lower p99 while swapping is this shared machine's noise: read it as no measurable cost)."
-                if sw["p99_increase"] is not None and sw["p99_increase"] < 0
-                else "."
-            ),
-        ]
-    if "adapters" in results:
-        out += [
-            "",
-            "**Resident adapters** (a, concurrency 32; requests spread round-robin over all of them vs all "
-            "to one):",
-            "",
-            "| adapters | tensor bytes / adapter | RSS growth / adapter | spread: req/s, p99 ms | one: req/s, p99 ms |",
-            "|---|---|---|---|---|",
-        ]
-        for row in results["adapters"]:
-            out.append(
-                f"| {row['adapters']} | {row['tensor_bytes_per_adapter'] / 1e6:.2f} MB "
-                f"| {row['rss_bytes_per_adapter'] / 1e6:.2f} MB "
-                f"| {row['spread']['throughput']:.1f}, {_ms(row['spread']['p99_ms'])} "
-                f"| {row['one']['throughput']:.1f}, {_ms(row['one']['p99_ms'])} |"
-            )
-    out += [
-        "",
-        "Why the 2× goal is out of reach here: on this CPU, MiniLM at batch 1 already keeps the core busy "
-        "(the sequence dimension fills the matmuls), so the in-process rate grows only from "
-        f"{results['compute']['rows_per_second_by_batch'].get('1', float('nan')):.0f} rows/s at batch 1 to "
-        f"{best:.0f} at the best batch — a ceiling of "
-        f"{best / results['kserve'][2]['throughput']:.2f}× KServe's concurrency-32 throughput even for a server "
-        "with zero overhead. Larger batches are slower per row (padding to the longest text): a check after the "
-        "run with `PERENNIAL_MAX_BATCH_SIZE=8` gave 58.4 req/s at concurrency 32 (p99 646 ms) vs 53.4 (p99 "
-        "820 ms) with the default 64 — a tuning knob, within this machine's noise."
-        if "kserve" in results
-        and "compute" in results
-        and "1" in results["compute"]["rows_per_second_by_batch"]
-        else "",
-    ]
-    out += [
-        "",
-        "Reading the numbers: (b) runs one request per model call (KServe's Python server has no "
-        "dynamic batching), so its throughput stays near the batch-1 compute rate however many clients wait; "
-        "(a) batches whatever is queued while the previous batch runs, so under concurrency it moves toward "
-        "the large-batch compute rate. (a) also runs the online and offline modules in one forward "
-        "(rows side by side) where `Ensemble.scores` runs the backbone twice. The load generator shares "
-        "the 2 cores with the server under test.",
-        "",
-        "Raw results: `bench/serving-results.json`; re-render this section with "
-        "`python -m bench.serving --render bench/serving-results.json --doc docs/BENCHMARKS.md`.",
-    ]
-    return "\n".join(out)
 
 
 if __name__ == "__main__":

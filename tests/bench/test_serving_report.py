@@ -1,0 +1,77 @@
+"""bench/serving_report.py: the Serving section renders from a results file alone, with
+medians over rounds, the in-process limit's best batch and the goals' verdicts."""
+
+from __future__ import annotations
+
+from bench.serving_report import section
+
+SERVERS = {
+    "perennial-onnx-t1": ("perennial", "onnx", 1, {}, 50.0),
+    "perennial-onnx-t2": ("perennial", "onnx", 2, {}, 40.0),
+    "perennial-torch-t1": ("perennial", "torch", 1, {}, 20.0),
+    "perennial-onnx-t1-delay": (
+        "perennial",
+        "onnx",
+        1,
+        {"PERENNIAL_MAX_QUEUE_DELAY_MS": "0"},
+        51.0,
+    ),
+    "kserve-onnx-t1": ("kserve", "onnx", 1, {}, 45.0),
+    "kserve-torch-t1": ("kserve", "torch", 1, {}, 18.0),
+}
+
+
+def point(c: int, throughput: float, kind: str) -> dict:
+    faster = kind == "perennial"
+    return {
+        "concurrency": c, "requests": int(throughput * 5), "errors": 0,
+        "throughput": throughput, "p50_ms": 20.0 if faster else 25.0,
+        "p99_ms": 40.0 if faster else 50.0, "client_cpu_share": 0.03,
+        "server_cpu_share": 0.9, "server_cpu_ms_per_request": 17.0,
+        **({"inside": {"queue": 0.002, "batch": 0.03, "rows": 2.0, "drift": 0.001}}
+           if faster else {}),
+    }  # fmt: skip
+
+
+def results() -> dict:
+    points = {
+        name: {
+            str(c): [point(c, rate * scale, kind) for scale in (0.9, 1.0, 1.1)] for c in (1, 8, 32)
+        }
+        for name, (kind, _, _, _, rate) in SERVERS.items()
+    }
+    limit = {b: 10.0 * (1 + (b == "16")) * 5 for b in ("1", "2", "4", "8", "16", "32", "64")}
+    return {
+        "date": "2026-11-30T00:00:00+00:00", "machine": "test CPU, 2 cores", "python": "3.11.7",
+        "torch": "2.13.0", "command": "make bench-serving", "duration_per_point_s": 5.0,
+        "warmup_per_point_s": 1.0, "rounds": 3, "limit_seconds": 1.5, "threads": 1,
+        "load_average": {"start": [1.0, 1.0, 1.0], "rounds": [[2.0, 2, 2]] * 3, "end": [3.0, 3, 3]},
+        "batches": [1, 2, 4, 8, 16, 32, 64],
+        "workload": {"stream_examples": 480, "classes": 24, "queries": 960, "micro_batch": 16},
+        "model": {"onnx": {"learner": "fsa", "pet": "lora", "adapted": True, "classes": 24,
+                           "snapshot_bytes": 8_900_000}},
+        "servers": {name: {"kind": k, "runtime": r, "threads": t, "settings": s}
+                    for name, (k, r, t, s, _) in SERVERS.items()},
+        "points": points,
+        "limit": {"1": [limit] * 3, "2": [{b: v / 2 for b, v in limit.items()}] * 3},
+        "wall_seconds": 900, "bench_cpu_seconds": 300,
+    }  # fmt: skip
+
+
+def test_goals_from_the_results_alone():
+    text = section(results())
+    # Perennial 50 req/s at c=32 over a best-batch limit of 100 rows/s (batch 16): 0.50
+    assert "50.0 / 100.0 = **0.50** | **missed**" in text
+    assert "throughput **1.11×**, p99 40 vs 50 ms | **met**" in text  # 50 vs 45 at c=8 and 32
+    assert "| p50 ≤ KServe's at c=1 | 20.0 vs 25.0 ms | **met** |" in text
+    assert "| ≥ 2.5× KServe on torch fp32 (c=32) | **2.78×** | **met** |" in text
+    assert "| ≥ 2× Perennial on torch fp32 (c=32) | **2.50×** | **met** |" in text
+    assert "**1 wins** at c=32" in text
+
+
+def test_medians_with_spread_and_the_variant_kept_apart():
+    text = section(results())
+    assert "| 32 | Perennial, ONNX fp32, 1 thread | 50.0 [45.0–55.0] |" in text
+    assert "Perennial, ONNX fp32, 1 thread, MAX_QUEUE_DELAY_MS=0 | 51.0 [45.9–56.1]" in text
+    assert "c=32: 50.0 vs 51.0 req/s" in text
+    assert "100.0 (batch 16)" in text
