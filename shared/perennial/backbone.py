@@ -106,6 +106,12 @@ class TextBackbone(_Frozen, nn.Module):
         """Encoder blocks L (`hidden` returns L + 1 states)."""
         return len(self.encoder.encoder.layer)
 
+    @property
+    def signature(self) -> str:
+        """Names the features this backbone computes; recorded in every snapshot
+        (`perennial.learners.config.check_backbone`)."""
+        return "text"
+
     def train(self, mode: bool = True) -> TextBackbone:
         # The encoder stays in eval mode: it is frozen, and PET layers have no dropout.
         return self
@@ -265,6 +271,12 @@ class ImageBackbone(_Frozen, nn.Module):
     def layers(self) -> int:
         """MBConv blocks (`hidden` returns layers + 2 states: the stem's, each block's, the head's)."""
         return len(self.encoder._blocks)
+
+    @property
+    def signature(self) -> str:
+        """Names the features this backbone computes (they depend on the resize); recorded in
+        every snapshot (`perennial.learners.config.check_backbone`)."""
+        return f"image-{self.image_size}"
 
     def train(self, mode: bool = True) -> ImageBackbone:
         return self  # frozen, BatchNorm statistics fixed
