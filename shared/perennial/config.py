@@ -19,6 +19,8 @@ from typing import Annotated, Literal, Self, get_args, get_origin
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from perennial.codec import InputSpec
+
 PREFIX = "PERENNIAL_"
 
 
@@ -116,6 +118,12 @@ class ProcessSettings(Settings):
         le=1,
         description="share of new traces sampled (a sampled parent, e.g. a producer's, is always followed)",
     )
+
+    def input_spec(self) -> InputSpec:
+        """What the deployment's backbone takes: texts, or images of `image_shape`."""
+        if self.backbone == "image":
+            return InputSpec("image", self.image_shape)
+        return InputSpec("text")
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -24,7 +24,6 @@ from prometheus_client import (
 
 from perennial import logs, tracing
 from perennial.backbone import ImageBackbone, TextBackbone
-from perennial.codec import InputSpec
 from perennial.config import ConfigError, ProcessSettings, Settings, help_requested, variable
 from perennial.grpc_security import ServerSecurity
 
@@ -138,13 +137,6 @@ def load_backbone(
         backbone = TextBackbone.load(settings.backbone_path).to(device)
     backbone.use_runtime(settings.runtime, settings.onnx_cache_dir, settings.torch_threads)
     return backbone
-
-
-def input_spec(settings: ProcessSettings) -> InputSpec:
-    """What the deployment's backbone takes: texts, or images of `PERENNIAL_IMAGE_SHAPE`."""
-    if settings.backbone == "image":
-        return InputSpec("image", settings.image_shape)
-    return InputSpec("text")
 
 
 def check_redis(client: redis.Redis, where: str) -> None:
