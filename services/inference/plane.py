@@ -89,9 +89,7 @@ class DataPlane:
         config: ServingConfig = ServingConfig(),
     ) -> None:
         if (config.inputs.kind == "text") != hasattr(backbone, "tokenize"):
-            raise ValueError(
-                f"{type(backbone).__name__} does not take {config.inputs.kind} inputs"
-            )
+            raise ValueError(f"{type(backbone).__name__} does not take {config.inputs.kind} inputs")
         self.backbone = backbone
         self.store = store
         self.metrics = metrics
