@@ -278,6 +278,11 @@ class ImageBackbone(_Frozen, nn.Module):
         every snapshot (`perennial.learners.config.check_backbone`)."""
         return f"image-{self.image_size}"
 
+    @property
+    def export_settings(self) -> dict[str, int]:
+        """What the exported ONNX graph fixes besides the weights: its pixel size."""
+        return {"image_size": self.image_size}
+
     def train(self, mode: bool = True) -> ImageBackbone:
         return self  # frozen, BatchNorm statistics fixed
 
