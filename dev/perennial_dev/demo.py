@@ -227,6 +227,7 @@ class DemoState:
     errors: list[str] = field(default_factory=list)
     answered: int = 0  # predictions the client answered with feedback
     answered_right: int = 0  # of those, how many the served label got right (client's count)
+    feedback: bool = True  # off for images: the prediction log keeps only their hash
 
 
 class Client:
@@ -395,6 +396,8 @@ def render(
 
 def _feedback_note(trainer: dict, state: DemoState) -> str:
     """Served accuracy from feedback, as the trainer counts it (prequential)."""
+    if not state.feedback:
+        return "off (the prediction log keeps only an image's hash: nothing to join an answer to)"
     joined = total(trainer, "perennial_trainer_feedback_joined_total")
     right = sum(
         s.value
@@ -601,7 +604,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         f"in {len(split.stages)} stages, {args.rate:g} examples/s"
     )
     started = time.monotonic()
-    state, stop = DemoState(), threading.Event()
+    state, stop = DemoState(feedback=args.feedback_per_class > 0), threading.Event()
     services: list[Service] = []
     topics = {TOPIC: 1, DEAD_LETTER_TOPIC: 1, PREDICTIONS_TOPIC: 1, FEEDBACK_TOPIC: 1}
     with LocalStack(args.workdir, topics=topics, keep_workdir=args.workdir is not None) as stack:
