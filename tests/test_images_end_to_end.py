@@ -138,6 +138,13 @@ def test_fashion_mnist_streams_through_both_services(kafka_broker, redis_server,
             right = shape[1:] in ((28, 28), (1, 28, 28))
             assert status == ("StatusCode.OK" if right else "StatusCode.INVALID_ARGUMENT"), shape
         assert metric(inference, "perennial_inference_requests_total", code="INTERNAL") == 0
+        wait_for(  # input drift is watched on images too (pooled pixels), off the request path
+            lambda: metric(
+                inference, "perennial_inference_drift_observations_total", adapter=ADAPTER
+            ),
+            30,
+            "drift observations of images",
+        )
 
         consumer = KafkaConsumer(
             f"{topic}.dlq",

@@ -114,6 +114,15 @@ def test_bad_image_requests_say_what_to_fix(image_service, datatype, shape, mess
     )
 
 
+def test_a_plane_refuses_a_backbone_that_does_not_take_its_inputs(image_backbone, tiny_backbone):
+    from services.inference.plane import DataPlane
+
+    with pytest.raises(ValueError, match="ImageBackbone does not take text inputs"):
+        DataPlane(image_backbone, None, None, ServingConfig())
+    with pytest.raises(ValueError, match="TextBackbone does not take image inputs"):
+        DataPlane(tiny_backbone, None, None, ServingConfig(inputs=GREY))
+
+
 def _request(shape: list[int]) -> service_pb2.ModelInferRequest:
     request = service_pb2.ModelInferRequest(model_name="fashion")
     request.inputs.add(name="image", datatype="FP32", shape=shape)
