@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from perennial.codec import Example, Tensor
@@ -20,6 +20,8 @@ from services.trainer.events import EventPublisher
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.settings import TrainerSettings
 from services.trainer.worker import Incoming, Trainer
+from tests.services.trainer.test_limits import read_records
+from tests.services.trainer.test_worker import IN_PROCESS
 
 # a small first window, so the warm-up closes within the test
 FSA = LearnerConfig(
@@ -50,18 +52,7 @@ def image(label: str, index: int) -> Tensor:
 
 
 def make_trainer(redis_client, backbone, registry=None, **overrides) -> Trainer:
-    fields = {
-        "kafka_bootstrap": "unused:9092",
-        "redis_url": "redis://unused",
-        "backbone": "image",
-        "image_shape": (1, 28, 28),
-        "batch_size": 4,
-        "snapshot_every_examples": 8,
-        "snapshot_every_seconds": 3600,
-        "batch_wait_seconds": 3600,
-        "holdout_every": 0,
-        **overrides,
-    }
+    fields = {**IN_PROCESS, "backbone": "image", "image_shape": (1, 28, 28), **overrides}
     return Trainer(
         TrainerSettings(**fields),
         backbone,
@@ -145,13 +136,7 @@ def test_a_snapshot_of_another_backbone_is_refused_record_by_record(
     create_topics(kafka_broker.bootstrap, {topic: 1})
     registry = CollectorRegistry()
     trainer = Trainer(
-        TrainerSettings(
-            kafka_bootstrap="unused:9092",
-            redis_url="redis://unused",
-            batch_size=2,
-            batch_wait_seconds=3600,
-            holdout_every=0,
-        ),
+        TrainerSettings(**{**IN_PROCESS, "batch_size": 2}),
         tiny_backbone,
         store,
         TrainerMetrics(registry),
@@ -167,14 +152,7 @@ def test_a_snapshot_of_another_backbone_is_refused_record_by_record(
     trainer.deliver(records)
     trainer.work_once(timeout=0)
     assert "fashion" not in trainer.adapters and trainer.adapters["words"].learner.examples == 2
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=kafka_broker.bootstrap,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=10_000,
-    )
-    dead = [record for record, _ in zip(consumer, range(2), strict=False)]
-    consumer.close()
+    dead = read_records(kafka_broker.bootstrap, topic, 2)
     producer.close()
     headers = [dict(r.headers) for r in dead]
     assert [h["perennial.error.class"] for h in headers] == [b"IncompatibleSnapshot"] * 2
