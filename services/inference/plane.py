@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from perennial.backbone import TextBackbone
 from perennial.codec import TEXT, InputSpec, valid_adapter_id
-from perennial.errors import DataLoss, InvalidInput, NotFound
+from perennial.errors import DataLoss, FailedPrecondition, InvalidInput, NotFound
 from perennial.grpc_errors import STATUS
 from perennial.store import CORRUPTION_REASONS, IntegrityError, Manifest, SnapshotStore
 from services.inference.metrics import InferenceMetrics
@@ -329,6 +329,12 @@ class DataPlane:
             new = self._build(adapter, head)
         except DataLoss:
             return False  # counted once in `_build`; the served version stays
+        except FailedPrecondition as error:  # e.g. made on another backbone: the served one stays
+            log.error(
+                "not serving the new head",
+                extra={"fields": {"adapter": adapter, "version": head, "error": str(error)}},
+            )
+            return False
         self.metrics.swap_duration.observe(time.perf_counter() - started)
         with self._load_lock:  # not concurrently with a first load of the same adapter
             if self._current.get(adapter) == current_version:

@@ -123,6 +123,29 @@ def test_a_plane_refuses_a_backbone_that_does_not_take_its_inputs(image_backbone
         DataPlane(tiny_backbone, None, None, ServingConfig(inputs=GREY))
 
 
+def test_a_snapshot_of_the_text_backbone_is_failed_precondition(image_service, tiny_backbone):
+    """A text adapter's snapshot on an image deployment: refused, saying which settings to
+    change — not INTERNAL, and not DATA_LOSS (nothing is corrupted)."""
+    service, _ = image_service
+    learner = build_learner(tiny_backbone, LearnerConfig(learner="ranpac", projection_dim=16))
+    learner.learn(["a small dog", "a tall tree"], ["animal", "plant"])
+    service.store.publish(
+        "words",
+        to_safetensors(*learner.state()),
+        parent=None,
+        offsets={},
+        examples=2,
+        classes=learner.classes,
+    )
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(service.address))
+    request = _request([1, 28, 28])
+    request.model_name = "words"
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "set PERENNIAL_BACKBONE=text" in caught.value.details()
+
+
 def _request(shape: list[int]) -> service_pb2.ModelInferRequest:
     request = service_pb2.ModelInferRequest(model_name="fashion")
     request.inputs.add(name="image", datatype="FP32", shape=shape)
