@@ -10,7 +10,7 @@ PROTO_OUT := shared
 .PHONY: help setup system venv proto proto-check lint docs lock demo test test-unit test-e2e bench-training bench-drift bench-learning bench-int8 bench-serving bench-protocols bench-rest-servers bench-perf-analyzer chart-sync chart-lint k8s k8s-check clean
 
 help:
-	@echo "make demo        start broker, Redis, trainer, inference and stream WordNet through them"
+	@echo "make demo        start broker, Redis, trainer, inference and stream WordNet through them (DEMO_ARGS=\"--dataset fashion-mnist\": images)"
 	@echo "make test        install what is missing, check generated code, run the whole suite"
 	@echo "make lint        ruff check + ruff format --check (part of make test)"
 	@echo "make proto       regenerate the protobuf code in $(PROTO_OUT)/perennial/v1"

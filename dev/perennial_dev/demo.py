@@ -4,11 +4,17 @@ Starts Tansu (Kafka) and Redis on free ports, the trainer and the inference
 service as separate processes, then streams WordNet noun glosses labelled with
 their supersense (noun.animal, noun.artifact, ...) through Kafka in
 class-incremental order. A client queries the inference service over gRPC with
-held-out glosses while the stream runs, and answers some of its predictions with
+held-out examples while the stream runs, and answers some of its predictions with
 feedback (the prediction log and the trainer's feedback join are on); the
 terminal shows live progress and ends with a summary. Ctrl-C or the end of the
 stream stops every process; with --keep the stack stays up, and the demo prints
 how to use it and how to stop it.
+
+With `--dataset fashion-mnist` both services run the image backbone
+(`PERENNIAL_BACKBONE=image`, 1×28×28 grey images) and the stream is a subset of
+Fashion-MNIST (Debian `dataset-fashion-mnist`) sent as FP32 tensor examples; the
+client sends FP32 tensors. No feedback then: the prediction log keeps only an
+image's hash, so there is no input to join an answer with.
 
     python -m perennial_dev.demo --help
 """
@@ -44,17 +50,12 @@ from perennial.learners import FirstSessionLearner, LearnerConfig
 from perennial.logs import silence_progress_bars
 from perennial.runtime import load_backbone
 from perennial.store import SnapshotStore, from_safetensors
-from perennial_dev.datasets.wordnet import (
-    ClassIncrementalSplit,
-    Gloss,
-    class_incremental_split,
-    read_noun_glosses,
-)
+from perennial_dev.datasets.wordnet import class_incremental_split, read_noun_glosses
 from perennial_dev.launch import Service, start_inference, start_trainer
 from perennial_dev.localstack import LocalStack
 from services.trainer.guardrail import GuardrailConfig
 
-ADAPTER = "wordnet"
+ADAPTER = "wordnet"  # the Fashion-MNIST stream's adapter is "fashion"
 TOPIC = "perennial.examples"
 DEAD_LETTER_TOPIC = "perennial.examples.dlq"
 PREDICTIONS_TOPIC = "perennial.predictions"
@@ -64,32 +65,88 @@ MALFORMED = (
     b"\x08\x96\x01not a protobuf",
     b'{"adapter": "wordnet", "text": "an example without a label"}',
 )
+IMAGE_SETTINGS = {  # both services, --dataset fashion-mnist
+    "PERENNIAL_BACKBONE": "image",
+    "PERENNIAL_IMAGE_SHAPE": "1,28,28",
+    "PERENNIAL_IMAGE_SIZE": 32,  # 28-pixel images need no more; 4 times cheaper than 64
+}
+DATASETS = {  # per data set: its adapter and the defaults of the size options
+    "wordnet": {"adapter": "wordnet", "classes": 24, "train_per_class": 40, "test_per_class": 20},
+    # a subset (70,000 images in the full set): the stream takes about a minute at --rate 25
+    "fashion-mnist": {
+        "adapter": "fashion", "classes": 10, "train_per_class": 60, "test_per_class": 20,
+        "feedback_per_class": 0, "classes_per_stage": 2,
+    },
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled input of the demo's stream or held-out sets: a text or a [28, 28] image."""
+
+    input: object
+    label: str
+    id: str
+
+    def example(self, adapter: str) -> codec.Example:
+        if isinstance(self.input, str):
+            return codec.Example(adapter, self.id, self.input, self.label, time.time())
+        tensor = codec.Tensor.from_array(np.asarray(self.input)[None])  # [1, 28, 28]
+        return codec.Example(adapter, self.id, "", self.label, time.time(), tensor)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A class-incremental stream for one adapter: classes in arrival order, their stages, the
+    stream, and held-out samples per class (never streamed)."""
+
+    adapter: str
+    classes: tuple[str, ...]
+    stages: tuple[tuple[str, ...], ...]
+    train: tuple[Sample, ...]
+    test: dict[str, tuple[Sample, ...]]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m perennial_dev.demo", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--classes", type=int, default=24, help="supersenses to stream (max 24)")
     parser.add_argument(
-        "--classes-per-stage", type=int, default=4, help="new classes per arrival stage"
+        "--dataset",
+        choices=sorted(DATASETS),
+        default="wordnet",
+        help="the stream: WordNet glosses (text backbone) or Fashion-MNIST (image backbone)",
     )
     parser.add_argument(
-        "--train-per-class", type=int, default=40, help="streamed glosses per class"
+        "--classes", type=int, default=None, help="classes to stream (max 24 WordNet, 10 images)"
     )
-    parser.add_argument("--test-per-class", type=int, default=20, help="held-out glosses per class")
+    parser.add_argument(
+        "--classes-per-stage",
+        type=int,
+        default=None,
+        help="new classes per arrival stage (default 4, images 2)",
+    )
+    parser.add_argument(
+        "--train-per-class",
+        type=int,
+        default=None,
+        help="streamed examples per class (default 40, images 60)",
+    )
+    parser.add_argument(
+        "--test-per-class", type=int, default=None, help="held-out examples per class (20)"
+    )
     parser.add_argument("--rate", type=float, default=25.0, help="examples produced per second")
     parser.add_argument("--batch-size", type=int, default=16, help="trainer micro-batch size")
     parser.add_argument("--snapshot-every", type=int, default=64, help="snapshot every N examples")
     parser.add_argument(
-        "--eval-per-class", type=int, default=4, help="held-out glosses per class in live checks"
+        "--eval-per-class", type=int, default=4, help="held-out examples per class in live checks"
     )
     parser.add_argument(
         "--feedback-per-class",
         type=int,
-        default=4,
-        help="further held-out glosses per class the client asks about once and answers with "
-        "feedback (learned by the trainer; never in the accuracy table)",
+        default=None,
+        help="further held-out examples per class the client asks about once and answers with "
+        "feedback (learned by the trainer; never in the accuracy table; default 4, images 0)",
     )
     parser.add_argument(
         "--keep",
@@ -101,6 +158,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workdir", type=Path, default=None, help="keep logs here (default: a temp dir)"
     )
     args = parser.parse_args(argv)
+    defaults = {"classes_per_stage": 4, "feedback_per_class": 4, **DATASETS[args.dataset]}
+    for name, value in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
     if args.rate <= 0:
         parser.error(f"--rate must be positive, got {args.rate}")
     return args
@@ -143,7 +204,7 @@ def histogram_quantile(samples: dict[str, list], name: str, q: float) -> float:
 
 @dataclass
 class Evaluation:
-    """One live check of the served model on held-out glosses."""
+    """One live check of the served model on held-out examples."""
 
     version: str
     seen: float
@@ -166,18 +227,20 @@ class DemoState:
     errors: list[str] = field(default_factory=list)
     answered: int = 0  # predictions the client answered with feedback
     answered_right: int = 0  # of those, how many the served label got right (client's count)
+    feedback: bool = True  # off for images: the prediction log keeps only their hash
 
 
 class Client:
-    """Queries the inference service over gRPC with held-out glosses, as a production client would."""
+    """Queries the inference service over gRPC with held-out examples, as a production client would."""
 
     def __init__(
         self,
         address: str,
-        split: ClassIncrementalSplit,
-        traffic: dict[str, tuple[Gloss, ...]] | None = None,
+        split: Split,
+        traffic: dict[str, tuple[Sample, ...]] | None = None,
         bootstrap: str = "",
     ) -> None:
+        self.adapter = split.adapter
         self.client = triton.InferenceServerClient(address)
         self.split = split
         self.traffic = traffic or {}  # asked once each, then answered with feedback
@@ -187,16 +250,12 @@ class Client:
         )
         self.last_ids: list[str] = []
 
-    def predict(self, glosses: list[Gloss]) -> tuple[str, list[str]]:
+    def predict(self, samples: list[Sample]) -> tuple[str, list[str]]:
         predictions, version, self.last_ids = [], "", []
-        for start in range(0, len(glosses), 64):
-            texts = np.array(
-                [g.text.encode() for g in glosses[start : start + 64]], dtype=np.object_
-            )
-            tensor = triton.InferInput("text", [len(texts)], "BYTES")
-            tensor.set_data_from_numpy(texts)
+        for start in range(0, len(samples), 64):
+            tensor = _input([s.input for s in samples[start : start + 64]])
             result = self.client.infer(
-                ADAPTER,
+                self.adapter,
                 [tensor],
                 outputs=[triton.InferRequestedOutput("label")],
                 client_timeout=REQUEST_TIMEOUT_SECONDS,
@@ -211,28 +270,28 @@ class Client:
     def answer(self, classes: list[str], state: DemoState) -> None:
         """Ask about the next unasked traffic gloss of each seen class, then tell the service
         the truth: one feedback record per prediction, as a client learns it later."""
-        glosses = []
+        samples = []
         for label in classes:
             pool = self.traffic.get(label, ())
             if self._asked.get(label, 0) < len(pool):
-                glosses.append(pool[self._asked[label]])
+                samples.append(pool[self._asked[label]])
                 self._asked[label] += 1
-        if not glosses or self.producer is None:
+        if not samples or self.producer is None:
             return
-        _, served = self.predict(glosses)
-        for number, (gloss, label, prediction_id) in enumerate(
-            zip(glosses, served, self.last_ids, strict=True)
+        _, served = self.predict(samples)
+        for number, (sample, label, prediction_id) in enumerate(
+            zip(samples, served, self.last_ids, strict=True)
         ):
-            answer = Feedback(prediction_id, gloss.label, time.time())
+            answer = Feedback(prediction_id, sample.label, time.time())
             # mostly protobuf; every third answer in the JSON form a person would send
             value = encode_feedback_json(answer) if number % 3 == 2 else encode_feedback(answer)
             self.producer.send(FEEDBACK_TOPIC, value=value)
             state.answered += 1
-            state.answered_right += label == gloss.label
+            state.answered_right += label == sample.label
         self.producer.flush()
 
     def evaluate(self, stages: int, per_class: int | None) -> Evaluation:
-        """Accuracy on the held-out glosses of the first `stages` stages (all, or `per_class` each)."""
+        """Accuracy on the held-out examples of the first `stages` stages (all, or `per_class` each)."""
         groups = [
             [g for c in stage for g in self.split.test[c][:per_class]]
             for stage in self.split.stages[:stages]
@@ -249,34 +308,47 @@ class Client:
         return Evaluation(version, correct / position, per_stage[0], per_stage)
 
 
+def _input(inputs: list) -> triton.InferInput:
+    """Texts as BYTES [N], or images as FP32 [N, 28, 28]."""
+    if isinstance(inputs[0], str):
+        tensor = triton.InferInput("text", [len(inputs)], "BYTES")
+        tensor.set_data_from_numpy(np.array([t.encode() for t in inputs], dtype=np.object_))
+        return tensor
+    batch = np.stack([np.asarray(image, dtype=np.float32) for image in inputs])
+    tensor = triton.InferInput("image", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch)
+    return tensor
+
+
 # -- the run -------------------------------------------------------------------------------
 def produce(
     stack: LocalStack,
-    split: ClassIncrementalSplit,
+    split: Split,
     rate: float,
     state: DemoState,
     stop: threading.Event,
 ) -> None:
+    adapter = split.adapter
     producer = KafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=5)
     stage_of = {label: i for i, stage in enumerate(split.stages) for label in stage}
     started = time.monotonic()
     malformed_at = {len(split.train) // 3: MALFORMED[0], 2 * len(split.train) // 3: MALFORMED[1]}
     try:
-        for index, gloss in enumerate(split.train):
+        for index, sample in enumerate(split.train):
             if stop.is_set():
                 return
             delay = started + index / rate - time.monotonic()
             if delay > 0 and stop.wait(delay):
                 return
-            example = codec.Example(ADAPTER, gloss.synset, gloss.text, gloss.label, time.time())
+            example = sample.example(adapter)
             # mostly protobuf; every 10th record in the JSON form a person would type into kcat
             value = codec.encode_json(example) if index % 10 == 9 else codec.encode(example)
-            producer.send(TOPIC, key=ADAPTER.encode(), value=value)
+            producer.send(TOPIC, key=adapter.encode(), value=value)
             if index in malformed_at:  # bad input goes to the dead-letter topic, the stream goes on
-                producer.send(TOPIC, key=ADAPTER.encode(), value=malformed_at[index])
-            if gloss.label not in state.seen_classes:
-                state.seen_classes.append(gloss.label)
-            state.stage = stage_of[gloss.label]
+                producer.send(TOPIC, key=adapter.encode(), value=malformed_at[index])
+            if sample.label not in state.seen_classes:
+                state.seen_classes.append(sample.label)
+            state.stage = stage_of[sample.label]
             state.produced = index + 1
         producer.flush()
     finally:
@@ -285,7 +357,7 @@ def produce(
 
 def render(
     state: DemoState,
-    split: ClassIncrementalSplit,
+    split: Split,
     trainer: dict,
     inference: dict,
     progress: Progress,
@@ -324,6 +396,8 @@ def render(
 
 def _feedback_note(trainer: dict, state: DemoState) -> str:
     """Served accuracy from feedback, as the trainer counts it (prequential)."""
+    if not state.feedback:
+        return "off (the prediction log keeps only an image's hash: nothing to join an answer to)"
     joined = total(trainer, "perennial_trainer_feedback_joined_total")
     right = sum(
         s.value
@@ -342,7 +416,7 @@ def summary(
     console: Console,
     state: DemoState,
     final: Evaluation,
-    split: ClassIncrementalSplit,
+    split: Split,
     inference: dict,
     elapsed: float,
     store: SnapshotStore,
@@ -352,9 +426,9 @@ def summary(
 ) -> None:
     per_class = len(next(iter(split.test.values())))
     table = Table(
-        title="Per stage: accuracy on held-out glosses, never streamed as examples nor answered "
+        title="Per stage: accuracy on held-out examples, never streamed as examples nor answered "
         "with feedback (columns: the classes of stage i)",
-        caption=f"Rows 1..T-1: the last live check during stage t ({eval_per_class} glosses per "
+        caption=f"Rows 1..T-1: the last live check during stage t ({eval_per_class} examples per "
         f"class); row T: all {per_class} per class after the stream. The guardrail's holdout is a "
         f"different set: every {GuardrailConfig.every}th streamed example of a class, which the "
         "trainer keeps out of learning to compare candidate and head before promoting.",
@@ -373,7 +447,7 @@ def summary(
         )
         table.add_row(name, evaluation.version, *cells, f"{evaluation.seen:.1%}")
     console.print(table)
-    head = store.head(ADAPTER)
+    head = store.head(split.adapter)
     forgetting = [
         max(e.per_stage[i] for s, e in state.by_stage.items() if len(e.per_stage) > i)
         - final.per_stage[i]
@@ -391,7 +465,7 @@ def summary(
             "final version served",
             f"{final.version} ({head.examples if head else 0} examples trained)",
         ),
-        ("guardrail", _guardrail_note(store)),
+        ("guardrail", _guardrail_note(store, split.adapter)),
         ("accuracy, all seen classes", f"{final.seen:.1%} (chance {1 / len(split.classes):.1%})"),
         ("accuracy, first-stage classes", f"{final.first:.1%}"),
         ("PET contribution", pet),
@@ -416,14 +490,14 @@ def summary(
     console.print(results)
 
 
-def pet_contribution(store: SnapshotStore, split: ClassIncrementalSplit, final: Evaluation) -> str:
+def pet_contribution(store: SnapshotStore, split: Split, final: Evaluation) -> str:
     """The served accuracy beside that of the same learner without its adapted features: the
     head of the served version's configuration fitted here on the frozen features of the same
-    stream (the guardrail's holdout included), scored on the same held-out glosses."""
-    head = store.head(ADAPTER)
+    stream (the guardrail's holdout included), scored on the same held-out examples."""
+    head = store.head(split.adapter)
     if head is None:
         return "-"
-    _, blob = store.fetch(ADAPTER, head.version)
+    _, blob = store.fetch(split.adapter, head.version)
     tensors, metadata = from_safetensors(blob)
     config = LearnerConfig.from_dict(json.loads(metadata["learner"]))
     if config.learner != FirstSessionLearner.name:
@@ -431,16 +505,16 @@ def pet_contribution(store: SnapshotStore, split: ClassIncrementalSplit, final: 
     if not any(name.startswith("pet.") for name in tensors):
         return "- (the stream ended before the PET's warm-up window closed)"
     silence_progress_bars()  # the summary, not a loading bar
-    backbone = load_backbone(ProcessSettings())
+    backbone = load_backbone(ProcessSettings(**_backbone_settings(split)))
     frozen_only = FirstSessionLearner(backbone, config)
-    texts, labels = [g.text for g in split.train], [g.label for g in split.train]
-    for start in range(0, len(texts), 64):
-        features = frozen_only.features(texts[start : start + 64], None)
+    inputs, labels = [s.input for s in split.train], [s.label for s in split.train]
+    for start in range(0, len(inputs), 64):
+        features = frozen_only.features(inputs[start : start + 64], None)
         frozen_only.learn_features(features, labels[start : start + 64])
-    test = [g for stage in split.stages for c in stage for g in split.test[c]]
+    test = [s for stage in split.stages for c in stage for s in split.test[c]]
     predicted = []
     for start in range(0, len(test), 64):
-        features = frozen_only.features([g.text for g in test[start : start + 64]], None)
+        features = frozen_only.features([s.input for s in test[start : start + 64]], None)
         scores = frozen_only.scores_features(features)
         predicted += [frozen_only.classes[i] for i in scores.argmax(-1).tolist()]
     frozen = sum(p == g.label for p, g in zip(predicted, test, strict=True)) / len(test)
@@ -450,8 +524,8 @@ def pet_contribution(store: SnapshotStore, split: ClassIncrementalSplit, final: 
     )
 
 
-def _guardrail_note(store: SnapshotStore) -> str:
-    head, latest = store.head(ADAPTER), store.latest(ADAPTER)
+def _guardrail_note(store: SnapshotStore, adapter: str) -> str:
+    head, latest = store.head(adapter), store.latest(adapter)
     if head is None or latest is None or head.version == latest.version:
         return "every candidate promoted" if head else "-"
     return (
@@ -461,28 +535,76 @@ def _guardrail_note(store: SnapshotStore) -> str:
     )
 
 
-def run(args: argparse.Namespace, console: Console) -> int:
-    glosses = read_noun_glosses()
-    split = class_incremental_split(
-        glosses,
+def _backbone_settings(split: Split) -> dict[str, object]:
+    """The backbone settings both services (and the PET-contribution check) run with."""
+    if isinstance(split.train[0].input, str):
+        return {}
+    return {name.removeprefix("PERENNIAL_").lower(): v for name, v in IMAGE_SETTINGS.items()}
+
+
+def load_split(args: argparse.Namespace) -> Split:
+    """The data set's class-incremental split, with `test_per_class + feedback_per_class`
+    held-out samples per class."""
+    held_out = args.test_per_class + args.feedback_per_class
+    if args.dataset == "fashion-mnist":
+        from perennial_dev.datasets.fashion_mnist import CLASSES, class_incremental_images
+
+        if not 1 <= args.classes <= len(CLASSES):
+            raise SystemExit(f"--classes must be 1..{len(CLASSES)} for fashion-mnist")
+        images = class_incremental_images(
+            classes_per_stage=args.classes_per_stage,
+            train_per_class=args.train_per_class,
+            test_per_class=held_out,
+            seed=args.seed,
+        )
+        classes = images.classes[: args.classes]
+        train = tuple(
+            Sample(image.numpy(), label, f"train-{i}")
+            for i, (image, label) in enumerate(images.train)
+            if label in classes
+        )
+        test = {
+            c: tuple(Sample(x.numpy(), c, f"test-{c}-{i}") for i, x in enumerate(images.test[c]))
+            for c in classes
+        }
+        stages = tuple(
+            s for s in (tuple(c for c in st if c in classes) for st in images.stages) if s
+        )
+        return Split(DATASETS[args.dataset]["adapter"], classes, stages, train, test)
+    glosses = class_incremental_split(
+        read_noun_glosses(),
         num_classes=args.classes,
         classes_per_stage=args.classes_per_stage,
         train_per_class=args.train_per_class,
-        test_per_class=args.test_per_class + args.feedback_per_class,
+        test_per_class=held_out,
         seed=args.seed,
     )
-    # The held-out glosses of each class: the first ones only ever measure (never streamed,
-    # never answered); the rest are the client's traffic, asked once and answered with feedback.
-    traffic = {c: glosses[args.test_per_class :] for c, glosses in split.test.items()}
-    split = dataclasses.replace(
-        split, test={c: glosses[: args.test_per_class] for c, glosses in split.test.items()}
+    return Split(
+        ADAPTER,
+        tuple(glosses.classes),
+        tuple(tuple(stage) for stage in glosses.stages),
+        tuple(Sample(g.text, g.label, g.synset) for g in glosses.train),
+        {c: tuple(Sample(g.text, g.label, g.synset) for g in gs) for c, gs in glosses.test.items()},
     )
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    split = load_split(args)
+    # The held-out samples of each class: the first ones only ever measure (never streamed,
+    # never answered); the rest are the client's traffic, asked once and answered with feedback.
+    traffic = {c: samples[args.test_per_class :] for c, samples in split.test.items()}
+    split = dataclasses.replace(
+        split, test={c: samples[: args.test_per_class] for c, samples in split.test.items()}
+    )
+    images = args.dataset == "fashion-mnist"
+    backbone = IMAGE_SETTINGS if images else {}
+    what = "Fashion-MNIST images" if images else "WordNet glosses"
     console.print(
-        f"[bold]Perennial demo[/]: {len(split.train)} WordNet glosses, {len(split.classes)} supersenses "
+        f"[bold]Perennial demo[/]: {len(split.train)} {what}, {len(split.classes)} classes "
         f"in {len(split.stages)} stages, {args.rate:g} examples/s"
     )
     started = time.monotonic()
-    state, stop = DemoState(), threading.Event()
+    state, stop = DemoState(feedback=args.feedback_per_class > 0), threading.Event()
     services: list[Service] = []
     topics = {TOPIC: 1, DEAD_LETTER_TOPIC: 1, PREDICTIONS_TOPIC: 1, FEEDBACK_TOPIC: 1}
     with LocalStack(args.workdir, topics=topics, keep_workdir=args.workdir is not None) as stack:
@@ -497,6 +619,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                         redis_url=stack.redis_url,
                         PERENNIAL_PREDICTION_LOG="true",  # off by default in the service
                         PERENNIAL_KAFKA_BOOTSTRAP=stack.bootstrap,
+                        **backbone,
                     )
                 )
                 services.append(
@@ -507,7 +630,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
                         PERENNIAL_BATCH_SIZE=args.batch_size,
                         PERENNIAL_SNAPSHOT_EVERY_EXAMPLES=args.snapshot_every,
                         PERENNIAL_SEED=args.seed,
-                        PERENNIAL_FEEDBACK="true",
+                        PERENNIAL_FEEDBACK=str(args.feedback_per_class > 0).lower(),
+                        **backbone,
                     )
                 )
             inference, trainer = services
@@ -529,7 +653,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     trainer_metrics, inference_metrics = scrape(trainer), scrape(inference)
                     progress.update(task, completed=state.produced)
                     stages_seen = state.stage + 1 if state.produced else 0
-                    head = store.head(ADAPTER)
+                    head = store.head(split.adapter)
                     if head is not None and stages_seen:
                         try:
                             evaluation = client.evaluate(stages_seen, args.eval_per_class)
@@ -541,7 +665,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                             state.requests_failed += 1
                             state.errors.append(str(error))
                     live.update(render(state, split, trainer_metrics, inference_metrics, progress))
-                    latest = store.latest(ADAPTER)
+                    latest = store.latest(split.adapter)
                     records = len(split.train) + len(MALFORMED)
                     done = (
                         not producer.is_alive()
@@ -556,7 +680,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     if not trainer.process.alive or not inference.process.alive:
                         raise RuntimeError(f"a service died; see the logs in {stack.workdir}")
                     stop.wait(1.0)
-            with console.status("final evaluation on every held-out gloss"):
+            with console.status("final evaluation on every held-out example"):
                 final = client.evaluate(len(split.stages), None)
                 state.by_stage[len(split.stages) - 1] = final
             with console.status("the PET's contribution: the same head on frozen features only"):
@@ -582,7 +706,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 args.eval_per_class,
             )
             if args.keep:
-                explain_kept(console, stack, inference, trainer)
+                explain_kept(console, stack, inference, trainer, split.adapter)
                 try:
                     threading.Event().wait()
                 except KeyboardInterrupt:
@@ -594,16 +718,18 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 service.stop()
 
 
-def explain_kept(console: Console, stack: LocalStack, inference: Service, trainer: Service) -> None:
+def explain_kept(
+    console: Console,
+    stack: LocalStack,
+    inference: Service,
+    trainer: Service,
+    adapter: str = ADAPTER,
+) -> None:
     """--keep: where everything is and the exact commands to try."""
     grpc, rest, control = (
         inference.grpc_address,
         f"http://{inference.rest_address}",
         trainer.grpc_address,
-    )
-    text = "a domesticated carnivorous mammal that barks"
-    body = json.dumps(
-        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}]}
     )
     lines = [
         "The stack is still running (--keep).",
@@ -615,21 +741,13 @@ def explain_kept(console: Console, stack: LocalStack, inference: Service, traine
         f"  logs       {stack.workdir}",
         "",
         "The trainer's control API, with the `perennial` CLI:",
-        f"  perennial --target {control} status {ADAPTER}",
-        f"  perennial --target {control} versions {ADAPTER}",
+        f"  perennial --target {control} status {adapter}",
+        f"  perennial --target {control} versions {adapter}",
         "Ask the model with tritonclient (gRPC) and over REST:",
-        f'  python examples/query_grpc.py --url {grpc} --adapter {ADAPTER} "{text}"',
-        f"  python -c \"import numpy as np, tritonclient.grpc as t; i = t.InferInput('text', [1], "
-        f"'BYTES'); i.set_data_from_numpy(np.array([b'{text}'], dtype=object)); "
-        f"r = t.InferenceServerClient('{grpc}').infer('{ADAPTER}', [i]); "
-        f"print(r.as_numpy('label'), r.get_response().parameters)\"",
-        f"  curl -s {rest}/v2/models/{ADAPTER}/infer -d '{body}'",
-        "Answer a prediction (its prediction_id is in the answer's parameters), then watch:",
-        f"  python examples/send_feedback.py --bootstrap {stack.bootstrap} PREDICTION_ID=noun.animal",
+        *(_ask_text(grpc, rest, stack) if adapter == ADAPTER else _ask_image(grpc, rest, adapter)),
+        "Watch the metrics:",
         f"  python examples/watch_metrics.py --trainer http://127.0.0.1:{trainer.metrics_port} "
         f"--inference http://127.0.0.1:{inference.metrics_port}",
-        "Produce more examples: python examples/produce_json.py --bootstrap "
-        f"{stack.bootstrap} (docs/QUICKSTART.md)",
         "",
         "Stop everything: press Ctrl-C here (or kill -INT "
         f"{os.getpid()}): the trainer, inference, Kafka and Redis stop with the demo.",
@@ -639,6 +757,41 @@ def explain_kept(console: Console, stack: LocalStack, inference: Service, traine
         console.print(
             line, markup=False, highlight=False, soft_wrap=True, style="bold" if bold else None
         )
+
+
+def _ask_image(grpc: str, rest: str, adapter: str) -> list[str]:
+    """Commands that send one all-grey 28×28 image (FP32) over gRPC and REST."""
+    body = (
+        "import json; print(json.dumps({'inputs': [{'name': 'image', 'datatype': 'FP32', "
+        "'shape': [1, 28, 28], 'data': [0.5] * 784}]}))"
+    )
+    return [
+        f"  python -c \"import numpy as np, tritonclient.grpc as t; i = t.InferInput('image', "
+        f"[1, 28, 28], 'FP32'); i.set_data_from_numpy(np.full((1, 28, 28), 0.5, np.float32)); "
+        f"r = t.InferenceServerClient('{grpc}').infer('{adapter}', [i]); "
+        f"print(r.as_numpy('label'), r.get_response().parameters)\"",
+        f'  python -c "{body}" | curl -s {rest}/v2/models/{adapter}/infer -d @-',
+    ]
+
+
+def _ask_text(grpc: str, rest: str, stack: LocalStack) -> list[str]:
+    """Commands that ask about a gloss over gRPC and REST and answer it with feedback."""
+    text = "a domesticated carnivorous mammal that barks"
+    body = json.dumps(
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}]}
+    )
+    return [
+        f'  python examples/query_grpc.py --url {grpc} --adapter {ADAPTER} "{text}"',
+        f"  python -c \"import numpy as np, tritonclient.grpc as t; i = t.InferInput('text', [1], "
+        f"'BYTES'); i.set_data_from_numpy(np.array([b'{text}'], dtype=object)); "
+        f"r = t.InferenceServerClient('{grpc}').infer('{ADAPTER}', [i]); "
+        f"print(r.as_numpy('label'), r.get_response().parameters)\"",
+        f"  curl -s {rest}/v2/models/{ADAPTER}/infer -d '{body}'",
+        "Answer a prediction (its prediction_id is in the answer's parameters):",
+        f"  python examples/send_feedback.py --bootstrap {stack.bootstrap} PREDICTION_ID=noun.animal",
+        "Produce more examples: python examples/produce_json.py --bootstrap "
+        f"{stack.bootstrap} (docs/QUICKSTART.md)",
+    ]
 
 
 def _interrupt(signum: int, _frame) -> None:

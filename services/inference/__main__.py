@@ -13,7 +13,7 @@ from perennial import redis_connect, runtime, tracing
 from perennial.grpc_security import ServerSecurity
 from perennial.store import SnapshotStore
 from services.inference.metrics import InferenceDriftMetrics, InferenceMetrics
-from services.inference.monitor import InferenceDriftMonitor, frozen_token_embedder
+from services.inference.monitor import InferenceDriftMonitor, frozen_token_embedder, pooled_pixels
 from services.inference.plane import DataPlane
 from services.inference.predictionlog import PredictionLog
 from services.inference.rest import RestServer
@@ -59,8 +59,9 @@ def serve(settings: InferenceSettings) -> None:
     runtime.check_redis(store.redis, settings.redis_url or settings.redis_sentinels)
     backbone = runtime.load_backbone(settings)
     plane = DataPlane(backbone, store, metrics, settings.serving())
+    embed = frozen_token_embedder(backbone) if settings.backbone == "text" else pooled_pixels
     servicer.monitor = InferenceDriftMonitor(
-        InferenceDriftMetrics(registry), frozen_token_embedder(backbone), settings.monitor()
+        InferenceDriftMetrics(registry), embed, settings.monitor()
     )
     if settings.prediction_log:
         servicer.operations.prediction_log = PredictionLog(

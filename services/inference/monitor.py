@@ -1,8 +1,9 @@
 """Input and prediction drift of the inference service, computed off the request path.
 
 Per adapter, input drift (`EmbeddingDrift`) on a frozen representation of each
-request text and prediction drift (`PredictionDrift`) on its predicted class.
-Input drift uses the *frozen* token embeddings of the backbone, mean-pooled: the
+request row and prediction drift (`PredictionDrift`) on its predicted class.
+Input drift on texts uses the *frozen* token embeddings of the backbone, mean-pooled
+(on images: the image average-pooled to 8×8 per channel, `pooled_pixels`): the
 served model's pooled embedding moves whenever a new adapter version is swapped
 in (LoRA sits inside the encoder), which would read as input drift with no change
 in the inputs; the frozen table costs one lookup per token, not a forward pass.
@@ -25,7 +26,7 @@ from perennial.monitoring import BackgroundWorker
 from services.inference.metrics import InferenceDriftMetrics
 
 log = logging.getLogger(__name__)
-Embedder = Callable[[list[str]], np.ndarray]
+Embedder = Callable[[list], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,12 @@ def frozen_token_embedder(backbone) -> Embedder:
     return embed
 
 
+def pooled_pixels(images: list[torch.Tensor]) -> np.ndarray:
+    """Images [C, H, W] → their 8×8 average-pooled pixels per channel (no forward pass)."""
+    batch = torch.stack(images).float()
+    return torch.nn.functional.adaptive_avg_pool2d(batch, 8).flatten(1).numpy()
+
+
 @dataclass
 class _InferenceState:
     input: base.DriftDetector
@@ -109,8 +116,8 @@ class InferenceDriftMonitor:
             lambda adapter: metrics.dropped.labels(adapter).inc(),
         )
 
-    def submit(self, adapter: str, texts: Sequence[str], labels: Sequence[str]) -> bool:
-        """Queue one answered batch (texts and predicted labels); False if dropped."""
+    def submit(self, adapter: str, texts: Sequence, labels: Sequence[str]) -> bool:
+        """Queue one answered batch (texts or images, and predicted labels); False if dropped."""
         return self._worker.submit(adapter, self._update, list(texts), list(labels))
 
     def drain(self, timeout: float | None = None) -> bool:

@@ -25,6 +25,7 @@ import torch
 from opentelemetry import trace
 
 from perennial import __version__
+from perennial.codec import InputSpec
 from perennial.errors import InvalidInput, NotFound, NotReady
 from perennial.grpc_errors import status_of
 from perennial.monitoring import NoMonitor
@@ -151,7 +152,7 @@ class InferenceOperations:
     def model_metadata(self, name: str, version: str = "") -> dict:
         plane = self._plane()
         served = plane.get(model_name(name), version)
-        input_name, datatype, shape = input_spec(plane.backbone)
+        input_name, datatype, shape = input_spec(plane.config.inputs)
         classes = len(served.classes)
         return {
             "name": name,
@@ -171,7 +172,7 @@ class InferenceOperations:
         dimension), the most rows per request (`max_batch_size`) and the dynamic batcher."""
         plane = self._plane()
         served = plane.get(model_name(name), version)
-        input_name, datatype, shape = input_spec(plane.backbone)
+        input_name, datatype, shape = input_spec(plane.config.inputs)
         classes = len(served.classes)
         return {
             "name": name,
@@ -257,7 +258,7 @@ class InferenceOperations:
         times: dict[str, float] = {}
         try:
             plane = self._plane()
-            rows = request_rows(request.inputs, input_spec(plane.backbone))
+            rows = request_rows(request.inputs, plane.config.inputs)
             wanted = list(request.outputs) or list(OUTPUTS)
             unknown = sorted(set(wanted) - set(OUTPUTS))
             if unknown:
@@ -276,8 +277,7 @@ class InferenceOperations:
                 on_cancel(lambda: setattr(job, "cancelled", True))  # caller gone: skip the work
             prediction = Prediction(served, self.batcher.result(job, deadline))
             returned = time.perf_counter()
-            if isinstance(rows[0], str):  # the drift monitor embeds texts
-                self.monitor.submit(served.adapter, rows, prediction.labels)
+            self.monitor.submit(served.adapter, rows, prediction.labels)
             ids = self.prediction_log.record(
                 served.adapter,
                 served.version,
@@ -369,20 +369,22 @@ def model_name(name: str) -> str:
     return name
 
 
-def input_spec(backbone) -> tuple[str, str, list[int]]:
+def input_spec(inputs: InputSpec) -> tuple[str, str, list[int]]:
     """(name, datatype, shape) of the model input: BYTES texts [N, 1] (or [N]), or FP32 images
-    [N, (C,) H, W]. Texts are advertised as [-1, 1], Triton's layout for one string per row:
-    load generators that build requests from the metadata (perf_analyzer) need a per-row
-    dimension; [N] is accepted as well."""
-    if hasattr(backbone, "tokenize"):
+    [N, C, H, W] of the deployment's one shape. Texts are advertised as [-1, 1], Triton's
+    layout for one string per row: load generators that build requests from the metadata
+    (perf_analyzer) need a per-row dimension; [N] is accepted as well."""
+    if inputs.kind == "text":
         return TEXT_INPUT, "BYTES", [-1, 1]
-    return IMAGE_INPUT, "FP32", [-1, -1, -1, -1]
+    return IMAGE_INPUT, "FP32", [-1, *inputs.shape]
 
 
 # -- input tensors → rows ----------------------------------------------------------------------------
-def request_rows(inputs: list[InputTensor], spec: tuple[str, str, list[int]]) -> list:
-    """The request's rows: strings for a text model, [(C,) H, W] float tensors for an image model."""
-    name, datatype, _ = spec
+def request_rows(inputs: list[InputTensor], spec: InputSpec) -> list:
+    """The request's rows: strings for a text model, [C, H, W] float tensors of the
+    deployment's one shape for an image model — a request of another shape is refused here,
+    before the batcher, so rows of different shapes never meet in a batch."""
+    name, datatype, _ = input_spec(spec)
     if len(inputs) != 1:
         raise InvalidInput(f"expected exactly one input named {name!r}, got {len(inputs)}")
     tensor = inputs[0]
@@ -393,14 +395,16 @@ def request_rows(inputs: list[InputTensor], spec: tuple[str, str, list[int]]) ->
         raise InvalidInput(
             f"input {name!r} has datatype {tensor.datatype}; this model takes {kind}"
         )
-    return _texts(tensor) if datatype == "BYTES" else _images(tensor)
+    return _texts(tensor) if datatype == "BYTES" else _images(tensor, spec)
 
 
-def _images(tensor: InputTensor) -> list[torch.Tensor]:
+def _images(tensor: InputTensor, spec: InputSpec) -> list[torch.Tensor]:
     shape = list(tensor.shape)
-    if len(shape) not in (3, 4):
+    if len(shape) < 2 or not spec.accepts(tuple(shape[1:])):
+        grey = f" (or [N, {spec.shape[1]}, {spec.shape[2]}])" if spec.shape[0] == 1 else ""
         raise InvalidInput(
-            f"input {IMAGE_INPUT!r} has shape {shape}; send [N, H, W] or [N, C, H, W]"
+            f"input {IMAGE_INPUT!r} has shape {shape}; this model takes images of one shape: "
+            f"send [N, {', '.join(map(str, spec.shape))}]{grey}"
         )
     if tensor.raw is not None:
         array = decode_fp32(tensor.raw, shape)
@@ -408,7 +412,7 @@ def _images(tensor: InputTensor) -> list[torch.Tensor]:
         array = typed_fp32([] if tensor.data is None else tensor.data, shape)
     if not np.isfinite(array).all():
         raise InvalidInput(f"input {IMAGE_INPUT!r} holds NaN or infinite values")
-    return list(torch.from_numpy(array.copy()))
+    return list(torch.from_numpy(array.reshape(len(array), *spec.shape).copy()))
 
 
 def _texts(tensor: InputTensor) -> list[str]:

@@ -34,8 +34,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from perennial.backbone import TextBackbone
-from perennial.codec import valid_adapter_id
-from perennial.errors import DataLoss, InvalidInput, NotFound
+from perennial.codec import TEXT, InputSpec, valid_adapter_id
+from perennial.errors import DataLoss, FailedPrecondition, InvalidInput, NotFound
 from perennial.grpc_errors import STATUS
 from perennial.store import CORRUPTION_REASONS, IntegrityError, Manifest, SnapshotStore
 from services.inference.metrics import InferenceMetrics
@@ -61,12 +61,14 @@ class ServingConfig:
     max_text_chars: longest accepted text.
     max_rows: most rows one request may carry (the batcher's max batch size).
     reconcile_seconds: how often the watcher compares served versions with the Redis heads.
+    inputs: what the backbone takes: texts, or FP32 images of one shape (C, H, W).
     """
 
     memory_bytes: int = 1 << 30
     max_text_chars: int = 4096
     max_rows: int = 64
     reconcile_seconds: float = 10.0
+    inputs: InputSpec = TEXT
 
     def __post_init__(self) -> None:
         for name in ("memory_bytes", "max_text_chars", "max_rows"):
@@ -105,6 +107,8 @@ class DataPlane:
         metrics: InferenceMetrics,
         config: ServingConfig = ServingConfig(),
     ) -> None:
+        if (config.inputs.kind == "text") != hasattr(backbone, "tokenize"):
+            raise ValueError(f"{type(backbone).__name__} does not take {config.inputs.kind} inputs")
         self.backbone = backbone
         self.store = store
         self.metrics = metrics
@@ -344,6 +348,12 @@ class DataPlane:
             new = self._build(adapter, head)
         except DataLoss:
             return False  # counted once in `_build`; the served version stays
+        except FailedPrecondition as error:  # e.g. made on another backbone: the served one stays
+            log.error(
+                "not serving the new head",
+                extra={"fields": {"adapter": adapter, "version": head, "error": str(error)}},
+            )
+            return False
         self.metrics.swap_duration.observe(time.perf_counter() - started)
         with self._load_lock:  # not concurrently with a first load of the same adapter
             if self._current.get(adapter) == current_version:

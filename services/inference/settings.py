@@ -140,6 +140,7 @@ class InferenceSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecur
             self.max_text_chars,
             self.max_batch_size,
             self.reconcile_seconds,
+            self.input_spec(),
         )
 
     def server(self) -> ServerConfig:

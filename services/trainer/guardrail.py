@@ -3,8 +3,9 @@
 Holdout selection is deterministic: the n-th example of a class (n = 1, 2, …)
 goes to the holdout instead of training when n is a multiple of `every`, into
 ring slot (n / every) mod `per_class`. So the reservoir is bounded (classes ×
-per_class texts), follows recent data, and a replay after a crash writes the
-same slots with the same texts.
+per_class inputs), follows recent data, and a replay after a crash writes the
+same slots with the same inputs. Inputs are texts, or images (image deployments: the
+`perennial.v1.Tensor` protobuf, in fields marked as tensors).
 
 Rule: a candidate becomes the head unless its accuracy on the holdout of the
 classes the head already knew falls more than `margin` below the head's.
@@ -22,6 +23,9 @@ import torch
 
 from perennial.codec import Example
 from perennial.learners import FirstSessionPredictor
+from perennial.v1 import example_pb2
+
+TENSOR_MARK = "\x1ftensor"  # suffix of a holdout field whose value is a Tensor message
 
 
 @dataclass(frozen=True)
@@ -80,45 +84,59 @@ class HoldoutReservoir:
 
     def add(self, example: Example, count: int) -> None:
         slot = (count // self.config.every) % self.config.per_class
-        self.redis.hset(self.key, f"{example.label}\x1f{slot}", example.text)
+        if example.tensor is None:
+            self.redis.hset(self.key, f"{example.label}\x1f{slot}", example.text)
+            return
+        message = example_pb2.Tensor(shape=example.tensor.shape)
+        message.values.extend(example.tensor.array().ravel().tolist())
+        self.redis.hset(
+            self.key, f"{example.label}\x1f{slot}{TENSOR_MARK}", message.SerializeToString()
+        )
 
-    def texts(self, classes: set[str]) -> tuple[list[str], list[str]]:
-        """Holdout texts and labels of `classes`."""
-        texts, labels = [], []
-        for field, text in sorted(self.redis.hgetall(self.key).items()):
-            label = field.decode().split("\x1f", 1)[0]
-            if label in classes:
-                texts.append(text.decode())
-                labels.append(label)
-        return texts, labels
+    def inputs(self, classes: set[str]) -> tuple[list, list[str]]:
+        """Holdout inputs (texts, or images as float32 tensors) and labels of `classes`."""
+        inputs, labels = [], []
+        for field, value in sorted(self.redis.hgetall(self.key).items()):
+            name = field.decode()
+            label = name.split("\x1f", 1)[0]
+            if label not in classes:
+                continue
+            if name.endswith(TENSOR_MARK):
+                message = example_pb2.Tensor.FromString(value)
+                values = torch.tensor(list(message.values), dtype=torch.float32)
+                inputs.append(values.reshape(tuple(message.shape)))
+            else:
+                inputs.append(value.decode())
+            labels.append(label)
+        return inputs, labels
 
 
 def judge(
     config: GuardrailConfig,
     reservoir: HoldoutReservoir,
     head_classes: list[str],
-    candidate: Callable[[list[str]], list[str]],
-    head: Callable[[list[str]], list[str]],
+    candidate: Callable[[list], list[str]],
+    head: Callable[[list], list[str]],
 ) -> Verdict:
     """Compare candidate and head predictors on the holdout of the head's classes."""
-    texts, labels = reservoir.texts(set(head_classes))
-    if len(texts) < config.min_holdout:
+    inputs, labels = reservoir.inputs(set(head_classes))
+    if len(inputs) < config.min_holdout:
         return Verdict(
             True,
             float("nan"),
             float("nan"),
             0,
-            f"only {len(texts)} holdout texts for the head's classes (< {config.min_holdout})",
+            f"only {len(inputs)} holdout examples for the head's classes (< {config.min_holdout})",
         )
-    candidate_accuracy = _accuracy(candidate(texts), labels)
-    head_accuracy = _accuracy(head(texts), labels)
+    candidate_accuracy = _accuracy(candidate(inputs), labels)
+    head_accuracy = _accuracy(head(inputs), labels)
     if candidate_accuracy < head_accuracy - config.margin:
         reason = (
             f"accuracy on previously learned classes fell from {head_accuracy:.3f} to "
-            f"{candidate_accuracy:.3f} (margin {config.margin:.3f}, {len(texts)} holdout texts)"
+            f"{candidate_accuracy:.3f} (margin {config.margin:.3f}, {len(inputs)} holdout examples)"
         )
-        return Verdict(False, candidate_accuracy, head_accuracy, len(texts), reason)
-    return Verdict(True, candidate_accuracy, head_accuracy, len(texts), "within the margin")
+        return Verdict(False, candidate_accuracy, head_accuracy, len(inputs), reason)
+    return Verdict(True, candidate_accuracy, head_accuracy, len(inputs), "within the margin")
 
 
 class FeatureCache:
@@ -134,28 +152,38 @@ class FeatureCache:
         self._rows: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
         self.computed = 0  # rows the backbone computed (the rest came from the cache)
 
-    def labeller(self, predictor: FirstSessionPredictor) -> Callable[[list[str]], list[str]]:
+    def labeller(self, predictor: FirstSessionPredictor) -> Callable[[list], list[str]]:
         pet = _fingerprint(predictor.module)
 
-        def labels(texts: list[str]) -> list[str]:
-            rows = {t: self._rows.get((pet, t)) for t in dict.fromkeys(texts)}
-            missing = [t for t, row in rows.items() if row is None]
+        def labels(inputs: list) -> list[str]:
+            keys = [_input_key(x) for x in inputs]
+            first = dict(zip(keys, inputs, strict=True))  # one input per key
+            rows = {k: self._rows.get((pet, k)) for k in first}
+            missing = [k for k, row in rows.items() if row is None]
             with torch.inference_mode():
                 for start in range(0, len(missing), 64):
                     chunk = missing[start : start + 64]
-                    features = predictor.features(chunk, predictor.module).float()
-                    rows.update(zip(chunk, features, strict=True))
+                    features = predictor.features([first[k] for k in chunk], predictor.module)
+                    rows.update(zip(chunk, features.float(), strict=True))
                 self.computed += len(missing)
-                for text, row in rows.items():
-                    self._rows[(pet, text)] = row
-                    self._rows.move_to_end((pet, text))
+                for key, row in rows.items():
+                    self._rows[(pet, key)] = row
+                    self._rows.move_to_end((pet, key))
                 while len(self._rows) > self.max_entries:
                     self._rows.popitem(last=False)
-                features = torch.stack([rows[t] for t in texts]).double()
+                features = torch.stack([rows[k] for k in keys]).double()
                 best = predictor.scores_features(features).argmax(-1).tolist()
             return [predictor.classes[i] for i in best]
 
         return labels
+
+
+def _input_key(value) -> str:
+    """A text is its own key; an image's is the digest of its shape and values."""
+    if isinstance(value, str):
+        return value
+    array = value.detach().contiguous().cpu().numpy()
+    return "\x00" + hashlib.sha256(repr(array.shape).encode() + array.tobytes()).hexdigest()
 
 
 def _fingerprint(module: torch.nn.Module | None) -> str:

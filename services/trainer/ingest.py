@@ -68,6 +68,7 @@ class Ingest:
         events: EventPublisher,
     ) -> None:
         self.settings = settings
+        self.spec = settings.input_spec()  # texts, or images of one shape
         self.trainer = trainer
         self.metrics = metrics
         self.producer = producer
@@ -202,7 +203,9 @@ class Ingest:
                 raise codec.DecodeError(
                     "RecordTooLarge", f"record has {len(record.value)} bytes; at most {limit}"
                 )
-            return codec.decode(record.value, key=record.key, timestamp_ms=record.timestamp)
+            return codec.decode(
+                record.value, key=record.key, timestamp_ms=record.timestamp, spec=self.spec
+            )
         except codec.DecodeError as error:
             reason, message = error.reason, str(error)
         except Exception as error:  # noqa: BLE001 - contained to this record, never the loop

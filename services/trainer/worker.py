@@ -44,7 +44,7 @@ from opentelemetry import trace
 from perennial import tracing
 from perennial.backbone import TextBackbone
 from perennial.codec import Example, encode
-from perennial.errors import InvalidInput, NotFound, NotReady
+from perennial.errors import FailedPrecondition, InvalidInput, NotFound, NotReady
 from perennial.grpc_errors import STATUS
 from perennial.learners import (
     FirstSessionPredictor,
@@ -72,6 +72,8 @@ from services.trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 2.0  # after a failed snapshot (Redis away), try again this often
+INCOMPATIBLE_SECONDS = 10.0  # an adapter whose snapshot is refused is refused again without Redis
+MAX_INCOMPATIBLE = 1000
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ class Trainer:
         self.heartbeat = time.monotonic()  # the watchdog reads it: the training thread is alive
         self._held: dict[str, int] = {}  # partition -> records in memory, not yet learned
         self._held_lock = threading.Lock()
+        self._incompatible: dict[str, tuple[str, float]] = {}  # adapter -> (why, until when)
         self._epochs: dict[str, int] = {}  # partition -> the epoch its records must carry
         self._epoch_counter = 0  # one sequence for every partition and both threads
         self._rewinds: dict[str, tuple[int, int]] = {}  # partition -> (epoch, offset) to seek
@@ -277,6 +280,11 @@ class Trainer:
             except redis.RedisError as error:
                 self._dependency_error("redis", error)
                 return  # keep order: retry from this record on the next round
+            except FailedPrecondition as error:  # its snapshot is of another backbone or runtime
+                self._parked.popleft()
+                self._reject(record, "IncompatibleSnapshot", str(error))
+                self._done(record)
+                continue
             if not self._parked or self._parked[0] is not record:
                 continue  # loading it asked for a rewind: the parked records were dropped
             self._parked.popleft()
@@ -298,8 +306,21 @@ class Trainer:
     def _state(self, adapter: str, partition: str | None = None) -> AdapterState:
         state = self.adapters.get(adapter)
         if state is None:
+            refused = self._incompatible.get(adapter)
+            if refused is not None and refused[1] > time.monotonic():
+                raise FailedPrecondition(refused[0])  # without fetching the snapshot again
             self._make_room()
-            state = self.adapters[adapter] = self._load(adapter, partition)
+            try:
+                state = self.adapters[adapter] = self._load(adapter, partition)
+            except FailedPrecondition as error:
+                if len(self._incompatible) >= MAX_INCOMPATIBLE:
+                    self._incompatible.clear()
+                self._incompatible[adapter] = (str(error), time.monotonic() + INCOMPATIBLE_SECONDS)
+                log.error(
+                    "refusing the adapter's records: its snapshot is incompatible",
+                    extra={"fields": {"adapter": adapter, "error": str(error)}},
+                )
+                raise
             self.metrics.resident_adapters.set(len(self.adapters))
             self.drift.submit_classes(
                 adapter, state.learner.classes
@@ -547,7 +568,7 @@ class Trainer:
             else:
                 batch.append(record.example)
         if batch:
-            inputs, labels = [e.text for e in batch], [e.label for e in batch]
+            inputs, labels = [e.input for e in batch], [e.label for e in batch]
             learn_and_predict = getattr(state.learner, "learn_and_predict", None)
             if learn_and_predict is not None:
                 # The prediction before learning comes with the learning (the head's last
@@ -779,7 +800,7 @@ class Trainer:
             },
         )
         self.drift.after_snapshot(
-            adapter, state.learner, state.reservoir.texts
+            adapter, state.learner, state.reservoir.inputs
         )  # forgetting, when due
         return manifest
 

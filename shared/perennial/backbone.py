@@ -106,6 +106,12 @@ class TextBackbone(_Frozen, nn.Module):
         """Encoder blocks L (`hidden` returns L + 1 states)."""
         return len(self.encoder.encoder.layer)
 
+    @property
+    def signature(self) -> str:
+        """Names the features this backbone computes; recorded in every snapshot
+        (`perennial.learners.config.check_backbone`)."""
+        return "text"
+
     def train(self, mode: bool = True) -> TextBackbone:
         # The encoder stays in eval mode: it is frozen, and PET layers have no dropout.
         return self
@@ -266,6 +272,17 @@ class ImageBackbone(_Frozen, nn.Module):
         """MBConv blocks (`hidden` returns layers + 2 states: the stem's, each block's, the head's)."""
         return len(self.encoder._blocks)
 
+    @property
+    def signature(self) -> str:
+        """Names the features this backbone computes (they depend on the resize); recorded in
+        every snapshot (`perennial.learners.config.check_backbone`)."""
+        return f"image-{self.image_size}"
+
+    @property
+    def export_settings(self) -> dict[str, int]:
+        """What the exported ONNX graph fixes besides the weights: its pixel size."""
+        return {"image_size": self.image_size}
+
     def train(self, mode: bool = True) -> ImageBackbone:
         return self  # frozen, BatchNorm statistics fixed
 
@@ -362,17 +379,22 @@ class _ImageHidden(nn.Module):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m perennial.backbone --cache-dir DIR`: export (and quantise) the default text
-    backbone's frozen graphs ahead of time, e.g. while building an image whose root is read-only."""
+    """`python -m perennial.backbone --cache-dir DIR`: export (and quantise) the frozen graphs of
+    the default text backbone and of the image backbone (at each `--image-size`, default 64)
+    ahead of time, e.g. while building an image whose root is read-only."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--cache-dir", type=Path, default=frozen.default_cache_dir())
     parser.add_argument("--runtime", choices=frozen.RUNTIMES[1:], action="append")
+    parser.add_argument("--image-size", type=int, action="append")
     args = parser.parse_args(argv)
-    backbone = TextBackbone.load()
-    for runtime in args.runtime or list(frozen.RUNTIMES[1:]):
-        print(f"{runtime}: {frozen.load(backbone, runtime, args.cache_dir).path}")
+    backbones = [TextBackbone.load()]
+    backbones += [ImageBackbone.load(image_size=size) for size in args.image_size or [64]]
+    for backbone in backbones:
+        for runtime in args.runtime or list(frozen.RUNTIMES[1:]):
+            path = frozen.load(backbone, runtime, args.cache_dir).path
+            print(f"{backbone.signature} {runtime}: {path}")
 
 
 if __name__ == "__main__":

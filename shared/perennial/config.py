@@ -11,12 +11,15 @@ README and the chart in step with the classes).
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
-from typing import Literal, Self, get_args
+from typing import Annotated, Literal, Self, get_args, get_origin
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from perennial.codec import InputSpec
 
 PREFIX = "PERENNIAL_"
 
@@ -72,8 +75,24 @@ class ProcessSettings(Settings):
     metrics_port: int = Field(
         9100, ge=0, le=65535, description="port of Prometheus /metrics (0: any free port)"
     )
+    backbone: Literal["text", "image"] = Field(
+        "text",
+        description="the frozen backbone: text (a transformers encoder) or image (EfficientNet-Lite0, "
+        "FP32 images of PERENNIAL_IMAGE_SHAPE); trainer and inference must agree",
+    )
     backbone_path: Path | None = Field(
         None, description="a transformers encoder directory (unset: the bundled all-MiniLM-L6-v2)"
+    )
+    image_shape: Annotated[tuple[int, int, int], NoDecode] = Field(
+        (3, 64, 64),
+        description="C,H,W of every image (image backbone): examples and requests of another "
+        "shape are refused; C is 1 (grey) or 3 (RGB)",
+    )
+    image_size: int = Field(
+        64,
+        ge=32,
+        le=512,
+        description="side the image backbone resizes images to; trainer and inference must agree",
     )
     runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
         "onnx",
@@ -100,10 +119,30 @@ class ProcessSettings(Settings):
         description="share of new traces sampled (a sampled parent, e.g. a producer's, is always followed)",
     )
 
+    def input_spec(self) -> InputSpec:
+        """What the deployment's backbone takes: texts, or images of `image_shape`."""
+        if self.backbone == "image":
+            return InputSpec("image", self.image_shape)
+        return InputSpec("text")
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("image_shape", mode="before")
+    @classmethod
+    def _shape(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = tuple(int(part) for part in re.split(r"[,x×]", value.strip()))
+            except ValueError:
+                raise ValueError("write C,H,W, e.g. 1,28,28") from None
+        if isinstance(value, (tuple, list)) and len(value) == 3:
+            channels, height, width = value
+            if channels not in (1, 3) or not (1 <= height <= 1024 and 1 <= width <= 1024):
+                raise ValueError("C must be 1 or 3, H and W between 1 and 1024")
+        return value
 
 
 class RedisSettings(Settings):
@@ -217,6 +256,8 @@ class GrpcSecuritySettings(Settings):
 
 
 def _type_name(annotation: object) -> str:
+    if get_origin(annotation) is tuple:
+        return ",".join(_type_name(a) for a in get_args(annotation))
     args = [a for a in get_args(annotation) if a is not type(None)]
     if getattr(annotation, "__origin__", None) is Literal:
         return "one of " + ", ".join(str(a) for a in args)
@@ -230,6 +271,8 @@ def _default(value: object) -> str:
         return ""
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
     return str(value)
 
 

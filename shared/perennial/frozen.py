@@ -151,7 +151,9 @@ def load(backbone: Exportable, runtime: Runtime, cache_dir: Path | None = None, 
     if runtime == "torch":
         return TorchFrozen(backbone)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = fingerprint(backbone.frozen_module(), {"outputs": backbone.hidden_names()})
+    # the graph's fixed input sizes too (images: the resize), not only the weights
+    fixed = getattr(backbone, "export_settings", {})
+    key = fingerprint(backbone.frozen_module(), {"outputs": backbone.hidden_names(), **fixed})
     fp32 = cache / f"{key}.onnx"
     path = fp32 if runtime == "onnx" else cache / f"{key}.int8.onnx"
     with _export_lock:

@@ -23,7 +23,7 @@ from prometheus_client import (
 )
 
 from perennial import logs, tracing
-from perennial.backbone import TextBackbone
+from perennial.backbone import ImageBackbone, TextBackbone
 from perennial.config import ConfigError, ProcessSettings, Settings, help_requested, variable
 from perennial.grpc_security import ServerSecurity
 
@@ -120,15 +120,21 @@ def bind(start: Callable[[str, int], int], host: str, port: int, field: str) -> 
         raise StartupError(_bind_error(field, port, error)) from None
 
 
-def load_backbone(settings: ProcessSettings, device: torch.device | None = None) -> TextBackbone:
-    """The configured backbone on `device`, its frozen part on the configured runtime."""
+def load_backbone(
+    settings: ProcessSettings, device: torch.device | None = None
+) -> TextBackbone | ImageBackbone:
+    """The configured backbone (`PERENNIAL_BACKBONE`) on `device`, its frozen part on the
+    configured runtime."""
     device = device or torch.device("cpu")
     if settings.runtime != "torch" and device.type != "cpu":
         raise ConfigError(
             f"{variable('runtime')}={settings.runtime} runs on the CPU, the backbone on {device}: "
             f"set {variable('runtime')}=torch on both services"
         )
-    backbone = TextBackbone.load(settings.backbone_path).to(device)
+    if settings.backbone == "image":
+        backbone = ImageBackbone.load(image_size=settings.image_size).to(device)
+    else:
+        backbone = TextBackbone.load(settings.backbone_path).to(device)
     backbone.use_runtime(settings.runtime, settings.onnx_cache_dir, settings.torch_threads)
     return backbone
 

@@ -46,6 +46,8 @@ FULL: dict = {
     "image": {"registry": "registry.example.com/ml", "pullSecrets": ["regcred"]},
     "logLevel": "DEBUG",
     "backbonePath": "/models/minilm",
+    "backbone": "image",
+    "imageBackbone": {"shape": "1,28,28", "size": 32},
     "inference": {
         "image": {"digest": "sha256:" + "a" * 64},
         "priorityClassName": "high",

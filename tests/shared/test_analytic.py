@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from perennial.errors import FailedPrecondition
-from perennial.learners import LearnerConfig, build_learner, load_predictor, restore_learner
+from perennial.learners import (
+    LearnerConfig,
+    build_learner,
+    load_predictor,
+    restore_learner,
+)
 from perennial.learners.analytic import RanPAC, SimpleCIL
 from perennial.store import from_safetensors, to_safetensors
 
@@ -141,3 +146,23 @@ def test_a_snapshot_of_another_runtime_is_refused(tiny_backbone):
     assert metadata["runtime"] == "torch"
     with pytest.raises(FailedPrecondition, match="set PERENNIAL_RUNTIME=onnx"):
         load_predictor(tiny_backbone, tensors, {**metadata, "runtime": "onnx"})
+
+
+@pytest.mark.parametrize("name", ["ranpac", "fsa", "lae"])
+def test_a_snapshot_of_another_backbone_is_refused(tiny_backbone, name):
+    """Every learner records its backbone; an image snapshot on a text service (or images of
+    another size) is FAILED_PRECONDITION naming the settings, never a decode failure."""
+    config = LearnerConfig(learner=name, projection_dim=16, warmup_cap=64)
+    learner = build_learner(tiny_backbone, config)
+    learner.learn(TEXTS[:4], LABELS[:4])
+    tensors, metadata = learner.state()
+    assert metadata["backbone"] == "text"
+    other = {**metadata, "backbone": "image-64"}
+    with pytest.raises(
+        FailedPrecondition, match="PERENNIAL_BACKBONE=image and PERENNIAL_IMAGE_SIZE=64"
+    ):
+        load_predictor(tiny_backbone, tensors, other)
+    with pytest.raises(FailedPrecondition, match="'image-64' backbone, this service runs 'text'"):
+        restore_learner(tiny_backbone, tensors, other)
+    legacy = {k: v for k, v in metadata.items() if k != "backbone"}  # before it was recorded: text
+    assert load_predictor(tiny_backbone, tensors, legacy).classes == learner.classes

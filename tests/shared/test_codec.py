@@ -1,6 +1,7 @@
 """The stream codec: protobuf and JSON forms, and one clear reason per bad record."""
 
 import json
+import re
 
 import pytest
 
@@ -130,3 +131,96 @@ def test_adapter_ids_match_whole():
     assert codec.valid_adapter_id("wordnet-1.a_b")
     for bad in ("evil\n", "\nevil", "Evil", "", "a" * 64, "-a", None, 7):
         assert not codec.valid_adapter_id(bad), bad
+
+
+# -- image deployments: FP32 tensors of the deployment's shape ----------------------------------
+GREY = codec.InputSpec("image", (1, 4, 3))
+PIXELS = [[0.0, 0.25, 0.5], [0.75, 1.0, 0.125], [0.5, 0.5, 0.5], [0.0, 1.0, 0.0]]
+IMAGE = codec.Example(
+    "fashion", "i1", "", "Shirt", 1_700_000_000.5, codec.Tensor.from_array([PIXELS])
+)
+
+
+@pytest.mark.parametrize("encode", [codec.encode, codec.encode_json])
+def test_tensor_round_trip(encode):
+    decoded = codec.decode(encode(IMAGE), key=b"fashion", spec=GREY)
+    assert decoded == IMAGE
+    assert decoded.input.shape == (1, 4, 3) and decoded.input.dtype.is_floating_point
+    assert decoded.input[0, 1, 2].item() == 0.125
+
+
+def test_a_grey_image_may_leave_out_its_channel():
+    value = {"adapter": "fashion", "label": "Shirt", "event_time": 1}
+    value["tensor"] = {"shape": [4, 3], "values": [v for row in PIXELS for v in row]}
+    decoded = codec.decode(json.dumps(value).encode(), spec=GREY)
+    assert decoded.tensor.shape == (1, 4, 3) and decoded.tensor == IMAGE.tensor
+
+
+def _image_record(**tensor) -> bytes:
+    return json.dumps({"adapter": "fashion", "label": "Shirt", "event_time": 1, **tensor}).encode()
+
+
+@pytest.mark.parametrize(
+    ("value", "reason", "hint"),
+    [
+        (_image_record(text="a shirt"), "UnsupportedInput", "send `tensor` with shape [1, 4, 3]"),
+        (_image_record(), "MissingInput", "tensor is missing"),
+        (_image_record(tensor=[1, 2]), "InvalidTensor", "`shape` and `values`"),
+        (_image_record(tensor={"shape": "1x4x3", "values": []}), "InvalidTensor", "list of sizes"),
+        (
+            _image_record(tensor={"shape": [1, 1, 1, 1, 1], "values": [0.0]}),
+            "InvalidTensor",
+            "list of sizes",
+        ),
+        (
+            _image_record(tensor={"shape": [3, 4, 3], "values": [0.0] * 36}),
+            "InvalidShape",
+            "[3, 4, 3] is not this deployment's image shape [1, 4, 3]",
+        ),
+        (
+            _image_record(tensor={"shape": [1, 4, 3], "values": [0.0] * 11}),
+            "InvalidTensor",
+            "11 values; shape [1, 4, 3] needs 12",
+        ),
+        (
+            _image_record(tensor={"shape": [1, 4, 3], "values": "0" * 12}),
+            "InvalidTensor",
+            "list of numbers",
+        ),
+        (
+            _image_record(tensor={"shape": [1, 4, 3], "values": [0.0] * 11 + [True]}),
+            "InvalidTensor",
+            "numbers",
+        ),
+        (
+            _image_record(tensor={"shape": [1, 4, 3], "values": [0.0] * 11 + [1e39]}),
+            "InvalidTensor",
+            "infinite",
+        ),
+        (
+            _image_record(tensor={"shape": [1, 4, 3], "values": [0.0] * 11 + [10**400]}),
+            "InvalidTensor",
+            "infinite",
+        ),
+    ],
+)
+def test_bad_tensor_records_name_their_reason(value, reason, hint):
+    with pytest.raises(codec.DecodeError, match=re.escape(hint)) as caught:
+        codec.decode(value, spec=GREY)
+    assert caught.value.reason == reason
+
+
+def test_nan_in_a_protobuf_tensor_is_refused():
+    message = codec.example_pb2.Example(adapter="fashion", label="Shirt")
+    message.tensor.shape.extend([1, 4, 3])
+    message.tensor.values.extend([0.0] * 11 + [float("nan")])
+    message.event_time.seconds = 1
+    with pytest.raises(codec.DecodeError, match="NaN") as caught:
+        codec.decode(message.SerializeToString(), spec=GREY)
+    assert caught.value.reason == "InvalidTensor"
+
+
+def test_a_tensor_to_a_text_deployment_says_which_backbone_it_runs():
+    with pytest.raises(codec.DecodeError, match="PERENNIAL_BACKBONE=text") as caught:
+        codec.decode(codec.encode(IMAGE))
+    assert caught.value.reason == "UnsupportedInput"

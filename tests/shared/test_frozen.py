@@ -82,3 +82,14 @@ def test_image_backbone_on_onnx(tmp_path) -> None:
 def test_unknown_runtime_is_refused(tiny_backbone) -> None:
     with pytest.raises(ValueError, match="runtime must be one of"):
         frozen.load(tiny_backbone, "tensorrt", None)
+
+
+def test_image_graphs_of_other_sizes_do_not_share_a_cache_entry(tmp_path) -> None:
+    """The exported graph fixes its pixel size: a backbone resizing to 32 px must not reuse the
+    graph of one resizing to 64 px from the same cache (same weights)."""
+    small, large = ImageBackbone.load(image_size=32), ImageBackbone.load(image_size=64)
+    small.use_runtime("onnx", tmp_path)
+    large.use_runtime("onnx", tmp_path)
+    assert len(list(tmp_path.glob("*.onnx"))) == 2
+    images = torch.rand(2, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert small(small.prepare(images)).shape == large(large.prepare(images)).shape == (2, 1280)

@@ -197,3 +197,33 @@ def test_a_method_that_does_not_apply_is_a_clear_error(tiny_backbone, image_back
         inject(tiny_backbone.encoder, LoRAConfig(target_modules=("nonexistent",)))
     with pytest.raises(ValueError, match="prefix does not apply to EfficientNet"):
         inject(image_backbone.encoder, PrefixConfig())
+
+
+def test_rowwise_lora_gives_each_row_its_modules_update_on_convolutions(image_backbone):
+    """Serving many image adapters in one forward: row i of a batch through RowwiseLoRA equals
+    row i through its own module (1×1 convolutions, NCHW), for one module and for several."""
+    from perennial.pet.lora import RowwiseLoRA
+
+    config = LoRAConfig(rank=2, target_modules=("_project_conv",), layers=(14, 15))
+    shapes = inject(image_backbone.encoder, config)
+    modules = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        module = create_module(config, shapes)
+        for b in module.lora_b.values():
+            torch.nn.init.normal_(b)
+        modules.append(module)
+    batch = image_backbone.prepare(
+        torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    )
+    with torch.no_grad():
+        alone = []
+        for module in modules:
+            with activate(module):
+                alone.append(image_backbone(batch))
+        for rows in ([0, 0, 0], [0, 1, 0]):
+            with activate(RowwiseLoRA([modules[r] for r in rows])):
+                mixed = image_backbone(batch)
+            expected = torch.stack([alone[r][i] for i, r in enumerate(rows)])
+            torch.testing.assert_close(mixed, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(alone[0], alone[1])

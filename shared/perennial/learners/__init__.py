@@ -1,7 +1,8 @@
 """Continual learners on a task-free stream, one interface, chosen by configuration.
 
 Every learner has `learn(inputs, labels) -> loss`, `classes`, `examples`, `steps`,
-`predict(inputs)`, `state() -> (tensors, metadata)` and `from_state(...)`;
+`predict(inputs)`, `state() -> (tensors, metadata)` (the metadata names the backbone:
+`backbone.signature`) and `from_state(...)`;
 `load_predictor(backbone, tensors, metadata)` rebuilds from a snapshot what
 serving needs: an object with `.scores(backbone, inputs) -> [N, C]` and `.classes`.
 The learners and their knobs: `perennial.learners.config`.
@@ -15,7 +16,7 @@ from typing import Protocol
 import torch
 
 from perennial.learners.analytic import RanPAC, SimpleCIL
-from perennial.learners.config import DEFAULT_LEARNER, LearnerConfig
+from perennial.learners.config import DEFAULT_LEARNER, LearnerConfig, check_backbone
 from perennial.learners.fsa import FirstSessionLearner, FirstSessionPredictor
 from perennial.learners.lae import Ensemble, LAELearner
 
@@ -81,6 +82,7 @@ def restore_learner(
     backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 ) -> Learner:
     """The learner a `state()` snapshot came from, ready to continue exactly."""
+    check_backbone(backbone, metadata)
     return LEARNERS[_config(metadata).learner].from_state(backbone, tensors, metadata)
 
 
@@ -88,4 +90,5 @@ def load_predictor(
     backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 ) -> Predictor:
     """Serving's single entry point: the predictor in a snapshot, frozen."""
+    check_backbone(backbone, metadata)
     return LEARNERS[_config(metadata).learner].predictor_from_state(backbone, tensors, metadata)

@@ -86,6 +86,7 @@ class _FeatureLearner:
             "steps": str(self.steps),
             "examples": str(self.examples),
             "runtime": self.backbone.runtime,  # the statistics hold features of this runtime
+            "backbone": self.backbone.signature,
         }
 
     def _restore_counters(self, metadata: dict[str, str]) -> None:

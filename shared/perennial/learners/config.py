@@ -131,6 +131,24 @@ class LearnerConfig:
         return cls(**fields)
 
 
+def check_backbone(backbone, metadata: dict[str, str]) -> None:
+    """Refuse a snapshot made on another backbone than `backbone` (text vs image, or images
+    resized to another size): its weights and statistics belong to other features. Snapshots
+    from before the backbone was recorded were all made on the text backbone."""
+    made_with = metadata.get("backbone", "text")
+    if made_with != backbone.signature:
+        raise FailedPrecondition(
+            f"the snapshot was made on the {made_with!r} backbone, this service runs "
+            f"{backbone.signature!r}: set {_backbone_settings(made_with)} on the trainer and "
+            "inference (they must agree), or use another adapter id"
+        )
+
+
+def _backbone_settings(signature: str) -> str:
+    kind, _, size = signature.partition("-")
+    return f"PERENNIAL_BACKBONE={kind}" + (f" and PERENNIAL_IMAGE_SIZE={size}" if size else "")
+
+
 def check_runtime(backbone, metadata: dict[str, str]) -> None:
     """Refuse a snapshot whose features came from another backbone runtime than `backbone`'s:
     an analytic head's statistics are only valid for the features they were summed from."""

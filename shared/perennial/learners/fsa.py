@@ -248,6 +248,7 @@ class FirstSessionLearner:
             "steps": str(self.steps),
             "examples": str(self.examples),
             "runtime": self.backbone.runtime,
+            "backbone": self.backbone.signature,
             "buffer": json.dumps({"inputs": buffer, "labels": self.buffer_labels}),
             "ridge": json.dumps([self.head.ridge, *self._selected]),
         }

@@ -258,6 +258,7 @@ class LAELearner:
             "examples": str(self.examples),
             "frozen_until": str(self._frozen_until),
             "last_seen": json.dumps(sorted(self._last_seen.items())),
+            "backbone": self.backbone.signature,
         }
         return tensors, metadata
 

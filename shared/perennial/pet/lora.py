@@ -142,6 +142,14 @@ class RowwiseLoRA:
 
     def delta(self, path: str, x: torch.Tensor) -> torch.Tensor:
         a, b = self._stack(key_of(path))  # [N, in, r], [N, r, out] (or unbatched)
+        if x.dim() == 4:  # NCHW (1×1 conv): the same map over channels, at every pixel
+            n, _, h, w = x.shape
+            pixels = x.permute(0, 2, 3, 1).reshape(n, h * w, -1)
+            return self._apply(pixels, a, b).reshape(n, h, w, -1).permute(0, 3, 1, 2)
+        return self._apply(x, a, b)
+
+    @staticmethod
+    def _apply(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if a.dim() == 2:
             return x @ a @ b
         return torch.bmm(torch.bmm(x, a), b)

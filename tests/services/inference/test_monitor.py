@@ -7,11 +7,17 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from prometheus_client import CollectorRegistry
 
 from perennial.config import ConfigError
 from services.inference.metrics import InferenceDriftMetrics
-from services.inference.monitor import InferenceDriftMonitor, MonitorConfig, frozen_token_embedder
+from services.inference.monitor import (
+    InferenceDriftMonitor,
+    MonitorConfig,
+    frozen_token_embedder,
+    pooled_pixels,
+)
 from services.inference.settings import InferenceSettings
 
 SMALL = MonitorConfig(
@@ -118,3 +124,28 @@ def test_monitor_config_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> No
         ConfigError, match="PERENNIAL_DRIFT_QUEUE_SIZE='many': Input should be a valid integer"
     ):
         InferenceSettings.load()
+
+
+def test_image_input_drift_on_pooled_pixels() -> None:
+    """Images feed the same detectors through `pooled_pixels` (8×8 per channel, no forward):
+    quiet on dark images, an alarm once the images turn bright."""
+    registry = CollectorRegistry()
+    monitor = InferenceDriftMonitor(InferenceDriftMetrics(registry), pooled_pixels, SMALL)
+    generator = torch.Generator().manual_seed(0)
+    assert pooled_pixels([torch.rand(1, 28, 28, generator=generator)]).shape == (1, 64)
+    alarms = []
+    for brightness, batches in ((0.0, 40), (0.7, 20)):
+        for _ in range(batches):
+            images = brightness + torch.rand(8, 1, 28, 28, generator=generator) * 0.3
+            monitor.submit("fashion", list(images), ["a"] * 8)
+        assert monitor.drain(timeout=30)
+        alarms.append(
+            value(
+                registry,
+                "perennial_inference_drift_detections_total",
+                adapter="fashion",
+                signal="input",
+            )
+        )
+    assert alarms[0] == 0 and alarms[1] >= 1
+    assert value(registry, "perennial_inference_drift_observations_total", adapter="fashion") == 480

@@ -399,3 +399,12 @@ def _wait(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.005)
+
+
+def test_an_image_of_another_shape_is_400_naming_the_shape(image_service):  # noqa: F811
+    service, _ = image_service
+    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 8, 8],
+                        "data": [0.5] * 192}]}  # fmt: skip
+    status, _, answer = call(service, "POST", "/v2/models/fashion/infer", body)
+    assert status == 400
+    assert "send [N, 1, 28, 28] (or [N, 28, 28])" in json.loads(answer)["error"]

@@ -23,22 +23,13 @@ from services.trainer.metrics import TrainerMetrics
 from services.trainer.settings import TrainerSettings
 from services.trainer.worker import Incoming, Trainer
 from tests.services.inference.test_corruption import CASES, _corrupt
-from tests.services.trainer.test_worker import TEXTS, Sent
+from tests.services.trainer.test_worker import IN_PROCESS, TEXTS, Sent
 
 
 @pytest.fixture
 def make_trainer(redis_client, tiny_backbone):
     def make(learner: str = "simplecil", **overrides) -> Trainer:
-        fields = {
-            "kafka_bootstrap": "unused:9092",
-            "redis_url": "redis://unused",
-            "batch_size": 4,
-            "snapshot_every_examples": 8,
-            "snapshot_every_seconds": 3600,
-            "batch_wait_seconds": 3600,
-            "holdout_every": 0,
-            **overrides,
-        }
+        fields = {**IN_PROCESS, **overrides}
         return Trainer(
             TrainerSettings(**fields),
             tiny_backbone,
@@ -134,6 +125,16 @@ def test_idle_adapters_are_evicted_to_their_snapshot_and_reloaded(make_trainer):
     assert registry.get_sample_value("perennial_trainer_resident_adapters") <= 2
 
 
+def read_records(bootstrap: str, topic: str, count: int) -> list:
+    """The first `count` records of `topic` (fewer if they do not come within 10 s)."""
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=10_000
+    )
+    records = [record for record, _ in zip(consumer, range(count), strict=False)]
+    consumer.close()
+    return records
+
+
 def test_labels_beyond_the_class_limit_are_dead_letters(make_trainer, kafka_broker):
     topic = f"dlq-{time.monotonic_ns()}"
     create_topics(kafka_broker.bootstrap, {topic: 1})
@@ -144,14 +145,7 @@ def test_labels_beyond_the_class_limit_are_dead_letters(make_trainer, kafka_brok
     trainer.snapshot_all()
     latest = trainer.store.latest("ad")
     assert set(latest.class_counts) == {"animal", "plant"} and latest.offsets == {"t:0": 8}
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=kafka_broker.bootstrap,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=10_000,
-    )
-    dead = [record for record, _ in zip(consumer, range(2), strict=False)]
-    consumer.close()
+    dead = read_records(kafka_broker.bootstrap, topic, 2)
     producer.close()
     assert [dict(r.headers)["perennial.error.class"] for r in dead] == [b"TooManyClasses"] * 2
     assert [int(dict(r.headers)["perennial.source.offset"]) for r in dead] == [2, 6]

@@ -16,6 +16,16 @@ from services.trainer.metrics import TrainerMetrics
 from services.trainer.settings import TrainerSettings
 from services.trainer.worker import Incoming, Trainer
 
+# an in-process trainer: no Kafka or Redis URL of its own, small batches, snapshots by count
+IN_PROCESS = {
+    "kafka_bootstrap": "unused:9092",
+    "redis_url": "redis://unused",
+    "batch_size": 4,
+    "snapshot_every_examples": 8,
+    "snapshot_every_seconds": 3600,
+    "batch_wait_seconds": 3600,
+    "holdout_every": 0,
+}
 TEXTS = {
     "animal": ["a small dog", "a big cat", "a red fox", "a grey wolf"],
     "plant": ["a tall tree", "a green fern", "a wild rose", "a young oak"],
@@ -36,16 +46,7 @@ class Sent(list):
 @pytest.fixture
 def make_trainer(redis_client, tiny_backbone):
     def make(**overrides) -> tuple[Trainer, Sent]:
-        fields = {
-            "kafka_bootstrap": "unused:9092",
-            "redis_url": "redis://unused",
-            "batch_size": 4,
-            "snapshot_every_examples": 8,
-            "snapshot_every_seconds": 3600,
-            "batch_wait_seconds": 3600,
-            "holdout_every": 0,
-            **overrides,
-        }
+        fields = {**IN_PROCESS, **overrides}
         sent = Sent()
         trainer = Trainer(
             TrainerSettings(**fields),
