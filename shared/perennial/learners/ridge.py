@@ -9,7 +9,8 @@ err(W) = tr(WᵀG_v W) − 2 tr(WᵀQ_v), computed from one eigendecomposition o
 
 Selecting λ costs an eigendecomposition of an M×M matrix, solving the head one Cholesky
 factorisation: `select_ridge` runs when the learner says so (new classes, every `ridge_every`
-examples), `solve` whenever the statistics changed.
+examples), `solve` whenever the statistics changed. `SolvedHead` is what serving needs: the
+solved W alone (the statistics stay with the trainer), scored exactly as `RidgeHead.scores`.
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ class RidgeHead:
         """Ridge outputs [N, classes]."""
         return self.expand(features) @ self.solve()
 
+    def solved(self) -> SolvedHead:
+        """The head for the current statistics, detached from them (what a version serves)."""
+        return SolvedHead(self.dim, self.width, self.seed, self.solve().clone())
+
     def state(self, prefix: str) -> dict[str, torch.Tensor]:
         """The statistics (the Gram matrices' upper triangles: they are symmetric, so half the
         bytes and still exact)."""
@@ -132,3 +137,17 @@ class RidgeHead:
         self.gram[:, cols, rows] = upper
         self.targets = tensors[f"{prefix}targets"].double().clone()
         self.ridge, self._solution = ridge, None
+
+
+class SolvedHead:
+    """A solved ridge head W [width, classes] on the ReLU random features of `seed`: what a
+    served version holds instead of the M×M statistics (solved once, in the trainer)."""
+
+    def __init__(self, dim: int, width: int, seed: int, weights: torch.Tensor) -> None:
+        if weights.shape[0] != width:
+            raise ValueError(f"a solved head of width {width} has {weights.shape[0]} rows")
+        self.dim, self.width, self.seed, self.weights = dim, width, seed, weights.double()
+
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        """Ridge outputs [N, classes], equal to `RidgeHead.scores` of the statistics it came from."""
+        return torch.relu(features.double() @ projection(self.seed, self.dim, self.width)) @ self.weights
