@@ -150,4 +150,7 @@ class SolvedHead:
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """Ridge outputs [N, classes], equal to `RidgeHead.scores` of the statistics it came from."""
-        return torch.relu(features.double() @ projection(self.seed, self.dim, self.width)) @ self.weights
+        return (
+            torch.relu(features.double() @ projection(self.seed, self.dim, self.width))
+            @ self.weights
+        )

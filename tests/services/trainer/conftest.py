@@ -18,6 +18,7 @@ DETERMINISTIC = {
     "PERENNIAL_SNAPSHOT_EVERY_EXAMPLES": 32,
     "PERENNIAL_SNAPSHOT_EVERY_SECONDS": "inf",
     "PERENNIAL_HOLDOUT_EVERY": 0,
+    "PERENNIAL_CHECKPOINT_EVERY_SECONDS": 0,  # every version a checkpoint: the chain is exact
     "PERENNIAL_TORCH_THREADS": 1,
     "PERENNIAL_RETAIN_BYTES": 1 << 30,  # the tests read every version of the lineage
 }
