@@ -560,8 +560,13 @@ class Trainer:
                 continue
             while len(state.pending) >= self.settings.batch_size:
                 self._consume(adapter, state, self.settings.batch_size)
+                if time.monotonic() - self._last_snapshot >= self.settings.snapshot_every_seconds:
+                    self.snapshot_all()  # behind the stream: versions keep coming meanwhile
+                if self.adapters.get(adapter) is not state:
+                    break  # a snapshot was fenced out: the adapter reloads, its records requeued
             if (
-                state.pending
+                self.adapters.get(adapter) is state
+                and state.pending
                 and now - state.pending[0].received >= self.settings.batch_wait_seconds
             ):
                 self._consume(adapter, state, len(state.pending))  # its oldest record waited enough
@@ -992,6 +997,8 @@ class Trainer:
             self._requeue(state)
             self.adapters[adapter] = self._load(adapter)
             self.adapters[adapter].paused = state.paused
+            # From the version's checkpoint, not re-reading up to the version: nothing to pass.
+            self.adapters[adapter].catch_up = {}
         self.events.rolled_back(adapter, version, previous.version if previous else None)
         return manifest
 

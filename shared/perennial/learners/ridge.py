@@ -42,6 +42,7 @@ class RidgeHead:
         self.ridge = grid[0]
         self._solution: torch.Tensor | None = None
         self._last: torch.Tensor | None = None  # the newest solution, kept while data arrives
+        self._expanded: tuple[torch.Tensor, torch.Tensor] | None = None  # (features, ReLU(x·P))
 
     @property
     def projection(self) -> torch.Tensor:
@@ -59,7 +60,12 @@ class RidgeHead:
             self._solution = None
 
     def expand(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.relu(features.double() @ self.projection)
+        # The trainer scores a micro-batch with the last solution, then adds it: one expansion.
+        if self._expanded is not None and self._expanded[0] is features:
+            return self._expanded[1]
+        h = torch.relu(features.double() @ self.projection)
+        self._expanded = (features, h)
+        return h
 
     def add(self, features: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor) -> None:
         """Add examples (features [N, dim], class indices, stream positions) to the statistics."""

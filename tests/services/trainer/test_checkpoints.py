@@ -98,3 +98,7 @@ def test_retention_keeps_checkpoints_and_a_rollback_resumes_from_one(make_traine
     state = trainer.adapters["ad"]
     assert store.head("ad") == target and state.latest == target
     assert state.checkpoint == first and state.learner.examples == first.examples
+    feed(trainer, ["animal", "plant"] * 4, start=offset)  # learning goes on from the checkpoint
+    after = store.latest("ad")
+    assert after.parent == target.version and after.checkpoint == after.version
+    assert after.examples == first.examples + 8
