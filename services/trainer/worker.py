@@ -60,6 +60,7 @@ from perennial.learners import (
     build_learner,
     load_predictor,
     restore_learner,
+    serving_state,
 )
 from perennial.monitoring import NoMonitor
 from perennial.store import (
@@ -749,12 +750,12 @@ class Trainer:
     ) -> Manifest:
         started = time.perf_counter()
         verdict = candidate = None
-        serving = getattr(state.learner, "serving", None)
         # The serving blob every version has; the whole state only in a checkpoint (a learner
         # without a serving view serves its whole state, so each of its versions is one).
-        tensors, metadata = serving() if serving is not None else state.learner.state()
-        state_blob = to_safetensors(*state.learner.state()) if serving and checkpoint else None
-        checkpoint = checkpoint or serving is None
+        split = hasattr(state.learner, "serving")
+        tensors, metadata = serving_state(state.learner)
+        state_blob = to_safetensors(*state.learner.state()) if split and checkpoint else None
+        checkpoint = checkpoint or not split
         if state.head is not None and not force_promote and self.settings.guardrail.enabled:
             try:
                 head = self._head_labeller(adapter, state.head)

@@ -238,15 +238,16 @@ class FirstSessionLearner:
         """What a served version needs, a few hundred KB: the head solved once here (W [M, C]),
         the PET and the metadata; not the M×M statistics nor the warm-up buffer (`state`)."""
         tensors = {"head.weights": self.head.solve().contiguous().clone(), **self._pet_tensors()}
-        metadata = {
+        return tensors, {**self._metadata(), "ridge": json.dumps(self.head.ridge)}
+
+    def _metadata(self) -> dict[str, str]:
+        return {
             "classes": json.dumps(self.classes),
             "learner": json.dumps(self.config.to_dict(), sort_keys=True),
             "steps": str(self.steps),
             "examples": str(self.examples),
             "runtime": self.backbone.runtime,
-            "ridge": json.dumps(self.head.ridge),
         }
-        return tensors, metadata
 
     def _pet_tensors(self) -> dict[str, torch.Tensor]:
         if self.module is None:
@@ -261,11 +262,7 @@ class FirstSessionLearner:
             tensors["buffer"] = torch.stack([torch.as_tensor(x) for x in self.buffer])
             buffer = None
         metadata = {
-            "classes": json.dumps(self.classes),
-            "learner": json.dumps(self.config.to_dict(), sort_keys=True),
-            "steps": str(self.steps),
-            "examples": str(self.examples),
-            "runtime": self.backbone.runtime,
+            **self._metadata(),
             "buffer": json.dumps({"inputs": buffer, "labels": self.buffer_labels}),
             "ridge": json.dumps([self.head.ridge, *self._selected]),
         }

@@ -4,39 +4,18 @@ Redis): small blobs, commits and restarts that follow checkpoints, retention and
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from perennial.store import SnapshotStore
-from services.trainer.events import EventPublisher
-from services.trainer.metrics import TrainerMetrics
-from services.trainer.settings import TrainerSettings
 from services.trainer.worker import Trainer
-from tests.services.trainer.test_worker import Sent, feed
+from tests.services.trainer.conftest import in_process_trainer
+from tests.services.trainer.test_worker import feed
 from tests.shared.test_fsa import CONFIG
 
 
 @pytest.fixture
 def make_trainer(redis_client, tiny_backbone):
     def make(**overrides) -> Trainer:
-        fields = {
-            "kafka_bootstrap": "unused:9092",
-            "redis_url": "redis://unused",
-            "batch_size": 4,
-            "snapshot_every_examples": 8,
-            "snapshot_every_seconds": 3600,
-            "checkpoint_every_seconds": 3600,
-            "batch_wait_seconds": 3600,
-            "holdout_every": 0,
-            **overrides,
-        }
-        return Trainer(
-            TrainerSettings(**fields),
-            tiny_backbone,
-            SnapshotStore(redis_client),
-            TrainerMetrics(CollectorRegistry()),
-            EventPublisher(Sent(), "perennial.events", "test"),
-            CONFIG,
-        )
+        settings = {"checkpoint_every_seconds": 3600, **overrides}
+        return in_process_trainer(redis_client, tiny_backbone, CONFIG, **settings)
 
     return make
 
