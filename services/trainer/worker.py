@@ -134,6 +134,8 @@ class AdapterState:
     def caught_up(self) -> bool:
         if any(self.applied.get(p, 0) < offset for p, offset in self.catch_up.items()):
             return False
+        if self.catch_up and self.applied == self.catch_up:
+            self.new_event_times = []  # exactly what `latest` holds: nothing new to publish
         self.catch_up = {}
         return True
 
@@ -386,6 +388,7 @@ class Trainer:
             dict(checkpoint.class_counts),
             reservoir,
             checkpoint=checkpoint,
+            last_checkpoint=time.monotonic(),  # the next one when due, as if written now
             catch_up=dict(latest.offsets) if checkpoint.version != latest.version else {},
             **fields,
         )
@@ -691,7 +694,7 @@ class Trainer:
         for adapter, state in list(self.adapters.items()):
             self.heartbeat = time.monotonic()
             due = state.uncheckpointed and (checkpoint or self._checkpoint_due(state))
-            if (state.dirty or due) and self._publishable(state):
+            if self._publishable(state) and (state.dirty or due):  # caught up: maybe not dirty
                 try:
                     self._snapshot(adapter, state, checkpoint=checkpoint)
                     state.last_error = ""
@@ -998,8 +1001,9 @@ class Trainer:
             self._requeue(state)
             self.adapters[adapter] = self._load(adapter)
             self.adapters[adapter].paused = state.paused
-            # From the version's checkpoint, not re-reading up to the version: nothing to pass.
-            self.adapters[adapter].catch_up = {}
+            # From the version's checkpoint, not re-reading up to the version: nothing to pass;
+            # the new lineage's first version is a checkpoint of its own.
+            self.adapters[adapter].catch_up, self.adapters[adapter].last_checkpoint = {}, 0.0
         self.events.rolled_back(adapter, version, previous.version if previous else None)
         return manifest
 

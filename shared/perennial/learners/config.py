@@ -13,6 +13,7 @@ The default is the best task-free learner measured by `make bench-learning`
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 
 from perennial.errors import FailedPrecondition
@@ -129,6 +130,18 @@ class LearnerConfig:
         fields["pet"] = config_from_dict(fields["pet"])
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
         return cls(**fields)
+
+
+def snapshot_metadata(learner) -> dict[str, str]:
+    """What every learner's snapshot says about it: classes, configuration, counters and the
+    backbone runtime its features came from (statistics hold features of that runtime)."""
+    return {
+        "classes": json.dumps(learner.classes),
+        "learner": json.dumps(learner.config.to_dict(), sort_keys=True),
+        "steps": str(learner.steps),
+        "examples": str(learner.examples),
+        "runtime": learner.backbone.runtime,
+    }
 
 
 def check_runtime(backbone, metadata: dict[str, str]) -> None:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from perennial.learners.analytic import select_when_due
-from perennial.learners.config import LearnerConfig, check_runtime
+from perennial.learners.config import LearnerConfig, check_runtime, snapshot_metadata
 from perennial.learners.ridge import RidgeHead, SolvedHead
 from perennial.pet import PETModule, activate, create_module, inject
 
@@ -238,16 +238,7 @@ class FirstSessionLearner:
         """What a served version needs, a few hundred KB: the head solved once here (W [M, C]),
         the PET and the metadata; not the M×M statistics nor the warm-up buffer (`state`)."""
         tensors = {"head.weights": self.head.solve().contiguous().clone(), **self._pet_tensors()}
-        return tensors, {**self._metadata(), "ridge": json.dumps(self.head.ridge)}
-
-    def _metadata(self) -> dict[str, str]:
-        return {
-            "classes": json.dumps(self.classes),
-            "learner": json.dumps(self.config.to_dict(), sort_keys=True),
-            "steps": str(self.steps),
-            "examples": str(self.examples),
-            "runtime": self.backbone.runtime,
-        }
+        return tensors, {**snapshot_metadata(self), "ridge": json.dumps(self.head.ridge)}
 
     def _pet_tensors(self) -> dict[str, torch.Tensor]:
         if self.module is None:
@@ -262,7 +253,7 @@ class FirstSessionLearner:
             tensors["buffer"] = torch.stack([torch.as_tensor(x) for x in self.buffer])
             buffer = None
         metadata = {
-            **self._metadata(),
+            **snapshot_metadata(self),
             "buffer": json.dumps({"inputs": buffer, "labels": self.buffer_labels}),
             "ridge": json.dumps([self.head.ridge, *self._selected]),
         }
