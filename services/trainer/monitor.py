@@ -92,10 +92,16 @@ class TrainerDriftMonitor:
         self.submit_prequential(adapter, labels, predicted)
 
     def after_snapshot(
-        self, adapter: str, learner, holdout: Callable[[set[str]], tuple[list, list[str]]]
+        self,
+        adapter: str,
+        learner,
+        holdout: Callable[[set[str]], tuple[list, list[str]]],
+        labeller: Callable[[], Callable[[list], list[str]]] | None = None,
     ) -> None:
         """When due, evaluate `learner` on `holdout(classes)` (inputs, labels) for the accuracy
-        matrix. Runs on the caller's thread; a failing holdout read only skips this evaluation."""
+        matrix — with the predictions of `labeller()` when given (the snapshot's own, e.g. from
+        cached holdout features), else `learner.predict`. Runs on the caller's thread; a
+        failing holdout read only skips this evaluation."""
         if not self.evaluation_due(adapter, len(learner.classes)):
             return
         try:
@@ -108,7 +114,8 @@ class TrainerDriftMonitor:
             )
             return
         if inputs:
-            self.submit_evaluation(adapter, per_class_accuracy(labels, learner.predict(inputs)))
+            predict = labeller() if labeller is not None else learner.predict
+            self.submit_evaluation(adapter, per_class_accuracy(labels, predict(inputs)))
 
     def submit_prequential(
         self, adapter: str, labels: Sequence[str], predicted: Sequence[str | None]

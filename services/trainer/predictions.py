@@ -27,11 +27,14 @@ FETCH_AGE_SECONDS = 2.0
 
 
 def resume_offsets(store: SnapshotStore, topic: str) -> dict[str, int]:
-    """Per partition of the log, the lowest offset any adapter's newest manifest records."""
+    """Per partition of the log, the lowest offset any adapter's checkpoint (where its trainer
+    resumes from) records."""
     lowest: dict[str, int] = {}
     for adapter in store.adapters():
         version = store.pointer(adapter, "latest")
         manifest = store.manifest(adapter, version) if version else None
+        if manifest is not None and manifest.resume_version != manifest.version:
+            manifest = store.manifest(adapter, manifest.resume_version)
         for partition, offset in (manifest.offsets if manifest else {}).items():
             if partition.rpartition(":")[0] == topic:
                 lowest[partition] = min(lowest.get(partition, offset), offset)

@@ -91,16 +91,28 @@ class TrainerSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecurit
     device: str = Field("auto", description="where the backbone runs: auto, cpu, cuda, cuda:N")
     batch_size: int = Field(16, ge=1, description="micro-batch size")
     batch_wait_seconds: float = Field(
-        2.0,
+        0.1,
         ge=0,
-        description="flush a partial batch after this long without new examples (inf: never)",
+        description="flush a partial batch once its oldest record has waited this long (inf: never)",
     )
     snapshot_every_examples: int = Field(64, ge=1, description="snapshot cadence by examples")
     snapshot_every_seconds: float = Field(
-        5.0, gt=0, description="snapshot cadence by time (inf: never)"
+        0.25,
+        gt=0,
+        description="snapshot cadence by time, when something new was learned (inf: never); a "
+        "snapshot is a small serving version (the solved head and the PET)",
+    )
+    checkpoint_every_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="a snapshot also stores the learner's whole state this often (0: every "
+        "snapshot; and on shutdown and rebalance); Kafka commits and restarts follow checkpoints",
     )
     retain_versions: int = Field(
-        20, ge=1, description="versions kept per adapter (plus head, candidate and their parents)"
+        100,
+        ge=1,
+        description="versions kept per adapter (plus head, candidate, their parents and the "
+        "checkpoints they resume from)",
     )
     max_pending: int = Field(
         2048, ge=1, description="records buffered before partitions are paused"

@@ -13,8 +13,15 @@ offsets below which every record is in some snapshot (`safe_offsets`), so a
 crash anywhere re-reads but never re-applies or loses an example.
 
 Micro-batches are cut by size, so a replay after a crash sees the same batches
-as the uninterrupted run; a partial batch is flushed only after
-`batch_wait_seconds` without new examples (set it to inf for strict determinism).
+as the uninterrupted run; a partial batch is flushed once its oldest record has waited
+`batch_wait_seconds` (set it to inf for strict determinism).
+
+Two cadences (docs/TRAINER.md, "Snapshots and checkpoints"): every `snapshot_every_seconds`
+with something new learned, a version with a small serving blob (for the default learner the
+solved head and the PET) is published; every `checkpoint_every_seconds` (and on shutdown,
+revocation, eviction) the version also carries the learner's whole state. Kafka commits and a
+restart follow the checkpoints: a restarted trainer resumes from the newest checkpoint of its
+lineage and re-learns what came after it, publishing again only once it has passed `latest`.
 
 Failure behaviour (docs/TRAINER.md, "Limits and failures"): a corrupted `latest`
 falls back to the newest version that verifies and re-reads the partition from its
@@ -53,6 +60,7 @@ from perennial.learners import (
     build_learner,
     load_predictor,
     restore_learner,
+    serving_state,
 )
 from perennial.monitoring import NoMonitor
 from perennial.store import (
@@ -85,6 +93,7 @@ class Incoming:
     example: Example
     link: trace.Link | None = None  # the producer's span, when the record carried its context
     epoch: int = 0  # rewinds of the partition before it was read (older epochs are dropped)
+    received: float = field(default_factory=time.monotonic)  # when the poll loop decoded it
 
 
 @dataclass
@@ -97,9 +106,13 @@ class AdapterState:
     applied: dict[str, int]  # partition -> next offset to consume
     class_counts: dict[str, int]
     reservoir: HoldoutReservoir
+    checkpoint: Manifest | None = None  # newest version holding this learner's whole state
+    last_checkpoint: float = 0.0  # monotonic time of that checkpoint (0: none in this process)
+    # Restored from a checkpoint older than `latest`: publish nothing until the re-read passes
+    # these offsets, so a served version never holds less than the one before it.
+    catch_up: dict[str, int] = field(default_factory=dict)
     pending: deque[Incoming] = field(default_factory=deque)
     new_event_times: list[float] = field(default_factory=list)
-    last_arrival: float = 0.0
     paused: bool = False
     held_reason: str = ""
     last_error: str = ""
@@ -113,6 +126,20 @@ class AdapterState:
     @property
     def dirty(self) -> bool:
         return bool(self.new_event_times)
+
+    @property
+    def uncheckpointed(self) -> bool:
+        """Learned records that no checkpoint holds (a restart would re-read them)."""
+        held = self.checkpoint.offsets if self.checkpoint else {}
+        return any(offset > held.get(p, 0) for p, offset in self.applied.items())
+
+    def caught_up(self) -> bool:
+        if any(self.applied.get(p, 0) < offset for p, offset in self.catch_up.items()):
+            return False
+        if self.catch_up and self.applied == self.catch_up:
+            self.new_event_times = []  # exactly what `latest` holds: nothing new to publish
+        self.catch_up = {}
+        return True
 
 
 class Trainer:
@@ -226,7 +253,7 @@ class Trainer:
         try:
             while not stop.is_set():
                 self.work_once()
-            self.snapshot_all()
+            self.snapshot_all(checkpoint=True)
         except Exception:
             log.exception("the training thread died; the watchdog reports NOT_SERVING")
             raise
@@ -237,7 +264,10 @@ class Trainer:
 
     def work_once(self, timeout: float = 0.2) -> None:
         self.heartbeat = time.monotonic()
-        self._drain(timeout)
+        settings = self.settings
+        self._drain(
+            max(0.01, min(timeout, settings.batch_wait_seconds, settings.snapshot_every_seconds))
+        )
         self._route_parked()
         self._train_ready()
         since = time.monotonic() - self._last_snapshot
@@ -297,7 +327,7 @@ class Trainer:
                 continue
             state.pending.append(record)
             state.routed[record.partition] = record.offset + 1
-            state.last_arrival = state.last_used = time.monotonic()
+            state.last_used = time.monotonic()
 
     def _done(self, record: Incoming) -> None:
         with self._held_lock:
@@ -345,24 +375,55 @@ class Trainer:
             )
         head = self._readable_head(adapter)
         try:
-            latest, learner = self._restore(adapter, pointer)
+            latest, checkpoint, learner = self._restore(adapter, pointer)
         except IntegrityError as error:
             return self._fall_back(adapter, partition, pointer, error, head, reservoir)
         log.info(
             "resumed adapter",
             extra={
-                "fields": {"adapter": adapter, "version": latest.version, "offsets": latest.offsets}
+                "fields": {
+                    "adapter": adapter,
+                    "version": latest.version,
+                    "checkpoint": checkpoint.version,
+                    "offsets": checkpoint.offsets,
+                }
             },
         )
+        return self._resumed(learner, latest, checkpoint, head, reservoir)
+
+    @staticmethod
+    def _resumed(
+        learner: Learner,
+        latest: Manifest,
+        checkpoint: Manifest,
+        head: Manifest | None,
+        reservoir: HoldoutReservoir,
+        **fields: Any,
+    ) -> AdapterState:
+        """An adapter continuing `latest`'s lineage from `checkpoint`'s state and offsets."""
         return AdapterState(
-            learner, latest, head, dict(latest.offsets), dict(latest.class_counts), reservoir
+            learner,
+            latest,
+            head,
+            dict(checkpoint.offsets),
+            dict(checkpoint.class_counts),
+            reservoir,
+            checkpoint=checkpoint,
+            last_checkpoint=time.monotonic(),  # the next one when due, as if written now
+            catch_up=dict(latest.offsets) if checkpoint.version != latest.version else {},
+            **fields,
         )
 
-    def _restore(self, adapter: str, version: str) -> tuple[Manifest, Learner]:
-        """A version's manifest and learner, or `IntegrityError` saying why it cannot be."""
-        manifest, blob = self.store.fetch(adapter, version)
+    def _restore(self, adapter: str, version: str) -> tuple[Manifest, Manifest, Learner]:
+        """A version's manifest, its checkpoint's and the learner in that checkpoint, or
+        `IntegrityError` saying why it cannot be (the version's own blob is verified too)."""
+        manifest, _ = self.store.fetch(adapter, version)
         try:
-            return manifest, restore_learner(self.backbone, *from_safetensors(blob))
+            checkpoint, state = self.store.fetch_state(adapter, manifest)
+        except NotFound as error:  # a checkpoint deleted under its versions: unusable
+            raise IntegrityError(str(error), "checksum") from error
+        try:
+            return manifest, checkpoint, restore_learner(self.backbone, *from_safetensors(state))
         except tuple(STATUS):
             raise  # e.g. a snapshot of another backbone runtime: not corruption
         except Exception as error:  # noqa: BLE001 - any failure to decode verified bytes
@@ -395,12 +456,12 @@ class Trainer:
             "latest snapshot is corrupted; falling back",
             extra={"fields": {"adapter": adapter, "version": corrupted, "error": str(error)}},
         )
-        fallback, learner = None, None
+        fallback, checkpoint, learner = None, None, None
         for version in reversed(self.store.versions(adapter)):
             if version == corrupted:
                 continue
             try:
-                fallback, learner = self._restore(adapter, version)
+                fallback, checkpoint, learner = self._restore(adapter, version)
                 break
             except IntegrityError as other:
                 self.metrics.corrupt_snapshots.labels(other.reason).inc()
@@ -410,16 +471,14 @@ class Trainer:
         self.events.fell_back(
             adapter, corrupted, fallback.version if fallback else None, error.reason, str(error)
         )
-        offsets = dict(fallback.offsets) if fallback else {}
-        state = AdapterState(
-            learner,
-            fallback,
-            head if head is None or head.version != corrupted else None,
-            offsets,
-            dict(fallback.class_counts) if fallback else {},
-            reservoir,
-            replaces=corrupted,
-        )
+        head = head if head is None or head.version != corrupted else None
+        if fallback is None:
+            state = AdapterState(learner, None, head, {}, {}, reservoir, replaces=corrupted)
+        else:
+            state = self._resumed(
+                learner, fallback, checkpoint, head, reservoir, replaces=corrupted
+            )
+        offsets = dict(state.applied)
         partitions = set(offsets) | ({partition} if partition else set())
         for key in partitions:
             state.recovering[key] = self._received.get(key, 0)
@@ -501,9 +560,11 @@ class Trainer:
                 self._consume(adapter, state, len(state.pending))
                 if self.adapters.get(adapter) is not state:
                     continue  # the consume's snapshot fenced it out: already gone
-            if state.dirty:
+            if state.uncheckpointed:
+                if not self._publishable(state):
+                    return  # re-reading: it cannot leave before its next checkpoint
                 try:
-                    self._snapshot(adapter, state)
+                    self._snapshot(adapter, state, checkpoint=True)
                 except (redis.RedisError, StaleParent) as error:
                     if isinstance(error, redis.RedisError):
                         self._dependency_error("redis", error)
@@ -524,8 +585,16 @@ class Trainer:
                 continue
             while len(state.pending) >= self.settings.batch_size:
                 self._consume(adapter, state, self.settings.batch_size)
-            if state.pending and now - state.last_arrival >= self.settings.batch_wait_seconds:
-                self._consume(adapter, state, len(state.pending))
+                if time.monotonic() - self._last_snapshot >= self.settings.snapshot_every_seconds:
+                    self.snapshot_all()  # behind the stream: versions keep coming meanwhile
+                if self.adapters.get(adapter) is not state:
+                    break  # a snapshot was fenced out: the adapter reloads, its records requeued
+            if (
+                self.adapters.get(adapter) is state
+                and state.pending
+                and now - state.pending[0].received >= self.settings.batch_wait_seconds
+            ):
+                self._consume(adapter, state, len(state.pending))  # its oldest record waited enough
 
     def _consume(self, adapter: str, state: AdapterState, size: int) -> None:
         """Take `size` records: hold some out for the guardrail, train on the rest (one span,
@@ -638,14 +707,17 @@ class Trainer:
                 time.sleep(1.0)  # backoff while Redis is away; nothing else can proceed
 
     # -- snapshots, the guardrail and commits ------------------------------------------------
-    def snapshot_all(self) -> None:
-        """Publish every adapter with unsnapshotted examples, then hand back safe offsets."""
+    def snapshot_all(self, checkpoint: bool = False) -> None:
+        """Publish every adapter with unsnapshotted examples (with a checkpoint when asked or
+        due, also for an adapter whose newest examples are only in serving versions), then hand
+        back safe offsets."""
         self._snapshot_failed = False
         for adapter, state in list(self.adapters.items()):
             self.heartbeat = time.monotonic()
-            if state.dirty and not state.recovering:  # a fall-back writes once re-read
+            due = state.uncheckpointed and (checkpoint or self._checkpoint_due(state))
+            if self._publishable(state) and (state.dirty or due):  # caught up: maybe not dirty
                 try:
-                    self._snapshot(adapter, state)
+                    self._snapshot(adapter, state, checkpoint=checkpoint)
                     state.last_error = ""
                 except redis.RedisError as error:
                     self._dependency_error("redis", error)
@@ -657,14 +729,31 @@ class Trainer:
         self._since_snapshot = 0
         self._update_safe_offsets()
 
-    def _snapshot(self, adapter: str, state: AdapterState, force_promote: bool = False) -> Manifest:
+    def _checkpoint_due(self, state: AdapterState) -> bool:
+        every = self.settings.checkpoint_every_seconds
+        return state.checkpoint is None or time.monotonic() - state.last_checkpoint >= every
+
+    @staticmethod
+    def _publishable(state: AdapterState) -> bool:
+        """Not while a fall-back re-reads, nor before a resumed adapter passes its `latest`."""
+        return not state.recovering and state.caught_up()
+
+    def _snapshot(
+        self,
+        adapter: str,
+        state: AdapterState,
+        force_promote: bool = False,
+        checkpoint: bool = False,
+    ) -> Manifest:
         """Publish one snapshot in a span linked to the micro-batches it contains."""
         with self.tracer.start_as_current_span(
             "snapshot",
             links=tracing.links(state.learned),
             attributes={"perennial.adapter": adapter},
         ) as span:
-            manifest = self._publish(adapter, state, force_promote)
+            manifest = self._publish(
+                adapter, state, force_promote, checkpoint or self._checkpoint_due(state)
+            )
             span.set_attributes(
                 {
                     "perennial.version": manifest.version,
@@ -680,10 +769,17 @@ class Trainer:
             state.learned.clear()
             return manifest
 
-    def _publish(self, adapter: str, state: AdapterState, force_promote: bool) -> Manifest:
+    def _publish(
+        self, adapter: str, state: AdapterState, force_promote: bool, checkpoint: bool
+    ) -> Manifest:
         started = time.perf_counter()
         verdict = candidate = None
-        tensors, metadata = state.learner.state()
+        # The serving blob every version has; the whole state only in a checkpoint (a learner
+        # without a serving view serves its whole state, so each of its versions is one).
+        split = hasattr(state.learner, "serving")
+        tensors, metadata = serving_state(state.learner)
+        state_blob = to_safetensors(*state.learner.state()) if split and checkpoint else None
+        checkpoint = checkpoint or not split
         if state.head is not None and not force_promote and self.settings.guardrail.enabled:
             try:
                 head = self._head_labeller(adapter, state.head)
@@ -727,6 +823,8 @@ class Trainer:
                 class_counts=state.class_counts,
                 promote=promote,
                 replaces=state.replaces,
+                state=state_blob,
+                checkpoint=checkpoint,
             )
         except StaleParent as error:
             log.error(
@@ -741,6 +839,8 @@ class Trainer:
             # the lineage that won, from where that lineage's snapshot ends.
             try:
                 winner = self.store.latest(adapter)
+                if winner is not None and winner.resume_version != winner.version:
+                    winner = self.store.manifest(adapter, winner.resume_version)
             except IntegrityError:
                 winner = None
             for partition in state.applied:
@@ -748,6 +848,8 @@ class Trainer:
             raise
         previous_head = state.head
         state.latest, state.new_event_times, state.replaces = manifest, [], None
+        if checkpoint:
+            state.checkpoint, state.last_checkpoint = manifest, time.monotonic()
         self.metrics.snapshots.labels(adapter).inc()
         self.metrics.snapshot_sequence.labels(adapter).set(manifest.sequence)
         self.metrics.last_snapshot.labels(adapter).set(manifest.created_at)
@@ -799,9 +901,12 @@ class Trainer:
                 }
             },
         )
-        self.drift.after_snapshot(
-            adapter, state.learner, state.reservoir.inputs
-        )  # forgetting, when due
+
+        # Forgetting, when due: the version's own predictions on the holdout (cached features).
+        def labeller() -> Callable[[list[str]], list[str]]:
+            return candidate or self._labeller(load_predictor(self.backbone, tensors, metadata))
+
+        self.drift.after_snapshot(adapter, state.learner, state.reservoir.inputs, labeller)
         return manifest
 
     def _head_labeller(self, adapter: str, head: Manifest) -> Callable[[list[str]], list[str]]:
@@ -834,9 +939,9 @@ class Trainer:
         for record in unsafe:
             safe[record.partition] = min(safe.get(record.partition, record.offset), record.offset)
         for state in self.adapters.values():
-            if state.dirty:  # a failed snapshot: its manifest is where it is safe
+            if state.uncheckpointed:  # a restart resumes from the checkpoint: commit no further
                 for partition in state.applied:
-                    last = state.latest.offsets.get(partition, 0) if state.latest else 0
+                    last = state.checkpoint.offsets.get(partition, 0) if state.checkpoint else 0
                     safe[partition] = min(safe.get(partition, last), last)
         with self._safe_lock:
             self._safe = safe
@@ -850,8 +955,8 @@ class Trainer:
 
     # -- commands (run on the training thread via `submit`) ----------------------------------
     def revoke(self, partitions: set[str]) -> None:
-        """Partitions leave: snapshot what was learned, forget their records and adapters."""
-        self.snapshot_all()
+        """Partitions leave: checkpoint what was learned, forget their records and adapters."""
+        self.snapshot_all(checkpoint=True)
         for record in self._parked:
             if record.partition in partitions:
                 self._done(record)
@@ -881,11 +986,11 @@ class Trainer:
 
     def snapshot_now(self, adapter: str) -> Manifest:
         state = self.owned(adapter)
-        if state.recovering:
-            raise NotReady(f"adapter {adapter!r} is re-reading after a fall-back; retry shortly")
-        if not state.dirty and state.latest is not None:
+        if not self._publishable(state):
+            raise NotReady(f"adapter {adapter!r} is re-reading its stream; retry shortly")
+        if not state.dirty and not state.uncheckpointed and state.latest is not None:
             return state.latest
-        manifest = self._snapshot(adapter, state)
+        manifest = self._snapshot(adapter, state, checkpoint=True)
         self._update_safe_offsets()
         return manifest
 
@@ -893,6 +998,8 @@ class Trainer:
         state = self.owned(adapter)
         if not version:
             if state.dirty:
+                if not self._publishable(state):
+                    raise NotReady(f"adapter {adapter!r} is re-reading its stream; retry shortly")
                 return self._snapshot(adapter, state, force_promote=True)
             if state.latest is None:
                 raise NotFound(f"adapter {adapter!r} has no version yet")
@@ -915,6 +1022,9 @@ class Trainer:
             self._requeue(state)
             self.adapters[adapter] = self._load(adapter)
             self.adapters[adapter].paused = state.paused
+            # From the version's checkpoint, not re-reading up to the version: nothing to pass;
+            # the new lineage's first version is a checkpoint of its own.
+            self.adapters[adapter].catch_up, self.adapters[adapter].last_checkpoint = {}, 0.0
         self.events.rolled_back(adapter, version, previous.version if previous else None)
         return manifest
 

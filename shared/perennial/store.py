@@ -3,7 +3,9 @@
 Keys of one adapter share the hash tag `{adapter}`, so on Redis Cluster they sit
 in one slot and every transaction below stays atomic:
 
-    perennial:{A}:blob:<version>      safetensors bytes (never pickle)
+    perennial:{A}:blob:<version>      safetensors bytes (never pickle): what inference serves
+    perennial:{A}:state:<version>     safetensors: the learner's whole state (a checkpoint; only
+                                      the versions the trainer chose to checkpoint have one)
     perennial:{A}:manifest:<version>  JSON manifest (see `Manifest`)
     perennial:{A}:latest              the candidate: newest version written (the trainer's lineage)
     perennial:{A}:head                the version inference serves
@@ -14,13 +16,21 @@ A version id is `v<sequence>-<sha256 prefix>`, so a name never means two sets of
 weights. `publish` writes blob, manifest and the `latest` pointer (and `head`,
 when promoted at once) in one MULTI/EXEC guarded by WATCH on `latest`: if
 `latest` is no longer the parent the writer started from, the write is rejected
-(`StaleParent`), which fences a second writer out. A candidate that the
+(`StaleParent`), which fences a second writer out.
+
+Two blobs, two cadences: every version has a small serving blob (for the default learner the
+solved head and the PET, a few hundred KB), written often; a version may also carry the
+learner's whole state (the trainer's checkpoint: statistics, warm-up buffer, optimiser),
+written less often. Each manifest names the newest checkpoint of its lineage (`checkpoint`:
+itself or an ancestor), where a trainer resumes from. Versions written before the split have
+neither field: their one blob is the whole state, and they are their own checkpoint. A candidate that the
 forgetting guardrail holds back stays `latest` but not `head`; `promote` and
 `rollback` move the pointers later. Every move of `head` is announced.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import struct
@@ -74,6 +84,14 @@ class Manifest:
     metrics: dict[str, float] = field(default_factory=dict)
     event_times: list[float] = field(default_factory=list)  # of examples new in this version
     class_counts: dict[str, int] = field(default_factory=dict)  # examples consumed per class
+    state_sha256: str | None = None  # this version carries a checkpoint (the learner's state)
+    checkpoint: str | None = None  # the lineage's newest checkpoint: this version or an ancestor
+
+    @property
+    def resume_version(self) -> str:
+        """The version whose state a trainer resumes this version's lineage from (a version of
+        the one-blob format is its own checkpoint)."""
+        return self.checkpoint or self.version
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -155,12 +173,22 @@ class SnapshotStore:
         class_counts: dict[str, int] | None = None,
         promote: bool = True,
         replaces: str | None = None,
+        state: bytes | None = None,
+        checkpoint: bool = True,
     ) -> Manifest:
         """Write a new immutable version as the candidate (and the head if `promote`).
+
+        `blob` is what inference serves. With `checkpoint` the version is also a checkpoint:
+        `state` holds the learner's whole state (or, without `state`, `blob` is the whole state,
+        as before the split); without it the version names its parent's checkpoint.
 
         The write is fenced on `latest` still naming `parent` — or, after a fall-back from a
         corrupted version, naming `replaces` (that version), which this write supersedes.
         """
+        if not checkpoint and parent is None:
+            raise ValueError(f"adapter {adapter!r}: the first version of a lineage is a checkpoint")
+        if not checkpoint:
+            state = None
         sha256 = hashlib.sha256(blob).hexdigest()
         sequence = parent.sequence + 1 if parent else 1
         expected = replaces if replaces is not None else (parent.version if parent else None)
@@ -184,6 +212,18 @@ class SnapshotStore:
             event_times=list(event_times),
             class_counts=dict(class_counts or {}),
         )
+        state_sha256 = hashlib.sha256(state).hexdigest() if state is not None else None
+        manifest = dataclasses.replace(
+            manifest,
+            state_sha256=state_sha256,
+            checkpoint=(
+                manifest.version
+                if state is not None
+                else None
+                if checkpoint
+                else parent.resume_version
+            ),
+        )
         latest_key = self._key(adapter, "latest")
         with self.redis.pipeline(transaction=True) as pipe:
             try:
@@ -195,6 +235,8 @@ class SnapshotStore:
                     )
                 pipe.multi()
                 pipe.set(self._key(adapter, "blob", manifest.version), blob)
+                if state is not None:
+                    pipe.set(self._key(adapter, "state", manifest.version), state)
                 pipe.set(self._key(adapter, "manifest", manifest.version), manifest.to_json())
                 pipe.zadd(self._key(adapter, "versions"), {manifest.version: sequence})
                 pipe.set(latest_key, manifest.version)
@@ -242,7 +284,7 @@ class SnapshotStore:
         if keep < 1:
             raise ValueError(f"retention must keep at least 1 version, got {keep}")
         versions = self.versions(adapter)
-        protected = set()
+        protected: set[str | None] = set()
         for name in ("head", "latest"):
             version = self.redis.get(self._key(adapter, name))
             if version:
@@ -258,7 +300,9 @@ class SnapshotStore:
             with self.redis.pipeline(transaction=False) as pipe:
                 for version in kept:
                     pipe.strlen(self._key(adapter, "blob", version))
-                sizes = pipe.execute()
+                    pipe.strlen(self._key(adapter, "state", version))
+                lengths = pipe.execute()
+            sizes = [a + b for a, b in zip(lengths[::2], lengths[1::2], strict=True)]
             total, newest_first = 0, []
             for version, size in zip(reversed(kept), reversed(sizes), strict=True):
                 total += size
@@ -266,12 +310,25 @@ class SnapshotStore:
                     break
                 newest_first.append(version)
             kept = newest_first
+        # The checkpoint every version left (and head, latest) resumes from stays with it.
+        survivors = sorted({*kept, *protected} - {None})
+        with self.redis.pipeline(transaction=False) as pipe:
+            for version in survivors:
+                pipe.get(self._key(adapter, "manifest", version))
+            texts = pipe.execute()
+        for text in texts:
+            try:
+                protected.add(Manifest.from_json(text).resume_version if text else None)
+            except IntegrityError:
+                pass  # a corrupted manifest protects no checkpoint
         doomed = [v for v in versions if v not in kept and v not in protected]
         if doomed:
             with self.redis.pipeline(transaction=True) as pipe:
                 for version in doomed:
                     pipe.delete(
-                        self._key(adapter, "blob", version), self._key(adapter, "manifest", version)
+                        self._key(adapter, "blob", version),
+                        self._key(adapter, "state", version),
+                        self._key(adapter, "manifest", version),
                     )
                 pipe.zrem(self._key(adapter, "versions"), *doomed)
                 pipe.execute()
@@ -331,6 +388,30 @@ class SnapshotStore:
                 f"adapter {adapter!r} version {version}: blob sha256 {digest} != manifest {manifest.sha256}"
             )
         return manifest, blob
+
+    def fetch_state(self, adapter: str, manifest: Manifest) -> tuple[Manifest, bytes]:
+        """The checkpoint `manifest`'s lineage resumes from: its manifest and the learner's state,
+        after checking the state's sha256 (a version of the one-blob format: its blob)."""
+        checkpoint = manifest
+        if manifest.resume_version != manifest.version:
+            checkpoint = self.manifest(adapter, manifest.resume_version)
+            if checkpoint is None:
+                raise NotFound(
+                    f"adapter {adapter!r} version {manifest.version}: its checkpoint "
+                    f"{manifest.resume_version} is gone"
+                )
+        if checkpoint.state_sha256 is None:
+            return self.fetch(adapter, checkpoint.version)
+        state = self.redis.get(self._key(adapter, "state", checkpoint.version))
+        if state is None:
+            raise NotFound(f"adapter {adapter!r} version {checkpoint.version} has no state")
+        digest = hashlib.sha256(state).hexdigest()
+        if digest != checkpoint.state_sha256:
+            raise IntegrityError(
+                f"adapter {adapter!r} version {checkpoint.version}: state sha256 {digest} != "
+                f"manifest {checkpoint.state_sha256}"
+            )
+        return checkpoint, state
 
     def versions(self, adapter: str) -> list[str]:
         """Retained versions, oldest first."""

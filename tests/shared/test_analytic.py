@@ -102,7 +102,24 @@ def _live_tensors(learner) -> dict[str, torch.Tensor]:
         for name, value in (vars(owner) if owner is not None else {}).items():
             if isinstance(value, torch.Tensor):
                 found[prefix + name] = value
+    if "ridge_head.gram" in found:  # only its lower triangle is state (and ever read)
+        found["ridge_head.gram"] = torch.tril(found["ridge_head.gram"])
     return found
+
+
+def test_a_state_of_the_older_format_loads(tiny_backbone):
+    """States written with the symmetrised Gram matrix's upper triangle (before the lower
+    triangle became the stored half) restore to the same predictions."""
+    learner = build_learner(tiny_backbone, LearnerConfig(learner="ranpac", projection_dim=128))
+    learner.learn(TEXTS, LABELS)
+    tensors, metadata = learner.state()
+    gram = learner.ridge_head.gram
+    gram = torch.tril(gram) + torch.tril(gram, -1).transpose(1, 2)
+    rows, cols = torch.triu_indices(128, 128)
+    del tensors["gram_lower"]
+    tensors["gram_upper"] = gram[:, rows, cols].clone()
+    restored = restore_learner(tiny_backbone, tensors, metadata)
+    torch.testing.assert_close(restored.scores(TEXTS), learner.scores(TEXTS), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ["simplecil", "ranpac"])

@@ -125,12 +125,15 @@ def test_prequential_predictions_come_from_the_last_solved_head(tiny_backbone) -
 def test_the_predictor_serves_what_the_learner_predicts(tiny_backbone) -> None:
     learner = build_learner(tiny_backbone, CONFIG)
     feed(learner, stream(list(WORDS)))
-    predictor = load_predictor(tiny_backbone, *from_safetensors(blob(learner)))
     texts = ["a small dog", "warm bread", "a wooden chair"]
-    assert predictor.classes == learner.classes and predictor.learner.buffer == []
-    torch.testing.assert_close(
-        predictor.scores(tiny_backbone, texts), learner.scores(texts).float(), rtol=0, atol=0
-    )
+    serving = to_safetensors(*learner.serving())
+    assert len(serving) < len(blob(learner)) / 3  # W and the PET, not the M×M statistics
+    for snapshot in (serving, blob(learner)):  # the serving blob, and a full state (old versions)
+        predictor = load_predictor(tiny_backbone, *from_safetensors(snapshot))
+        assert predictor.classes == learner.classes and predictor.module is not None
+        torch.testing.assert_close(
+            predictor.scores(tiny_backbone, texts), learner.scores(texts).float(), rtol=0, atol=0
+        )
 
 
 def test_images_adapt_the_last_blocks_of_efficientnet() -> None:

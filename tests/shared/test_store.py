@@ -152,3 +152,27 @@ def test_identical_state_gives_identical_bytes_in_any_process():
         for _ in range(3)
     }
     assert len(digests) == 1
+
+
+def test_checkpoints_carry_the_state_and_versions_name_theirs(store):
+    legacy = _publish(store, _blob(1.0))  # one blob, the whole state: its own checkpoint
+    assert legacy.checkpoint is None and store.fetch_state("ad", legacy) == store.fetch(
+        "ad", legacy.version
+    )
+    checkpoint = _publish(store, _blob(2.0), legacy, state=_blob(20.0))
+    serving = _publish(store, _blob(3.0), checkpoint, checkpoint=False)
+    assert checkpoint.checkpoint == checkpoint.version and serving.checkpoint == checkpoint.version
+    assert serving.state_sha256 is None
+    found, state = store.fetch_state("ad", serving)
+    assert found == checkpoint and torch.equal(
+        from_safetensors(state)[0]["w"], torch.full((2, 2), 20.0)
+    )
+    with pytest.raises(ValueError):
+        _publish(store, _blob(4.0), checkpoint=False)  # a lineage starts with a checkpoint
+    store.redis.set(f"perennial:{{ad}}:state:{checkpoint.version}", b"garbage")
+    with pytest.raises(IntegrityError):
+        store.fetch_state("ad", serving)
+    for _ in range(3):
+        serving = _publish(store, _blob(serving.sequence + 1.0), serving, checkpoint=False)
+    store.prune("ad", keep=1)
+    assert store.versions("ad") == sorted([checkpoint.version, serving.parent, serving.version])

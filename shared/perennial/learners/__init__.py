@@ -35,6 +35,7 @@ __all__ = [
     "build_learner",
     "load_predictor",
     "restore_learner",
+    "serving_state",
 ]
 
 LEARNERS = {
@@ -66,6 +67,14 @@ class Learner(Protocol):
     def predict(self, inputs) -> list[str]: ...
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]: ...
+
+
+def serving_state(learner: Learner) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """What a served version of `learner` holds: its serving view when it has one (FSA: the
+    solved head and the PET, a few hundred KB), else its whole `state()`. Publish it with
+    `SnapshotStore.publish`; `load_predictor` reads either."""
+    serving = getattr(learner, "serving", None)
+    return serving() if serving is not None else learner.state()
 
 
 def build_learner(backbone, config: LearnerConfig | None = None) -> Learner:

@@ -24,7 +24,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from perennial.learners.config import LearnerConfig, check_runtime
+from perennial.learners.config import LearnerConfig, check_runtime, snapshot_metadata
 from perennial.learners.ridge import RidgeHead
 from perennial.pet import activate
 
@@ -80,14 +80,7 @@ class _FeatureLearner:
         return [self.classes[i] for i in self.scores(inputs).argmax(-1).tolist()]
 
     def _metadata(self) -> dict[str, str]:
-        return {
-            "classes": json.dumps(self.classes),
-            "learner": json.dumps(self.config.to_dict(), sort_keys=True),
-            "steps": str(self.steps),
-            "examples": str(self.examples),
-            "runtime": self.backbone.runtime,  # the statistics hold features of this runtime
-            "backbone": self.backbone.signature,
-        }
+        return snapshot_metadata(self)
 
     def _restore_counters(self, metadata: dict[str, str]) -> None:
         self.classes = json.loads(metadata["classes"])

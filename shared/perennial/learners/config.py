@@ -13,6 +13,7 @@ The default is the best task-free learner measured by `make bench-learning`
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 
 from perennial.errors import FailedPrecondition
@@ -147,6 +148,19 @@ def check_backbone(backbone, metadata: dict[str, str]) -> None:
 def _backbone_settings(signature: str) -> str:
     kind, _, size = signature.partition("-")
     return f"PERENNIAL_BACKBONE={kind}" + (f" and PERENNIAL_IMAGE_SIZE={size}" if size else "")
+
+
+def snapshot_metadata(learner) -> dict[str, str]:
+    """What every learner's snapshot says about it: classes, configuration, counters, and the
+    backbone and runtime its features came from (statistics hold features of those)."""
+    return {
+        "classes": json.dumps(learner.classes),
+        "learner": json.dumps(learner.config.to_dict(), sort_keys=True),
+        "steps": str(learner.steps),
+        "examples": str(learner.examples),
+        "runtime": learner.backbone.runtime,
+        "backbone": learner.backbone.signature,
+    }
 
 
 def check_runtime(backbone, metadata: dict[str, str]) -> None:

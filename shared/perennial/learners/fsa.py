@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from perennial.learners.analytic import select_when_due
-from perennial.learners.config import LearnerConfig, check_runtime
-from perennial.learners.ridge import RidgeHead
+from perennial.learners.config import LearnerConfig, check_runtime, snapshot_metadata
+from perennial.learners.ridge import RidgeHead, SolvedHead
 from perennial.pet import PETModule, activate, create_module, inject
 
 _CHUNK = 64  # rows per frozen forward while preparing the warm-up
@@ -65,6 +65,10 @@ class FeatureMap:
         layers = tuple(range(self.start, backbone.layers))
         self.pet = dataclasses.replace(config.pet, layers=layers, target_modules=targets)
         self.frozen_dim = sum(backbone.state_dim(i) for i in self.states)
+
+    def dim(self, adapted: bool) -> int:
+        """Width of the features: frozen, plus the adapted state once there is a PET."""
+        return self.frozen_dim + (self.backbone.dim if adapted else 0)
 
     @torch.no_grad()
     def frozen(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,8 +113,7 @@ class FirstSessionLearner:
 
     def _new_head(self) -> RidgeHead:
         c = self.config
-        dim = self.features.frozen_dim + (self.backbone.dim if self.module is not None else 0)
-        head = RidgeHead(dim, c.projection_dim, c.seed, c.ridge_grid)
+        head = RidgeHead(self.features.dim(self.adapted), c.projection_dim, c.seed, c.ridge_grid)
         head.grow(len(self.classes))
         return head
 
@@ -231,24 +234,26 @@ class FirstSessionLearner:
         return [self.classes[i] for i in self.scores(inputs).argmax(-1).tolist()]
 
     # -- state -----------------------------------------------------------------------------------
+    def serving(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """What a served version needs, a few hundred KB: the head solved once here (W [M, C]),
+        the PET and the metadata; not the M×M statistics nor the warm-up buffer (`state`)."""
+        tensors = {"head.weights": self.head.solve().contiguous().clone(), **self._pet_tensors()}
+        return tensors, {**snapshot_metadata(self), "ridge": json.dumps(self.head.ridge)}
+
+    def _pet_tensors(self) -> dict[str, torch.Tensor]:
+        if self.module is None:
+            return {}
+        return {f"pet.{k}": v.detach().clone() for k, v in self.module.state_dict().items()}
+
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Everything needed to resume exactly (the buffer included) and to serve."""
-        tensors = self.head.state("head.")
-        if self.module is not None:
-            tensors.update(
-                {f"pet.{k}": v.detach().clone() for k, v in self.module.state_dict().items()}
-            )
+        tensors = {**self.head.state("head."), **self._pet_tensors()}
         buffer: object = self.buffer
         if self.buffer and isinstance(self.buffer[0], torch.Tensor):
             tensors["buffer"] = torch.stack([torch.as_tensor(x) for x in self.buffer])
             buffer = None
         metadata = {
-            "classes": json.dumps(self.classes),
-            "learner": json.dumps(self.config.to_dict(), sort_keys=True),
-            "steps": str(self.steps),
-            "examples": str(self.examples),
-            "runtime": self.backbone.runtime,
-            "backbone": self.backbone.signature,
+            **snapshot_metadata(self),
             "buffer": json.dumps({"inputs": buffer, "labels": self.buffer_labels}),
             "ridge": json.dumps([self.head.ridge, *self._selected]),
         }
@@ -260,12 +265,7 @@ class FirstSessionLearner:
         learner = cls(backbone, LearnerConfig.from_dict(json.loads(metadata["learner"])))
         learner.classes = json.loads(metadata["classes"])
         learner.steps, learner.examples = int(metadata["steps"]), int(metadata["examples"])
-        pet = {k.removeprefix("pet."): v for k, v in tensors.items() if k.startswith("pet.")}
-        if pet:
-            fm = learner.features
-            module = create_module(fm.pet, inject(backbone.encoder, fm.pet))
-            module.load_state_dict(pet)
-            learner.module = module.to(backbone.device).requires_grad_(False)
+        learner.module = _load_pet(backbone, learner.features, tensors)
         buffer = json.loads(metadata["buffer"])
         learner.buffer = list(tensors["buffer"]) if "buffer" in tensors else buffer["inputs"]
         learner.buffer_labels = buffer["labels"]
@@ -279,29 +279,54 @@ class FirstSessionLearner:
     def predictor_from_state(
         cls, backbone, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     ) -> FirstSessionPredictor:
-        learner = cls.from_state(backbone, tensors, metadata)
-        learner.buffer, learner.buffer_labels = [], []  # serving does not need the warm-up's inputs
-        return FirstSessionPredictor(learner)
+        """The predictor of a `serving()` blob, or of a full `state()` (solved here, at load)."""
+        if "head.weights" not in tensors:
+            learner = cls.from_state(backbone, tensors, metadata)
+            head = learner.head.solved() if learner.classes else learner.head
+            return FirstSessionPredictor(
+                learner.features, learner.classes, learner.module, head, learner.config.temperature
+            )
+        check_runtime(backbone, metadata)
+        config = LearnerConfig.from_dict(json.loads(metadata["learner"]))
+        features = FeatureMap(backbone, config)
+        module = _load_pet(backbone, features, tensors)
+        dim = features.dim(module is not None)
+        head = SolvedHead(dim, config.projection_dim, config.seed, tensors["head.weights"])
+        classes = json.loads(metadata["classes"])
+        return FirstSessionPredictor(features, classes, module, head, config.temperature)
+
+
+def _load_pet(backbone, features: FeatureMap, tensors: dict[str, torch.Tensor]) -> PETModule | None:
+    pet = {k.removeprefix("pet."): v for k, v in tensors.items() if k.startswith("pet.")}
+    if not pet:
+        return None
+    module = create_module(features.pet, inject(backbone.encoder, features.pet))
+    module.load_state_dict(pet)
+    return module.to(backbone.device).requires_grad_(False)
 
 
 class FirstSessionPredictor:
-    """Serving view of an FSA snapshot: `scores(backbone, inputs)` and `classes` like every
+    """Serving view of an FSA version: `scores(backbone, inputs)` and `classes` like every
     predictor, plus the feature map, the PET and `scores_features` so the inference service
-    can batch the frozen forward of many versions' rows together."""
+    can batch the frozen forward of many versions' rows together. Immutable: it holds a solved
+    head, never the learner's statistics."""
 
-    def __init__(self, learner: FirstSessionLearner) -> None:
-        self.learner = learner
-        self.classes = learner.classes
-        self.features = learner.features
-        self.module = learner.module
-        if learner.classes:
-            learner.head.solve()  # at load, not on the first request
+    def __init__(
+        self,
+        features: FeatureMap,
+        classes: list[str],
+        module: PETModule | None,
+        head: SolvedHead | RidgeHead,
+        temperature: float,
+    ) -> None:
+        self.features, self.classes, self.module, self.head = features, list(classes), module, head
+        self.temperature = temperature
 
     def scores_features(self, features: torch.Tensor) -> torch.Tensor:
-        return self.learner.scores_features(features)
+        return F.softmax(self.temperature * self.head.scores(features), dim=-1)
 
     @torch.no_grad()
     def scores(self, backbone, inputs) -> torch.Tensor:
-        if backbone is not self.learner.backbone:
+        if backbone is not self.features.backbone:
             raise ValueError("an FSA predictor scores with the backbone it was loaded on")
-        return self.learner.scores(inputs).float()
+        return self.scores_features(self.features(inputs, self.module)).float()

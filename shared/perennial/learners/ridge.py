@@ -9,7 +9,8 @@ err(W) = tr(WᵀG_v W) − 2 tr(WᵀQ_v), computed from one eigendecomposition o
 
 Selecting λ costs an eigendecomposition of an M×M matrix, solving the head one Cholesky
 factorisation: `select_ridge` runs when the learner says so (new classes, every `ridge_every`
-examples), `solve` whenever the statistics changed.
+examples), `solve` whenever the statistics changed. `SolvedHead` is what serving needs: the
+solved W alone (the statistics stay with the trainer), scored exactly as `RidgeHead.scores`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class RidgeHead:
         self.ridge = grid[0]
         self._solution: torch.Tensor | None = None
         self._last: torch.Tensor | None = None  # the newest solution, kept while data arrives
+        self._expanded: tuple[torch.Tensor, torch.Tensor] | None = None  # (features, ReLU(x·P))
 
     @property
     def projection(self) -> torch.Tensor:
@@ -58,7 +60,12 @@ class RidgeHead:
             self._solution = None
 
     def expand(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.relu(features.double() @ self.projection)
+        # The trainer scores a micro-batch with the last solution, then adds it: one expansion.
+        if self._expanded is not None and self._expanded[0] is features:
+            return self._expanded[1]
+        h = torch.relu(features.double() @ self.projection)
+        self._expanded = (features, h)
+        return h
 
     def add(self, features: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor) -> None:
         """Add examples (features [N, dim], class indices, stream positions) to the statistics."""
@@ -67,10 +74,11 @@ class RidgeHead:
         held_out = positions % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
         for part, rows in ((0, ~held_out), (1, held_out)):
             if rows.any():
-                # h.T @ h is not exactly symmetric on every CPU's BLAS; symmetrising each increment
-                # makes the live Gram matrix exactly what its stored upper triangle restores.
-                increment = h[rows].T @ h[rows]
-                self.gram[part] += (increment + increment.T) * 0.5
+                # Only the lower triangle is ever read (Cholesky and eigh read nothing else;
+                # `_symmetric` mirrors it), so the upper one may differ in its last bits (h.T @ h
+                # is not exactly symmetric on every BLAS) and a restored Gram matrix, stored as
+                # its lower triangle, is exactly the live one. One pass over M×M per batch.
+                self.gram[part].addmm_(h[rows].T, h[rows])
                 self.targets[part] += h[rows].T @ y[rows]
         self._solution = None
 
@@ -82,7 +90,7 @@ class RidgeHead:
         scale = max(float(train_gram.diagonal().mean()), 1e-12)
         values, vectors = torch.linalg.eigh(train_gram)
         basis_targets = vectors.T @ train_targets
-        held_gram = vectors.T @ self.gram[1] @ vectors
+        held_gram = vectors.T @ _symmetric(self.gram[1]) @ vectors
         held_targets = vectors.T @ self.targets[1]
         best, best_error = self.grid[0], float("inf")
         for ridge in self.grid:
@@ -115,20 +123,50 @@ class RidgeHead:
         """Ridge outputs [N, classes]."""
         return self.expand(features) @ self.solve()
 
+    def solved(self) -> SolvedHead:
+        """The head for the current statistics, detached from them (what a version serves)."""
+        return SolvedHead(self.dim, self.width, self.seed, self.solve().clone())
+
     def state(self, prefix: str) -> dict[str, torch.Tensor]:
-        """The statistics (the Gram matrices' upper triangles: they are symmetric, so half the
-        bytes and still exact)."""
-        rows, cols = torch.triu_indices(self.width, self.width)
+        """The statistics (the Gram matrices' lower triangles, all that is read: half the bytes
+        and still exact)."""
+        rows, cols = torch.tril_indices(self.width, self.width)
         return {
-            f"{prefix}gram_upper": self.gram[:, rows, cols].clone(),
+            f"{prefix}gram_lower": self.gram[:, rows, cols].clone(),
             f"{prefix}targets": self.targets.clone(),
         }
 
     def load(self, tensors: dict[str, torch.Tensor], prefix: str, ridge: float) -> None:
-        rows, cols = torch.triu_indices(self.width, self.width)
-        upper = tensors[f"{prefix}gram_upper"].double()
+        if f"{prefix}gram_lower" in tensors:
+            rows, cols = torch.tril_indices(self.width, self.width)
+            half = tensors[f"{prefix}gram_lower"].double()
+        else:  # an older state: the upper triangle of a Gram matrix symmetrised per batch
+            rows, cols = torch.triu_indices(self.width, self.width)
+            half = tensors[f"{prefix}gram_upper"].double()
         self.gram = torch.zeros(2, self.width, self.width, dtype=torch.float64)
-        self.gram[:, rows, cols] = upper
-        self.gram[:, cols, rows] = upper
+        self.gram[:, rows, cols] = half
+        self.gram[:, cols, rows] = half
         self.targets = tensors[f"{prefix}targets"].double().clone()
         self.ridge, self._solution = ridge, None
+
+
+def _symmetric(gram: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix of `gram`'s lower triangle."""
+    return torch.tril(gram) + torch.tril(gram, -1).T
+
+
+class SolvedHead:
+    """A solved ridge head W [width, classes] on the ReLU random features of `seed`: what a
+    served version holds instead of the M×M statistics (solved once, in the trainer)."""
+
+    def __init__(self, dim: int, width: int, seed: int, weights: torch.Tensor) -> None:
+        if weights.shape[0] != width:
+            raise ValueError(f"a solved head of width {width} has {weights.shape[0]} rows")
+        self.dim, self.width, self.seed, self.weights = dim, width, seed, weights.double()
+
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        """Ridge outputs [N, classes], equal to `RidgeHead.scores` of the statistics it came from."""
+        return (
+            torch.relu(features.double() @ projection(self.seed, self.dim, self.width))
+            @ self.weights
+        )

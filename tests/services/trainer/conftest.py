@@ -6,10 +6,17 @@ import uuid
 
 import pytest
 from kafka import KafkaProducer
+from prometheus_client import CollectorRegistry
 
 from perennial import codec
+from perennial.learners import LearnerConfig
+from perennial.store import SnapshotStore
 from perennial_dev.launch import Service, start_trainer
 from perennial_dev.localstack import create_topics
+from services.trainer.events import EventPublisher
+from services.trainer.metrics import TrainerMetrics
+from services.trainer.settings import TrainerSettings
+from services.trainer.worker import Trainer
 
 # Deterministic CPU training: size-cut batches, snapshots by count only, no holdout.
 DETERMINISTIC = {
@@ -18,10 +25,40 @@ DETERMINISTIC = {
     "PERENNIAL_SNAPSHOT_EVERY_EXAMPLES": 32,
     "PERENNIAL_SNAPSHOT_EVERY_SECONDS": "inf",
     "PERENNIAL_HOLDOUT_EVERY": 0,
+    "PERENNIAL_CHECKPOINT_EVERY_SECONDS": 0,  # every version a checkpoint: the chain is exact
     "PERENNIAL_TORCH_THREADS": 1,
     "PERENNIAL_RETAIN_BYTES": 1 << 30,  # the tests read every version of the lineage
 }
 LABELS = ("noun.animal", "noun.plant", "noun.artifact")
+
+
+# an in-process trainer: no Kafka or Redis URL of its own, small batches, snapshots by count
+IN_PROCESS = {
+    "kafka_bootstrap": "unused:9092",
+    "redis_url": "redis://unused",
+    "batch_size": 4,
+    "snapshot_every_examples": 8,
+    "snapshot_every_seconds": 3600,
+    "batch_wait_seconds": 3600,
+    "holdout_every": 0,
+}
+
+
+def in_process_trainer(
+    redis_client, backbone, config: LearnerConfig, send=None, registry=None, **overrides
+) -> Trainer:
+    """A trainer core on the test's Redis, cut by counts only: batches of 4, a snapshot every 8
+    examples, no holdout (`overrides` are `TrainerSettings` fields)."""
+    return Trainer(
+        TrainerSettings(**{**IN_PROCESS, **overrides}),
+        backbone,
+        SnapshotStore(redis_client),
+        TrainerMetrics(registry or CollectorRegistry()),
+        EventPublisher(
+            send if send is not None else (lambda *_, **__: None), "perennial.events", "test"
+        ),
+        config,
+    )
 
 
 def examples(adapter: str, count: int, start: int = 0) -> list[codec.Example]:

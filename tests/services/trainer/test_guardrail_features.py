@@ -12,11 +12,11 @@ HOLDOUT = [text for texts in WORDS.values() for text in texts]
 
 
 def predictor(learner):
-    return load_predictor(learner.backbone, *from_safetensors(to_safetensors(*learner.state())))
+    return load_predictor(learner.backbone, *from_safetensors(to_safetensors(*learner.serving())))
 
 
 def own_labels(version, texts: list[str]) -> list[str]:
-    best = version.scores(version.learner.backbone, texts).argmax(-1).tolist()
+    best = version.scores(version.features.backbone, texts).argmax(-1).tolist()
     return [version.classes[i] for i in best]
 
 

@@ -20,8 +20,8 @@ from services.trainer.events import EventPublisher
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.settings import TrainerSettings
 from services.trainer.worker import Incoming, Trainer
+from tests.services.trainer.conftest import IN_PROCESS
 from tests.services.trainer.test_limits import read_records
-from tests.services.trainer.test_worker import IN_PROCESS
 
 # a small first window, so the warm-up closes within the test
 FSA = LearnerConfig(

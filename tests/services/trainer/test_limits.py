@@ -13,31 +13,25 @@ from prometheus_client import CollectorRegistry
 
 from perennial.codec import Example
 from perennial.learners import LearnerConfig
-from perennial.store import SnapshotStore
 from perennial_dev.localstack import create_topics
 from services.trainer.control import set_health
 from services.trainer.deadletter import DeadLetters
-from services.trainer.events import EventPublisher
 from services.trainer.liveness import Watchdog
-from services.trainer.metrics import TrainerMetrics
-from services.trainer.settings import TrainerSettings
 from services.trainer.worker import Incoming, Trainer
 from tests.services.inference.test_corruption import CASES, _corrupt
-from tests.services.trainer.test_worker import IN_PROCESS, TEXTS, Sent
+from tests.services.trainer.conftest import in_process_trainer
+from tests.services.trainer.test_worker import TEXTS, Sent
 
 
 @pytest.fixture
 def make_trainer(redis_client, tiny_backbone):
-    def make(learner: str = "simplecil", **overrides) -> Trainer:
-        fields = {**IN_PROCESS, **overrides}
-        return Trainer(
-            TrainerSettings(**fields),
-            tiny_backbone,
-            SnapshotStore(redis_client),
-            TrainerMetrics(registry := CollectorRegistry()),
-            EventPublisher(Sent(), "perennial.events", "test"),
-            LearnerConfig(learner=learner, seed=0),
-        ), registry
+    def make(learner: str = "simplecil", **overrides) -> tuple[Trainer, CollectorRegistry]:
+        registry = CollectorRegistry()
+        config = LearnerConfig(learner=learner, seed=0)
+        trainer = in_process_trainer(
+            redis_client, tiny_backbone, config, Sent(), registry, **overrides
+        )
+        return trainer, registry
 
     return make
 

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from perennial.codec import Example
 from perennial.errors import InvalidInput, NotFound
 from perennial.learners import LearnerConfig
 from perennial.pet import LoRAConfig
-from perennial.store import SnapshotStore, StaleParent
+from perennial.store import StaleParent
 from perennial.v1 import events_pb2
-from services.trainer.events import EventPublisher
-from services.trainer.metrics import TrainerMetrics
-from services.trainer.settings import TrainerSettings
 from services.trainer.worker import Incoming, Trainer
+from tests.services.trainer.conftest import in_process_trainer
 
-# an in-process trainer: no Kafka or Redis URL of its own, small batches, snapshots by count
-IN_PROCESS = {
-    "kafka_bootstrap": "unused:9092",
-    "redis_url": "redis://unused",
-    "batch_size": 4,
-    "snapshot_every_examples": 8,
-    "snapshot_every_seconds": 3600,
-    "batch_wait_seconds": 3600,
-    "holdout_every": 0,
-}
 TEXTS = {
     "animal": ["a small dog", "a big cat", "a red fox", "a grey wolf"],
     "plant": ["a tall tree", "a green fern", "a wild rose", "a young oak"],
@@ -46,17 +33,9 @@ class Sent(list):
 @pytest.fixture
 def make_trainer(redis_client, tiny_backbone):
     def make(**overrides) -> tuple[Trainer, Sent]:
-        fields = {**IN_PROCESS, **overrides}
         sent = Sent()
-        trainer = Trainer(
-            TrainerSettings(**fields),
-            tiny_backbone,
-            SnapshotStore(redis_client),
-            TrainerMetrics(CollectorRegistry()),
-            EventPublisher(sent, "perennial.events", "test"),
-            LearnerConfig(learner="lae", pet=LoRAConfig(rank=2, layers=(0, 1)), lr=1e-2),
-        )
-        return trainer, sent
+        config = LearnerConfig(learner="lae", pet=LoRAConfig(rank=2, layers=(0, 1)), lr=1e-2)
+        return in_process_trainer(redis_client, tiny_backbone, config, sent, **overrides), sent
 
     return make
 
