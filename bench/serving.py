@@ -43,7 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.report import write_section
 from perennial.backbone import TextBackbone
-from perennial.learners import LearnerConfig, build_learner
+from perennial.learners import LearnerConfig, build_learner, serving_state
 from perennial.store import SnapshotStore, to_safetensors
 from perennial_dev.datasets.wordnet import class_incremental_split, read_noun_glosses
 from perennial_dev.launch import start_inference
@@ -90,12 +90,13 @@ def serving_backbone(runtime: str, threads: int) -> TextBackbone:
 
 
 def trained_snapshot(backbone: TextBackbone, stream: list[tuple[str, str]]) -> tuple[dict, dict]:
-    """The trainer's default learner after the stream in micro-batches: (tensors, metadata)."""
+    """The trainer's default learner after the stream in micro-batches: what the trainer
+    publishes as a version of it (`serving_state`: FSA's solved head and PET), (tensors, metadata)."""
     learner = build_learner(backbone, LearnerConfig(seed=0))
     for start in range(0, len(stream), MICRO_BATCH):
         texts, labels = zip(*stream[start : start + MICRO_BATCH], strict=True)
         learner.learn(list(texts), list(labels))
-    return learner.state()
+    return serving_state(learner)
 
 
 def publish(store: SnapshotStore, adapter: str, tensors: dict, metadata: dict, parent=None):
