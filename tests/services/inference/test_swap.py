@@ -176,13 +176,15 @@ def test_swapping_under_load_fails_no_request(service, learner):
             interval=0.005,
             seen=lambda: plane.current_version("demo"),
         )
+        # a client answered by the new version before the next swap: requests overlap every swap
+        wait_for(lambda head=head: head.version in versions, 10, f"an answer from {head.version}")
     done.set()
     for thread in clients:
         thread.join()
     stop.set()
     watcher.join()
     assert failures == []
-    assert len(versions) >= 3 and versions <= set(published)
+    assert set(published[1:]) <= versions <= set(published)
 
 
 @pytest.mark.parametrize("version", ["", "pinned"])
