@@ -25,12 +25,10 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from perennial.codec import (
     MAX_EVENT_TIME,
-    MAX_JSON_DEPTH,
     MAX_LABEL_CHARS,
     MIN_EVENT_TIME,
     DecodeError,
-    _json_depth,
-    _json_time,
+    _from_json,
     valid_adapter_id,
 )
 from perennial.v1 import feedback_pb2
@@ -135,16 +133,7 @@ def _fields(value: bytes | None, message_type) -> dict:
     if not value:
         raise DecodeError("EmptyRecord", "record value is empty")
     if value.lstrip()[:1] in (b"{", b"["):
-        if _json_depth(value) > MAX_JSON_DEPTH:
-            raise DecodeError("TooDeep", f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
-        try:
-            fields = json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-            raise DecodeError("MalformedJson", f"invalid JSON: {error}"[:500]) from error
-        if not isinstance(fields, dict):
-            raise DecodeError("MalformedJson", "JSON record must be an object")
-        fields["event_time"] = _json_time(fields.get("event_time"))
-        return fields
+        return _from_json(value)
     message = message_type()
     try:
         message.ParseFromString(value)
