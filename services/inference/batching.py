@@ -3,6 +3,9 @@
 One batch thread takes requests in arrival order until the batch holds
 `max_batch_size` rows or the oldest request has waited `max_queue_delay`; while
 a batch runs, the next one fills, so under load batches grow by themselves.
+The delay is spent only when company may come: when more than one request was
+outstanding since the batch before last. A lone client's request goes straight to
+the model instead of waiting for requests nobody is sending.
 The queue is bounded (`max_queue_size` requests): a full queue rejects at once
 with `ResourceExhausted` (back-pressure, instead of latency growing without bound).
 A request whose deadline has passed, or whose caller went away, is skipped
@@ -86,6 +89,8 @@ class Batcher(Generic[Key, Result]):
         self._on_executed = on_executed  # (jobs, seconds) after each model call: statistics
         self._queue: deque[Job] = deque()
         self._rows = 0
+        self._outstanding = 0  # submitted and not yet answered
+        self._peaks = [0, 0]  # most outstanding during the last batch's window, and now
         self._condition = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
@@ -110,6 +115,8 @@ class Batcher(Generic[Key, Result]):
                     "retry with backoff or add replicas"
                 )
             self._queue.append(job)
+            self._outstanding += 1
+            self._peaks[1] = max(self._peaks[1], self._outstanding)
             self._rows += len(rows)
             self.metrics.queue_rows.set(self._rows)
             self._condition.notify()
@@ -142,7 +149,8 @@ class Batcher(Generic[Key, Result]):
                 if self._stopping:
                     return None
                 self._condition.wait()
-            fill_until = self._queue[0].enqueued + self.config.max_queue_delay_seconds
+            delay = self.config.max_queue_delay_seconds if max(self._peaks) > 1 else 0.0
+            fill_until = self._queue[0].enqueued + delay
             while self._rows < self.config.max_batch_size and not self._stopping:
                 remaining = fill_until - time.monotonic()
                 if remaining <= 0:
@@ -154,8 +162,13 @@ class Batcher(Generic[Key, Result]):
                 rows += len(job.rows)
                 batch.append(job)
             self._rows -= rows
+            self._peaks = [self._peaks[1], self._outstanding]
             self.metrics.queue_rows.set(self._rows)
             return batch
+
+    def _answered(self, jobs: int) -> None:
+        with self._condition:
+            self._outstanding -= jobs
 
     def _loop(self) -> None:
         while (batch := self._next_batch()) is not None:
@@ -163,6 +176,7 @@ class Batcher(Generic[Key, Result]):
             live = []
             for job in batch:
                 if job.cancelled or job.expired(now):
+                    self._answered(1)
                     job.future.set_exception(
                         DeadlineExceeded(
                             "the deadline passed before the request reached the model; the work was skipped"
@@ -178,6 +192,7 @@ class Batcher(Generic[Key, Result]):
             try:
                 results = self._run([(job.key, job.rows) for job in live])
             except Exception as error:  # delivered to every caller; the thread keeps going
+                self._answered(len(live))
                 for job in live:
                     job.future.set_exception(error)
                 continue
@@ -191,5 +206,6 @@ class Batcher(Generic[Key, Result]):
                     self._on_executed(live, elapsed)
                 except Exception:  # statistics must never fail a batch
                     log.exception("recording a batch failed")
+            self._answered(len(live))  # before the answers: a caller may ask again at once
             for job, result in zip(live, results, strict=True):
                 job.future.set_result(result)

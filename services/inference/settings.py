@@ -54,7 +54,8 @@ class InferenceSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecur
     max_queue_delay_ms: float = Field(
         BatchingConfig.max_queue_delay_seconds * 1000,
         ge=0,
-        description="longest wait for a batch to fill",
+        description="longest wait for a batch to fill; spent only when more than one request was "
+        "outstanding lately (a lone client never waits)",
     )
     max_queue_size: int = Field(
         BatchingConfig.max_queue_size,

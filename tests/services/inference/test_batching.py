@@ -3,6 +3,9 @@ also when one batch mixes adapters (one forward with per-row LoRA weights)."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -171,3 +174,36 @@ def test_first_session_versions_of_many_adapters_share_one_forward(service, tiny
                 else learners[name].scores(texts)
             )
         torch.testing.assert_close(scores, library, atol=1e-5, rtol=1e-4)
+
+
+def test_a_lone_request_skips_the_queue_delay_and_company_waits_for_it():
+    """The delay is spent only when more than one request is outstanding: a lone caller's
+    request reaches the model at once; once requests overlapped, the next batch waits to fill."""
+    started, release = threading.Event(), threading.Event()
+
+    def run(work):  # every job learns its batch's row count
+        started.set()
+        release.wait(10)
+        return [sum(len(rows) for _, rows in work)] * len(work)
+
+    batcher = Batcher(
+        run,
+        BatchingConfig(max_batch_size=2, max_queue_delay_seconds=60.0),
+        InferenceMetrics(CollectorRegistry()),
+    ).start()
+    try:
+        release.set()
+        for _ in range(3):  # each alone: answered long before the 60 s delay
+            assert batcher.result(batcher.submit("k", ["x"]), time.monotonic() + 10) == 1
+        release.clear()
+        started.clear()
+        first = batcher.submit("k", ["x"])  # alone: straight to the model, which now blocks
+        assert started.wait(10)
+        second = batcher.submit("k", ["x"])  # two outstanding: company
+        release.set()
+        assert batcher.result(first, time.monotonic() + 10) == 1
+        third = batcher.submit("k", ["x"])  # the batch `second` waits in fills with it
+        assert batcher.result(second, time.monotonic() + 10) == 2
+        assert batcher.result(third, time.monotonic() + 10) == 2
+    finally:
+        batcher.stop(timeout=5)
