@@ -104,7 +104,7 @@ class Deferred:
         self.head, self._select, self._pending = head, head.select_ridge, None
         head.select_ridge = self._snapshot
 
-    def _snapshot(self) -> float:
+    def _snapshot(self, background: bool = False) -> float:
         self._pending = (self.head.gram.clone(), self.head.targets.clone())
         return self.head.ridge
 

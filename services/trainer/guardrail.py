@@ -22,7 +22,7 @@ import redis
 import torch
 
 from perennial.codec import Example
-from perennial.learners import FirstSessionPredictor
+from perennial.learners import FirstSessionLearner, FirstSessionPredictor
 from perennial.v1 import example_pb2
 
 TENSOR_MARK = "\x1ftensor"  # suffix of a holdout field whose value is a Tensor message
@@ -156,26 +156,36 @@ class FeatureCache:
         pet = _fingerprint(predictor.module)
 
         def labels(inputs: list) -> list[str]:
-            keys = [_input_key(x) for x in inputs]
-            first = dict(zip(keys, inputs, strict=True))  # one input per key
-            rows = {k: self._rows.get((pet, k)) for k in first}
-            missing = [k for k, row in rows.items() if row is None]
             with torch.inference_mode():
-                for start in range(0, len(missing), 64):
-                    chunk = missing[start : start + 64]
-                    features = predictor.features([first[k] for k in chunk], predictor.module)
-                    rows.update(zip(chunk, features.float(), strict=True))
-                self.computed += len(missing)
-                for key, row in rows.items():
-                    self._rows[(pet, key)] = row
-                    self._rows.move_to_end((pet, key))
-                while len(self._rows) > self.max_entries:
-                    self._rows.popitem(last=False)
-                features = torch.stack([rows[k] for k in keys]).double()
+                features = torch.stack(self._lookup(pet, predictor, inputs)).double()
                 best = predictor.scores_features(features).argmax(-1).tolist()
             return [predictor.classes[i] for i in best]
 
         return labels
+
+    def warm(self, source: FirstSessionLearner | FirstSessionPredictor, inputs: list) -> None:
+        """Compute the rows of `inputs` under `source`'s PET now, as they are held out (and all
+        of them when the PET changes), so that the first judgement with enough holdout does
+        not compute them all at once: that stalled learning by half a second."""
+        with torch.inference_mode():
+            self._lookup(_fingerprint(source.module), source, inputs)
+
+    def _lookup(self, pet: str, source, inputs: list) -> list[torch.Tensor]:
+        keys = [_input_key(x) for x in inputs]
+        first = dict(zip(keys, inputs, strict=True))  # one input per key
+        rows = {k: self._rows.get((pet, k)) for k in first}
+        missing = [k for k, row in rows.items() if row is None]
+        for start in range(0, len(missing), 64):
+            chunk = missing[start : start + 64]
+            features = source.features([first[k] for k in chunk], source.module)
+            rows.update(zip(chunk, features.float(), strict=True))
+        self.computed += len(missing)
+        for key, row in rows.items():
+            self._rows[(pet, key)] = row
+            self._rows.move_to_end((pet, key))
+        while len(self._rows) > self.max_entries:
+            self._rows.popitem(last=False)
+        return [rows[k] for k in keys]
 
 
 def _input_key(value) -> str:

@@ -54,6 +54,7 @@ from perennial.codec import Example, encode
 from perennial.errors import FailedPrecondition, InvalidInput, NotFound, NotReady
 from perennial.grpc_errors import STATUS
 from perennial.learners import (
+    FirstSessionLearner,
     FirstSessionPredictor,
     Learner,
     LearnerConfig,
@@ -274,7 +275,7 @@ class Trainer:
         if since >= self.settings.snapshot_every_seconds or (
             self._snapshot_failed and since >= RETRY_SECONDS
         ):
-            self.snapshot_all()
+            self.snapshot_all(timed=True)
 
     def _drain(self, timeout: float) -> None:
         try:
@@ -586,7 +587,7 @@ class Trainer:
             while len(state.pending) >= self.settings.batch_size:
                 self._consume(adapter, state, self.settings.batch_size)
                 if time.monotonic() - self._last_snapshot >= self.settings.snapshot_every_seconds:
-                    self.snapshot_all()  # behind the stream: versions keep coming meanwhile
+                    self.snapshot_all(timed=True)  # behind the stream: versions go on meanwhile
                 if self.adapters.get(adapter) is not state:
                     break  # a snapshot was fenced out: the adapter reloads, its records requeued
             if (
@@ -617,7 +618,7 @@ class Trainer:
             self.snapshot_all()
 
     def _learn(self, adapter: str, state: AdapterState, records: list[Incoming]) -> None:
-        batch = []
+        batch, held_out = [], []
         for record in records:
             label = record.example.label
             if (
@@ -634,8 +635,10 @@ class Trainer:
             state.class_counts[label] = count = state.class_counts.get(label, 0) + 1
             if state.reservoir.wants(count) and label in state.learner.classes:
                 self._hold_out(state, record.example, count)
+                held_out.append(record.example.input)
             else:
                 batch.append(record.example)
+        adapted = getattr(state.learner, "adapted", None)
         if batch:
             inputs, labels = [e.input for e in batch], [e.label for e in batch]
             learn_and_predict = getattr(state.learner, "learn_and_predict", None)
@@ -661,6 +664,11 @@ class Trainer:
             self.metrics.loss.labels(adapter).set(loss)
             self.metrics.examples.labels(adapter).inc(len(batch))
             self.metrics.classes.labels(adapter).set(len(state.learner.classes))
+        if self.settings.guardrail.enabled and isinstance(state.learner, FirstSessionLearner):
+            if state.learner.adapted != adapted:  # a new PET: all holdout features change
+                held_out = state.reservoir.inputs(set(state.learner.classes))[0]
+            if held_out:
+                self._holdout_features.warm(state.learner, held_out)
         for record in records:
             state.applied[record.partition] = record.offset + 1
             state.new_event_times.append(record.example.event_time)
@@ -707,17 +715,18 @@ class Trainer:
                 time.sleep(1.0)  # backoff while Redis is away; nothing else can proceed
 
     # -- snapshots, the guardrail and commits ------------------------------------------------
-    def snapshot_all(self, checkpoint: bool = False) -> None:
+    def snapshot_all(self, checkpoint: bool = False, timed: bool = False) -> None:
         """Publish every adapter with unsnapshotted examples (with a checkpoint when asked or
         due, also for an adapter whose newest examples are only in serving versions), then hand
-        back safe offsets."""
+        back safe offsets. A `timed` version (the time cadence) does not wait for a choice of
+        λ under way: it is solved with the λ of before (a checkpoint always waits)."""
         self._snapshot_failed = False
         for adapter, state in list(self.adapters.items()):
             self.heartbeat = time.monotonic()
             due = state.uncheckpointed and (checkpoint or self._checkpoint_due(state))
             if self._publishable(state) and (state.dirty or due):  # caught up: maybe not dirty
                 try:
-                    self._snapshot(adapter, state, checkpoint=checkpoint)
+                    self._snapshot(adapter, state, checkpoint=checkpoint, timed=timed)
                     state.last_error = ""
                 except redis.RedisError as error:
                     self._dependency_error("redis", error)
@@ -744,6 +753,7 @@ class Trainer:
         state: AdapterState,
         force_promote: bool = False,
         checkpoint: bool = False,
+        timed: bool = False,
     ) -> Manifest:
         """Publish one snapshot in a span linked to the micro-batches it contains."""
         with self.tracer.start_as_current_span(
@@ -751,9 +761,8 @@ class Trainer:
             links=tracing.links(state.learned),
             attributes={"perennial.adapter": adapter},
         ) as span:
-            manifest = self._publish(
-                adapter, state, force_promote, checkpoint or self._checkpoint_due(state)
-            )
+            checkpoint = checkpoint or self._checkpoint_due(state)
+            manifest = self._publish(adapter, state, force_promote, checkpoint, timed)
             span.set_attributes(
                 {
                     "perennial.version": manifest.version,
@@ -770,14 +779,19 @@ class Trainer:
             return manifest
 
     def _publish(
-        self, adapter: str, state: AdapterState, force_promote: bool, checkpoint: bool
+        self,
+        adapter: str,
+        state: AdapterState,
+        force_promote: bool,
+        checkpoint: bool,
+        timed: bool,
     ) -> Manifest:
         started = time.perf_counter()
         verdict = candidate = None
         # The serving blob every version has; the whole state only in a checkpoint (a learner
         # without a serving view serves its whole state, so each of its versions is one).
         split = hasattr(state.learner, "serving")
-        tensors, metadata = serving_state(state.learner)
+        tensors, metadata = serving_state(state.learner, wait=checkpoint or not timed)
         state_blob = to_safetensors(*state.learner.state()) if split and checkpoint else None
         checkpoint = checkpoint or not split
         if state.head is not None and not force_promote and self.settings.guardrail.enabled:

@@ -183,3 +183,38 @@ def test_a_snapshot_of_another_backbone_is_refused(tiny_backbone, name):
         restore_learner(tiny_backbone, tensors, other)
     legacy = {k: v for k, v in metadata.items() if k != "backbone"}  # before it was recorded: text
     assert load_predictor(tiny_backbone, tensors, legacy).classes == learner.classes
+
+
+def test_a_ridge_chosen_beside_learning_is_the_one_chosen_in_line():
+    """`select_ridge(background=True)` chooses on a copy of the statistics of that moment in the
+    selection thread: whatever is added meanwhile, the next solve gets exactly the λ and head of
+    choosing in line then (same thread count, same operations: bit-exact on any CPU)."""
+    from perennial.learners.ridge import RidgeHead
+
+    generator = torch.Generator().manual_seed(0)
+    means = torch.randn(3, 16, generator=generator)
+
+    def batch(size: int, first: int):
+        targets = torch.randint(0, 3, (size,), generator=generator)
+        noisy = means[targets] + 0.7 * torch.randn(size, 16, generator=generator)
+        return noisy, targets, torch.arange(size) + first
+
+    grid = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e4)
+    inline, beside = RidgeHead(16, 64, 3, grid), RidgeHead(16, 64, 3, grid)
+    early, late = batch(10, 0), batch(400, 10)
+    for head in (inline, beside):
+        head.grow(3)
+        head.add(*early)
+    expected = inline.select_ridge()
+    beside.select_ridge(background=True)
+    for head in (inline, beside):  # learning goes on while the choice is made
+        head.add(*late)
+    assert beside.ridge == expected != inline.select_ridge()  # the data of then, not of now
+    assert beside.settled
+    inline._set_ridge(expected)
+    assert torch.equal(beside.solve(), inline.solve())
+
+    beside.select_ridge(background=True)
+    beside.select_ridge(background=True)  # supersedes the one before: nothing read λ between
+    assert beside.ridge == inline.select_ridge()
+    assert torch.equal(beside.solve(), inline.solve())

@@ -69,12 +69,15 @@ class Learner(Protocol):
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]: ...
 
 
-def serving_state(learner: Learner) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def serving_state(
+    learner: Learner, wait: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """What a served version of `learner` holds: its serving view when it has one (FSA: the
     solved head and the PET, a few hundred KB), else its whole `state()`. Publish it with
-    `SnapshotStore.publish`; `load_predictor` reads either."""
+    `SnapshotStore.publish`; `load_predictor` reads either. `wait=False` (a trainer's timed
+    versions): a serving view does not wait for a choice of λ under way."""
     serving = getattr(learner, "serving", None)
-    return serving() if serving is not None else learner.state()
+    return serving(wait=wait) if serving is not None else learner.state()
 
 
 def build_learner(backbone, config: LearnerConfig | None = None) -> Learner:

@@ -215,8 +215,9 @@ def select_when_due(
 ) -> tuple[int, int]:
     """Choose λ again when classes arrived or `every` examples passed since the last choice, at
     example counts the stream decides (not at the times something asked for a prediction), so a
-    replay of the same micro-batches chooses the same λ."""
+    replay of the same micro-batches chooses the same λ. The choice runs beside learning; the
+    next solve waits for it."""
     if classes != selected[1] or examples - selected[0] >= every:
-        head.select_ridge()
+        head.select_ridge(background=True)
         return examples, classes
     return selected

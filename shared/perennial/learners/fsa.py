@@ -234,11 +234,13 @@ class FirstSessionLearner:
         return [self.classes[i] for i in self.scores(inputs).argmax(-1).tolist()]
 
     # -- state -----------------------------------------------------------------------------------
-    def serving(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    def serving(self, wait: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """What a served version needs, a few hundred KB: the head solved once here (W [M, C]),
-        the PET and the metadata; not the M×M statistics nor the warm-up buffer (`state`)."""
-        tensors = {"head.weights": self.head.solve().contiguous().clone(), **self._pet_tensors()}
-        return tensors, {**snapshot_metadata(self), "ridge": json.dumps(self.head.ridge)}
+        the PET and the metadata; not the M×M statistics nor the warm-up buffer (`state`).
+        `wait=False`: solved with the λ of before if a choice of λ is under way."""
+        ridge, weights = self.head.solution(wait)
+        tensors = {"head.weights": weights.contiguous().clone(), **self._pet_tensors()}
+        return tensors, {**snapshot_metadata(self), "ridge": json.dumps(ridge)}
 
     def _pet_tensors(self) -> dict[str, torch.Tensor]:
         if self.module is None:

@@ -7,15 +7,20 @@ strength λ is the grid value with the lowest held-out squared error,
 err(W) = tr(WᵀG_v W) − 2 tr(WᵀQ_v), computed from one eigendecomposition of the training part
 (no examples stored). The head is W = (G + λ·s·I)⁻¹Q over both parts (s: the Gram scale).
 
-Selecting λ costs an eigendecomposition of an M×M matrix, solving the head one Cholesky
-factorisation: `select_ridge` runs when the learner says so (new classes, every `ridge_every`
-examples), `solve` whenever the statistics changed. `SolvedHead` is what serving needs: the
+Selecting λ costs an eigendecomposition of an M×M matrix (about 0.25 s at M = 1024 on one
+core), solving the head one Cholesky factorisation: `select_ridge` runs when the learner says
+so (new classes, every `ridge_every` examples), `solve` whenever the statistics changed. The
+learners choose λ in the background, on a copy of the statistics taken at that moment, while
+learning goes on; whatever reads λ next (`solve`, `ridge`) waits for that choice, so the heads
+are exactly those of choosing in line. `solution(wait=False)` is the exception, for a trainer's
+timed versions: solved with the λ chosen before, it never waits. `SolvedHead` is what serving needs: the
 solved W alone (the statistics stay with the trainer), scored exactly as `RidgeHead.scores`.
 """
 
 from __future__ import annotations
 
 import functools
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -39,7 +44,8 @@ class RidgeHead:
         self.dim, self.width, self.seed, self.grid = dim, width, seed, grid
         self.gram = torch.zeros(2, width, width, dtype=torch.float64)  # [train part, held-out part]
         self.targets = torch.zeros(2, width, 0, dtype=torch.float64)
-        self.ridge = grid[0]
+        self._ridge = grid[0]
+        self._pending: Future[float | None] | None = None  # a choice of λ under way
         self._solution: torch.Tensor | None = None
         self._last: torch.Tensor | None = None  # the newest solution, kept while data arrives
         self._expanded: tuple[torch.Tensor, torch.Tensor] | None = None  # (features, ReLU(x·P))
@@ -82,35 +88,59 @@ class RidgeHead:
                 self.targets[part] += h[rows].T @ y[rows]
         self._solution = None
 
-    def select_ridge(self) -> float:
-        """Choose λ from the grid by the held-out error (unchanged while nothing is held out)."""
-        if not self.targets[1].abs().sum() > 0:
-            return self.ridge
-        train_gram, train_targets = self.gram[0], self.targets[0]
-        scale = max(float(train_gram.diagonal().mean()), 1e-12)
-        values, vectors = torch.linalg.eigh(train_gram)
-        basis_targets = vectors.T @ train_targets
-        held_gram = vectors.T @ _symmetric(self.gram[1]) @ vectors
-        held_targets = vectors.T @ self.targets[1]
-        best, best_error = self.grid[0], float("inf")
-        for ridge in self.grid:
-            w = basis_targets / (values + ridge * scale * 1e-3)[:, None]
-            error = float((w * (held_gram @ w)).sum() - 2 * (w * held_targets).sum())
-            if error < best_error:
-                best, best_error = ridge, error
-        if best != self.ridge:
-            self.ridge, self._solution = best, None
-        return best
+    @property
+    def ridge(self) -> float:
+        """λ, as chosen by the last `select_ridge` (waiting for it if it is under way)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._set_ridge(pending.result())
+        return self._ridge
+
+    @property
+    def settled(self) -> bool:
+        """Whether reading λ (or solving) would not wait for a choice under way."""
+        return self._pending is None or self._pending.done()
+
+    def select_ridge(self, background: bool = False) -> float:
+        """Choose λ from the grid by the held-out error (unchanged while nothing is held out).
+        With `background`, on a copy of the statistics in the selection thread; the next read
+        of λ gets that choice (a newer call supersedes it). Returns λ as known now."""
+        if background:
+            if self._pending is not None:
+                self._pending.cancel()  # superseded: nothing read λ in between
+            gram, targets = self.gram.clone(), self.targets.clone()
+            threads = torch.get_num_threads()  # OpenMP's count is per thread: the same there
+            self._pending = _selector().submit(_choose_ridge, self.grid, gram, targets, threads)
+            return self._ridge
+        self._pending = None
+        self._set_ridge(_choose_ridge(self.grid, self.gram, self.targets))
+        return self._ridge
+
+    def _set_ridge(self, ridge: float | None) -> None:
+        if ridge is not None and ridge != self._ridge:
+            self._ridge, self._solution = ridge, None
 
     def solve(self) -> torch.Tensor:
-        """The head W [width, classes] for the current statistics and λ (cached)."""
+        """The head W [width, classes] for the current statistics and λ (cached; waits for a
+        choice of λ under way)."""
+        ridge = self.ridge  # settles a choice under way first (a new λ drops the cached W)
         if self._solution is None:
-            gram, targets = self.gram.sum(0), self.targets.sum(0)
-            scale = max(float(gram.diagonal().mean()), 1e-12)
-            gram.diagonal().add_(self.ridge * scale * 1e-3)
-            self._solution = torch.cholesky_solve(targets, torch.linalg.cholesky(gram))
-            self._last = self._solution
+            self._solution = self._solve(ridge)
         return self._solution
+
+    def solution(self, wait: bool = True) -> tuple[float, torch.Tensor]:
+        """(λ, W) for the current statistics. `wait=False` does not wait for a choice of λ under
+        way: W is solved with the λ chosen before it (what a version published meanwhile holds)."""
+        if wait or self.settled:
+            return self.ridge, self.solve()
+        return self._ridge, self._solve(self._ridge)
+
+    def _solve(self, ridge: float) -> torch.Tensor:
+        gram, targets = self.gram.sum(0), self.targets.sum(0)
+        scale = max(float(gram.diagonal().mean()), 1e-12)
+        gram.diagonal().add_(ridge * scale * 1e-3)
+        self._last = torch.cholesky_solve(targets, torch.linalg.cholesky(gram))
+        return self._last
 
     def last_scores(self, features: torch.Tensor) -> torch.Tensor | None:
         """Ridge outputs of the newest solved head (None before the first solve): what the
@@ -147,7 +177,37 @@ class RidgeHead:
         self.gram[:, rows, cols] = half
         self.gram[:, cols, rows] = half
         self.targets = tensors[f"{prefix}targets"].double().clone()
-        self.ridge, self._solution = ridge, None
+        self._ridge, self._pending, self._solution = ridge, None, None
+
+
+@functools.cache
+def _selector() -> ThreadPoolExecutor:
+    """The thread that chooses λ beside learning (started on first use)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="ridge-selection")
+
+
+def _choose_ridge(
+    grid: tuple[float, ...], gram: torch.Tensor, targets: torch.Tensor, threads: int = 0
+) -> float | None:
+    """The grid value with the lowest held-out error for statistics `gram` [2, M, M] and
+    `targets` [2, M, C] (training part, held-out part); None while nothing is held out."""
+    if not targets[1].abs().sum() > 0:
+        return None
+    if threads:
+        torch.set_num_threads(threads)
+    train_gram, train_targets = gram[0], targets[0]
+    scale = max(float(train_gram.diagonal().mean()), 1e-12)
+    values, vectors = torch.linalg.eigh(train_gram)
+    basis_targets = vectors.T @ train_targets
+    held_gram = vectors.T @ _symmetric(gram[1]) @ vectors
+    held_targets = vectors.T @ targets[1]
+    best, best_error = grid[0], float("inf")
+    for ridge in grid:
+        w = basis_targets / (values + ridge * scale * 1e-3)[:, None]
+        error = float((w * (held_gram @ w)).sum() - 2 * (w * held_targets).sum())
+        if error < best_error:
+            best, best_error = ridge, error
+    return best
 
 
 def _symmetric(gram: torch.Tensor) -> torch.Tensor:

@@ -41,3 +41,16 @@ def test_the_cache_is_bounded(tiny_backbone):
     cache = FeatureCache(max_entries=5)
     assert cache.labeller(version)(HOLDOUT) == own_labels(version, HOLDOUT)
     assert len(cache._rows) == 5
+
+
+def test_rows_warmed_from_the_learner_serve_its_versions_judgements(tiny_backbone):
+    """The trainer warms the cache from the learner as examples are held out (and all of them
+    when the PET changes): a version's first judgement then encodes nothing."""
+    learner = build_learner(tiny_backbone, CONFIG)
+    feed(learner, stream(list(WORDS)))
+    cache = FeatureCache()
+    cache.warm(learner, HOLDOUT)
+    assert cache.computed == len(HOLDOUT)
+    version = predictor(learner)
+    assert cache.labeller(version)(HOLDOUT) == own_labels(version, HOLDOUT)
+    assert cache.computed == len(HOLDOUT)  # the learner's PET is the version's: all reused
