@@ -407,9 +407,9 @@ def run(args) -> dict:
     servers: list[Server] = []
     try:
         store = SnapshotStore(redis.Redis.from_url(redis_server.url))
-        print("training the serving snapshots (the default learner, onnx and torch)", flush=True)
+        print("training the serving snapshots (the default learner, per runtime)", flush=True)
         snapshots, backbones = {}, {}
-        for runtime in ("onnx", "torch"):
+        for runtime in ("onnx", "torch", "onnx-int8"):
             backbone = serving_backbone(runtime, args.threads)
             started = time.monotonic()
             tensors, metadata = trained_snapshot(backbone, data.stream)
@@ -435,11 +435,7 @@ def run(args) -> dict:
         servers.append(start_perennial(workdir, redis_server.url, "onnx", args.threads))
         servers.append(start_perennial(workdir, redis_server.url, "onnx", other))
         servers.append(start_perennial(workdir, redis_server.url, "torch", args.threads))
-        servers.append(  # the batcher's fill wait, measured against its default
-            start_perennial(
-                workdir, redis_server.url, "onnx", args.threads, PERENNIAL_MAX_QUEUE_DELAY_MS=0
-            )
-        )
+        servers.append(start_perennial(workdir, redis_server.url, "onnx-int8", args.threads))
         if not args.skip_kserve:
             servers.append(start_kserve(workdir, redis_server.url, adapter, "onnx", args.threads))
             servers.append(

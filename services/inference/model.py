@@ -3,10 +3,12 @@
 `load_version` and `predict` are the one place that knows the learners' types. `predict`
 runs a batch that mixes adapters with as few backbone forwards as each kind of model allows:
 
-- first-session-adaptation versions (`fsa`, the default learner): ONE frozen forward on the
-  backbone's runtime (ONNX Runtime by default) for every row, then ONE torch pass through the
-  last blocks for the rows of adapted versions, each row with its own version's LoRA weights
-  (`perennial.pet.lora.RowwiseLoRA`); each version's head then scores its rows' features;
+- first-session-adaptation versions (`fsa`, the default learner): the rows in length-sorted
+  chunks of at most `CHUNK_ROWS` (padding to a whole batch's longest text cost more than the
+  batching gained); per chunk ONE frozen forward on the backbone's runtime (ONNX Runtime by
+  default) for every row, then ONE torch pass through the last blocks for the rows of adapted
+  versions, each row with its own version's LoRA weights (`perennial.pet.lora.RowwiseLoRA`);
+  each version's head then scores its rows' features;
 - LAE ensembles of LoRA modules (text): ONE forward with online and offline rows side by side;
 - anything else: one `scores` call per version (`predict_grouped`).
 Grouped was measured slower than the fused forwards (docs/BENCHMARKS.md).
@@ -27,6 +29,8 @@ from perennial.pet import activate
 from perennial.pet.lora import RowwiseLoRA
 from perennial.store import Manifest, from_safetensors
 from services.inference.sizing import resident_bytes
+
+CHUNK_ROWS = 8  # rows per backbone pass of FSA versions; measured in docs/BENCHMARKS.md
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,46 +160,52 @@ def _predict_rowwise(
 def _predict_first_session(
     backbone, work: Sequence[tuple[ServedVersion, list]]
 ) -> list[torch.Tensor]:
-    """FSA versions: ONE frozen forward (the runtime) for every row, then ONE pass through the
-    last blocks for the rows of adapted versions, each row with its version's LoRA weights;
-    then each version's own head on its [frozen ⊕ adapted] features."""
+    """FSA versions: the rows of all items in chunks of at most `CHUNK_ROWS`, similar lengths
+    together (`backbone.chunks`), each chunk's features as `_features` computes them; then each
+    version's own head on its rows' [frozen ⊕ adapted] features."""
     models = [served.model for served, _ in work]
+    owners = [models[i] for i, (_, item) in enumerate(work) for _ in item]
+    batch = backbone.prepare([row for _, item in work for row in item])
+    features: list[torch.Tensor] = [torch.empty(0)] * len(owners)
+    for rows, chunk in backbone.chunks(batch, CHUNK_ROWS):
+        for row, feature in zip(
+            rows, _features(backbone, [owners[r] for r in rows], chunk), strict=True
+        ):
+            features[row] = feature
+    results, start = [], 0
+    for model, (_, item) in zip(models, work, strict=True):
+        if not item:
+            results.append(torch.zeros(0, len(model.classes)))
+            continue
+        rows = torch.stack(features[start : start + len(item)]).double()
+        results.append(model.scores_features(rows).float())
+        start += len(item)
+    return results
+
+
+def _features(backbone, models: list, batch) -> list[torch.Tensor]:
+    """Row i's [frozen ⊕ adapted] features under models[i]: ONE frozen forward on the runtime
+    for every row, then ONE torch pass through the last blocks per first adapted block for the
+    rows of adapted versions, each row with its own version's LoRA weights."""
     maps = [model.features for model in models]
-    inputs = [row for _, item in work for row in item]
-    batch = backbone.prepare(inputs)
     wanted = sorted({i for fm in maps for i in (*fm.states, fm.start)})
     hidden = dict(zip(wanted, backbone.hidden(batch, wanted), strict=True))
     pooled = {i: backbone.pool(hidden[i], batch) for i in {i for fm in maps for i in fm.states}}
-    spans, start = [], 0
-    for _, item in work:
-        spans.append((start, start + len(item)))
-        start += len(item)
-    adapted: dict[int, torch.Tensor] = {}  # item -> its rows' adapted features
-    for block in {
-        fm.start for fm, model in zip(maps, models, strict=True) if model.module is not None
-    }:
-        items = [
-            i
-            for i, (fm, m) in enumerate(zip(maps, models, strict=True))
+    adapted: dict[int, torch.Tensor] = {}  # row -> its adapted features
+    for block in {fm.start for fm, m in zip(maps, models, strict=True) if m.module is not None}:
+        rows = [
+            r
+            for r, (fm, m) in enumerate(zip(maps, models, strict=True))
             if m.module is not None and fm.start == block
         ]
-        rows = [r for i in items for r in range(*spans[i])]
-        modules = [models[i].module for i in items for _ in range(*spans[i])]
         state, sub_batch = _rows(backbone, hidden[block], batch, rows)
-        with activate(RowwiseLoRA(modules)):  # type: ignore[arg-type]
-            features = backbone.pool(backbone.tail(state, sub_batch, block), sub_batch)
-        offset = 0
-        for i in items:
-            count = spans[i][1] - spans[i][0]
-            adapted[i], offset = features[offset : offset + count], offset + count
-    results = []
-    for i, (model, fm) in enumerate(zip(models, maps, strict=True)):
-        begin, end = spans[i]
-        parts = [pooled[s][begin:end] for s in fm.states]
-        if i in adapted:
-            parts.append(adapted[i])
-        results.append(model.scores_features(torch.cat(parts, dim=1).double()).float())
-    return results
+        with activate(RowwiseLoRA([models[r].module for r in rows])):  # type: ignore[arg-type]
+            tail = backbone.pool(backbone.tail(state, sub_batch, block), sub_batch)
+        adapted.update(zip(rows, tail, strict=True))
+    return [
+        torch.cat([*(pooled[s][r] for s in fm.states), *([adapted[r]] if r in adapted else [])])
+        for r, fm in enumerate(maps)
+    ]
 
 
 def _rows(backbone, state: torch.Tensor, batch, rows: list[int]):

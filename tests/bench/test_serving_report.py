@@ -64,8 +64,14 @@ def test_goals_from_the_results_alone():
     assert "50.0 / 100.0 = **0.50** | **missed**" in text
     assert "throughput **1.11×**, p99 40 vs 50 ms | **met**" in text  # 50 vs 45 at c=8 and 32
     assert "| p50 ≤ KServe's at c=1 | 20.0 vs 25.0 ms | **met** |" in text
-    assert "| ≥ 2.5× KServe on torch fp32 (c=32) | **2.78×** | **met** |" in text
-    assert "| ≥ 2× Perennial on torch fp32 (c=32) | **2.50×** | **met** |" in text
+    assert (
+        "| ≥ 2.5× KServe on torch fp32 (c=32); Perennial on ONNX fp32, the default | **2.78×** | **met** |"
+        in text
+    )
+    assert (
+        "| ≥ 2× Perennial on torch fp32 (c=32); Perennial on ONNX fp32, the default | **2.50×** | **met** |"
+        in text
+    )
     assert "**1 wins** at c=32" in text
 
 

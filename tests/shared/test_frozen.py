@@ -93,3 +93,21 @@ def test_image_graphs_of_other_sizes_do_not_share_a_cache_entry(tmp_path) -> Non
     assert len(list(tmp_path.glob("*.onnx"))) == 2
     images = torch.rand(2, 28, 28, generator=torch.Generator().manual_seed(0))
     assert small(small.prepare(images)).shape == large(large.prepare(images)).shape == (2, 1280)
+
+
+def test_text_chunks_group_similar_lengths_and_drop_the_padding(tiny_backbone) -> None:
+    texts = ["a", "a much longer text with many more words in it", "two words", "a fox",
+             "yet another fairly long sentence here", "b", "c d"]  # fmt: skip
+    batch = tiny_backbone.prepare(texts)
+    lengths = batch["attention_mask"].sum(1)
+    chunks = tiny_backbone.chunks(batch, 3)
+    assert sorted(row for rows, _ in chunks for row in rows) == list(range(len(texts)))
+    hidden = tiny_backbone.hidden(batch, [tiny_backbone.layers])[0]
+    full = tiny_backbone.pool(hidden, batch)
+    previous = 0
+    for rows, chunk in chunks:
+        assert len(rows) <= 3 and int(lengths[rows].min()) >= previous  # shortest first
+        previous = int(lengths[rows].max())
+        assert chunk["input_ids"].shape[1] == previous  # padded to its own longest only
+        own = tiny_backbone.pool(tiny_backbone.hidden(chunk, [tiny_backbone.layers])[0], chunk)
+        torch.testing.assert_close(own, full[rows], atol=1e-5, rtol=1e-4)  # padding changes bits

@@ -16,7 +16,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from perennial.learners import LearnerConfig, build_learner
 from services.inference.batching import Batcher, BatchingConfig
 from services.inference.metrics import InferenceMetrics
-from services.inference.model import predict, predict_grouped
+from services.inference.model import CHUNK_ROWS, predict, predict_grouped
 from services.inference.tensors import decode_bytes, encode_bytes
 from tests.helpers import wait_for
 
@@ -173,6 +173,25 @@ def test_first_session_versions_of_many_adapters_share_one_forward(service, tiny
                 if name != "lae"
                 else learners[name].scores(texts)
             )
+        torch.testing.assert_close(scores, library, atol=1e-5, rtol=1e-4)
+
+
+def test_length_sorted_chunks_of_many_fsa_rows_give_each_version_its_library_scores(
+    service, tiny_backbone
+):
+    """More rows than one chunk, of very different lengths, over three versions: the rows are
+    regrouped by length into chunks (`CHUNK_ROWS`), yet every item gets its library scores."""
+    learners = {name: _fsa(tiny_backbone, seed, adapted) for name, seed, adapted in
+                (("x", 1, True), ("y", 2, True), ("z", 3, False))}  # fmt: skip
+    for name, learner in learners.items():
+        publish(service.store, learner, adapter=name)
+    served = {name: service.plane.get(name) for name in learners}
+    words = "an old stone bridge over a wide and slow river in the green valley".split()
+    texts = [" ".join(words[: 1 + (7 * i) % len(words)]) for i in range(3 * CHUNK_ROWS)]
+    work = [(served["x"], texts[:11]), (served["y"], texts[11:17]), (served["z"], texts[17:])]
+    for (version, rows), scores in zip(work, predict(tiny_backbone, work), strict=True):
+        with torch.inference_mode():
+            library = learners[version.adapter].scores(rows).float()
         torch.testing.assert_close(scores, library, atol=1e-5, rtol=1e-4)
 
 
