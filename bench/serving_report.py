@@ -283,30 +283,6 @@ def _goals(results: dict) -> list[str]:
             f"{served / at:.2f} of the limit at the batch size it forms, against "
             f"{served / _limit(results, threads)[1]:.2f} of the best batch's.",
         ]
-    variant = next(
-        (
-            n
-            for n, s in results["servers"].items()
-            if s.get("settings") and s["kind"] == "perennial"
-        ),
-        None,
-    )
-    if variant:
-        settings = ", ".join(
-            f"`{k}={v}`" for k, v in results["servers"][variant]["settings"].items()
-        )
-        out += [
-            "",
-            f"Batcher settings: the defaults vs {settings} (same runtime and threads), "
-            + "; ".join(
-                f"c={c}: {_point(results, p_onnx, c, 'throughput'):.1f} vs "
-                f"{_point(results, variant, c, 'throughput'):.1f} req/s, p50 "
-                f"{_point(results, p_onnx, c, 'p50_ms'):.0f} vs "
-                f"{_point(results, variant, c, 'p50_ms'):.0f} ms"
-                for c in CONCURRENCY
-            )
-            + ".",
-        ]
     return out
 
 

@@ -9,13 +9,7 @@ SERVERS = {
     "perennial-onnx-t1": ("perennial", "onnx", 1, {}, 50.0),
     "perennial-onnx-t2": ("perennial", "onnx", 2, {}, 40.0),
     "perennial-torch-t1": ("perennial", "torch", 1, {}, 20.0),
-    "perennial-onnx-t1-delay": (
-        "perennial",
-        "onnx",
-        1,
-        {"PERENNIAL_MAX_QUEUE_DELAY_MS": "0"},
-        51.0,
-    ),
+    "perennial-onnx-int8-t1": ("perennial", "onnx-int8", 1, {}, 100.0),
     "kserve-onnx-t1": ("kserve", "onnx", 1, {}, 45.0),
     "kserve-torch-t1": ("kserve", "torch", 1, {}, 18.0),
 }
@@ -72,12 +66,12 @@ def test_goals_from_the_results_alone():
         "| ≥ 2× Perennial on torch fp32 (c=32); Perennial on ONNX fp32, the default | **2.50×** | **met** |"
         in text
     )
+    assert "| ≥ 2× Perennial on torch fp32 (c=32); Perennial on ONNX int8 | **5.00×** |" in text
     assert "**1 wins** at c=32" in text
 
 
-def test_medians_with_spread_and_the_variant_kept_apart():
+def test_medians_with_spread_per_server():
     text = section(results())
     assert "| 32 | Perennial, ONNX fp32, 1 thread | 50.0 [45.0–55.0] |" in text
-    assert "Perennial, ONNX fp32, 1 thread, MAX_QUEUE_DELAY_MS=0 | 51.0 [45.9–56.1]" in text
-    assert "c=32: 50.0 vs 51.0 req/s" in text
+    assert "| 32 | Perennial, ONNX dynamic int8, 1 thread | 100.0 [90.0–110.0] |" in text
     assert "100.0 (batch 16)" in text
