@@ -236,6 +236,7 @@ def main() -> None:
     parser.add_argument(
         "--before", type=Path, help="an earlier results file, shown beside this run (before/after)"
     )
+    parser.add_argument("--before-note", help="what the code of the --before run did differently")
     parser.add_argument("--out", type=Path, default=Path("docs/BENCHMARKS.md"))
     parser.add_argument(
         "--report-only", action="store_true", help="render the report from --results"
@@ -246,6 +247,8 @@ def main() -> None:
         if args.before:
             results["before"] = json.loads(args.before.read_text())
             results["before"].pop("before", None)
+            if args.before_note:
+                results["before"]["note"] = args.before_note
         args.results.write_text(json.dumps(results, indent=2) + "\n")
     text = report(json.loads(args.results.read_text()))
     write_section(args.out, SECTION, text)
@@ -392,10 +395,9 @@ def report(r: dict) -> str:
         old = next(iter(before["freshness"].values()))
         lines += [
             "",
-            f"Before ({before['date']}, load average {before['load_before'][0]:.1f}, one blob "
-            "per version holding the whole state, a snapshot every 64 examples or 5 s, "
-            "micro-batches cut at 16 or after 2 s without records; (a) then ran the frozen "
-            "backbone in torch while (b) ran it on ONNX Runtime): (b)/(a) "
+            f"Before ({before['date']}, load average {before['load_before'][0]:.1f}"
+            + (f"; {before['note']}" if before.get("note") else "")
+            + "): (b)/(a) "
             f"{_spread(_ratios(before), '{:.2f}')}, a version "
             f"{before['repeats'][0]['snapshot_bytes'] / 1e6:.1f} MB written in "
             f"{_spread([x['snapshot_seconds'] * 1000 for x in before['repeats']], '{:.0f}')} ms, "
