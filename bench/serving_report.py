@@ -102,8 +102,10 @@ def section(results: dict) -> str:
         "(`python -m services.inference`, defaults) batches requests into it; KServe 0.21's "
         "Python model server (`bench/kserve_server.py`, its own venv with this project installed "
         "by path) calls it once per request (it has no dynamic batching). Runtimes: ONNX Runtime "
-        "fp32 (the services' default `PERENNIAL_RUNTIME=onnx`) and torch fp32 (the runtime "
-        "before it). Threads: intra-op threads of torch and ONNX Runtime alike. Load: "
+        "fp32 (the services' default `PERENNIAL_RUNTIME=onnx`), torch fp32 (the runtime "
+        "before it) and, for Perennial, ONNX Runtime with dynamic int8 quantization "
+        "(`PERENNIAL_RUNTIME=onnx-int8`, its own snapshot: features differ; its accuracy effect "
+        "is measured by `make bench-int8`). Threads: intra-op threads of torch and ONNX Runtime alike. Load: "
         "`tritonclient.grpc`, closed loop, in the bench process, which shares the 2 cores: its "
         "CPU share (CPU seconds of the load generator / wall time) is in the table.",
         "",

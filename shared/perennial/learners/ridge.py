@@ -13,8 +13,9 @@ so (new classes, every `ridge_every` examples), `solve` whenever the statistics 
 learners choose λ in the background, on a copy of the statistics taken at that moment, while
 learning goes on; whatever reads λ next (`solve`, `ridge`) waits for that choice, so the heads
 are exactly those of choosing in line. `solution(wait=False)` is the exception, for a trainer's
-timed versions: solved with the λ chosen before, it never waits. `SolvedHead` is what serving needs: the
-solved W alone (the statistics stay with the trainer), scored exactly as `RidgeHead.scores`.
+timed versions: solved with the λ chosen before, it never waits. `SolvedHead` is what serving
+needs: the solved W alone (the statistics stay with the trainer), scored exactly as
+`RidgeHead.scores`.
 """
 
 from __future__ import annotations
