@@ -22,6 +22,7 @@ Results: bench/serving-results.json; the report (bench/serving_report.py) render
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +50,7 @@ from perennial.store import SnapshotStore, to_safetensors
 from perennial_dev.datasets.wordnet import class_incremental_split, read_noun_glosses
 from perennial_dev.launch import start_inference
 from perennial_dev.localstack import ManagedProcess, free_port, start_redis
+from services.inference import model as inference_model
 from services.inference.model import load_version, predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,6 +220,18 @@ def limit_round(
             calls += 1
         rates[str(size)] = calls * size / elapsed
     return rates
+
+
+@contextlib.contextmanager
+def without_length_chunks() -> Iterator[None]:
+    """`predict` with one backbone pass per batch, padded to its longest text (as before
+    `services.inference.model.CHUNK_ROWS`): the ablation the limit table shows."""
+    chunk_rows = inference_model.CHUNK_ROWS
+    inference_model.CHUNK_ROWS = 1 << 30
+    try:
+        yield
+    finally:
+        inference_model.CHUNK_ROWS = chunk_rows
 
 
 # -- servers ----------------------------------------------------------------------------------------
@@ -452,12 +467,18 @@ def run(args) -> dict:
         }
 
         limits: dict[str, list[dict]] = {str(t): [] for t in THREAD_CHOICES}
+        unchunked: list[dict] = []  # the ablation of length chunks, at the servers' threads
         for round_index in range(args.rounds):
             print(f"round {round_index + 1}/{args.rounds}: in-process limit", flush=True)
             for threads in THREAD_CHOICES:
                 limits[str(threads)].append(
                     limit_round(backbone, served, data.queries, threads, args.limit_seconds,
                                 seed=round_index * 10 + threads)
+                )  # fmt: skip
+            with without_length_chunks():
+                unchunked.append(
+                    limit_round(backbone, served, data.queries, args.threads, args.limit_seconds,
+                                seed=round_index * 10 + args.threads)
                 )  # fmt: skip
             print(json.dumps({t: v[-1] for t, v in limits.items()}), flush=True)
             results["load_average"].setdefault("rounds", []).append(load_average())
@@ -482,6 +503,7 @@ def run(args) -> dict:
         torch.set_num_threads(args.threads)
         backbone.use_runtime("onnx", None, args.threads)
         results["limit"] = limits
+        results["limit_unchunked"] = {str(args.threads): unchunked}
         results["points"] = {s.name: s.points for s in servers}
 
         main_server = servers[0]

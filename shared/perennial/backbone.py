@@ -161,9 +161,9 @@ class TextBackbone(_Frozen, nn.Module):
         self, batch: dict[str, torch.Tensor], size: int
     ) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
         """`batch` as sub-batches of at most `size` rows, the shortest texts together, each
-        padded only to its own longest: (row indices, sub-batch). On random glosses padding
-        to the batch's longest made a batch of 32 cost 1.8x the rows/s of length-sorted chunks
-        of 8 (docs/BENCHMARKS.md, "Serving")."""
+        padded only to its own longest: (row indices, sub-batch). Padding a batch of random
+        glosses to its longest costs far more per row (docs/BENCHMARKS.md, "Serving", the
+        in-process limit with and without chunks)."""
         if self.tokenizer.padding_side != "right":  # the trim below assumes right padding
             return [(list(range(len(batch["input_ids"]))), batch)]
         lengths = batch["attention_mask"].sum(1)

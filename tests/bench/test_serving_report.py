@@ -48,6 +48,7 @@ def results() -> dict:
                     for name, (k, r, t, s, _) in SERVERS.items()},
         "points": points,
         "limit": {"1": [limit] * 3, "2": [{b: v / 2 for b, v in limit.items()}] * 3},
+        "limit_unchunked": {"1": [{b: v / 4 for b, v in limit.items()}] * 3},
         "wall_seconds": 900, "bench_cpu_seconds": 300,
     }  # fmt: skip
 
@@ -74,4 +75,6 @@ def test_medians_with_spread_per_server():
     text = section(results())
     assert "| 32 | Perennial, ONNX fp32, 1 thread | 50.0 [45.0–55.0] |" in text
     assert "| 32 | Perennial, ONNX dynamic int8, 1 thread | 100.0 [90.0–110.0] |" in text
+    assert "| 1, one pass per batch | 12.5 [12.5–12.5] |" in text  # the ablation of length chunks
+    assert "at batch 32, 50.0 vs 12.5 rows/s (4.00×)" in text
     assert "100.0 (batch 16)" in text
