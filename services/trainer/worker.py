@@ -638,7 +638,9 @@ class Trainer:
                 held_out.append(record.example.input)
             else:
                 batch.append(record.example)
-        adapted = getattr(state.learner, "adapted", None)
+        # FSA's holdout features are encoded as examples are held out (`FeatureCache.warm`)
+        warm = self.settings.guardrail.enabled and isinstance(state.learner, FirstSessionLearner)
+        adapted = warm and state.learner.adapted
         if batch:
             inputs, labels = [e.input for e in batch], [e.label for e in batch]
             learn_and_predict = getattr(state.learner, "learn_and_predict", None)
@@ -664,7 +666,7 @@ class Trainer:
             self.metrics.loss.labels(adapter).set(loss)
             self.metrics.examples.labels(adapter).inc(len(batch))
             self.metrics.classes.labels(adapter).set(len(state.learner.classes))
-        if self.settings.guardrail.enabled and isinstance(state.learner, FirstSessionLearner):
+        if warm:
             if state.learner.adapted != adapted:  # a new PET: all holdout features change
                 held_out = state.reservoir.inputs(set(state.learner.classes))[0]
             if held_out:
