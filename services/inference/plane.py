@@ -337,6 +337,9 @@ class DataPlane:
         """
         self._missing.pop(adapter, None)  # announced: it exists now
         current_version = self._current.get(adapter)
+        if current_version is None:
+            with self._load_lock:  # a first load under way may have read the head before this one
+                current_version = self._current.get(adapter)
         current = self._resident.get((adapter, current_version)) if current_version else None
         if current is None:
             return False  # not resident: it loads on its next request

@@ -107,6 +107,35 @@ def test_reconcile_catches_a_missed_announcement(service, learner):
     assert plane.current_version("demo") == second.version
 
 
+def test_an_announcement_during_a_first_load_is_not_lost(service, learner, monkeypatch):
+    """The first request reads head v1 and builds it; v2 is announced before v1 is served:
+    the watcher waits for that load and swaps to v2 instead of dropping the announcement."""
+    store, plane = service.store, service.plane
+    first = publish(store, learner)
+    building, release = threading.Event(), threading.Event()
+    build = plane._build
+
+    def slow_build(adapter, version):
+        building.set()
+        assert release.wait(10), "the test never released the first load"
+        return build(adapter, version)
+
+    monkeypatch.setattr(plane, "_build", slow_build)
+    loader = threading.Thread(target=plane.get, args=("demo",))
+    loader.start()
+    assert building.wait(10), "the first load never started"
+    learner.learn(["a red fox"], ["animal"])
+    second = publish(store, learner, parent=first)
+    refreshed = []
+    watcher = threading.Thread(target=lambda: refreshed.append(plane.refresh("demo")))
+    watcher.start()
+    release.set()
+    loader.join(10)
+    watcher.join(10)
+    assert refreshed == [True]
+    assert plane.current_version("demo") == second.version
+
+
 def test_a_corrupt_snapshot_is_rejected_and_the_old_version_kept(service, learner):
     store, plane = service.store, service.plane
     first = publish(store, learner)
