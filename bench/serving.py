@@ -59,6 +59,8 @@ OUTPUTS = ("probabilities", "label")
 CONCURRENCY = (1, 8, 32)
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 THREAD_CHOICES = (1, 2)
+CHUNK_CANDIDATES = (4, 8, 16)  # rows per backbone pass of FSA versions (CHUNK_ROWS)
+CHUNK_BATCHES = (8, 16, 32)  # batch sizes the servers form at concurrency 8 to 32 and above
 THREADS = (
     1  # intra-op threads (torch and ONNX Runtime) of the servers compared: chosen by measurement
 )
@@ -204,14 +206,20 @@ def run_load(
 
 
 def limit_round(
-    backbone: TextBackbone, served, queries: list[str], threads: int, seconds: float, seed: int
+    backbone: TextBackbone,
+    served,
+    queries: list[str],
+    threads: int,
+    seconds: float,
+    seed: int,
+    sizes: tuple[int, ...] = BATCHES,
 ) -> dict[str, float]:
     """rows/s of `predict` in-process on random batches of `queries`, by batch size."""
     torch.set_num_threads(threads)
     backbone.use_runtime(backbone.runtime, None, threads)
     rng = np.random.default_rng(seed)
     rates = {}
-    for size in BATCHES:
+    for size in sizes:
         batches = [[queries[i] for i in rng.choice(len(queries), size)] for _ in range(256)]
         predict(backbone, [(served, batches[-1])])  # warm-up at this shape
         calls, started = 0, time.perf_counter()
@@ -223,15 +231,51 @@ def limit_round(
 
 
 @contextlib.contextmanager
-def without_length_chunks() -> Iterator[None]:
-    """`predict` with one backbone pass per batch, padded to its longest text (as before
-    `services.inference.model.CHUNK_ROWS`): the ablation the limit table shows."""
-    chunk_rows = inference_model.CHUNK_ROWS
-    inference_model.CHUNK_ROWS = 1 << 30
+def chunk_rows(rows: int) -> Iterator[None]:
+    """In-process `predict` with `services.inference.model.CHUNK_ROWS` set to `rows`."""
+    shipped = inference_model.CHUNK_ROWS
+    inference_model.CHUNK_ROWS = rows
     try:
         yield
     finally:
-        inference_model.CHUNK_ROWS = chunk_rows
+        inference_model.CHUNK_ROWS = shipped
+
+
+def without_length_chunks() -> contextlib.AbstractContextManager[None]:
+    """`predict` with one backbone pass per batch, padded to its longest text (as before
+    length chunks): the ablation the limit table shows."""
+    return chunk_rows(1 << 30)
+
+
+def choose_chunk_rows(
+    backbone: TextBackbone, served, texts: list[str], threads: int, seconds: float, rounds: int
+) -> dict:
+    """`CHUNK_ROWS` chosen on held-out texts (the training glosses, never the queries the
+    servers are scored on): rows/s of each candidate at CHUNK_BATCHES, where the servers'
+    batches fall; the chosen one has the best geometric mean of its per-batch medians."""
+    rates: dict[str, list[dict]] = {str(rows): [] for rows in CHUNK_CANDIDATES}
+    for round_index in range(rounds):
+        for rows in CHUNK_CANDIDATES:
+            with chunk_rows(rows):
+                rates[str(rows)].append(
+                    limit_round(backbone, served, texts, threads, seconds,
+                                seed=100 + round_index, sizes=CHUNK_BATCHES)
+                )  # fmt: skip
+    score = {
+        rows: float(
+            np.exp(np.mean([np.log(np.median([r[str(b)] for r in runs])) for b in CHUNK_BATCHES]))
+        )
+        for rows, runs in rates.items()
+    }
+    return {
+        "texts": "training glosses",
+        "threads": threads,
+        "batches": list(CHUNK_BATCHES),
+        "rates": rates,
+        "score": score,
+        "chosen": int(max(score, key=score.get)),
+        "shipped": inference_model.CHUNK_ROWS,
+    }
 
 
 # -- servers ----------------------------------------------------------------------------------------
@@ -466,6 +510,12 @@ def run(args) -> dict:
             for s in servers
         }
 
+        print("choosing the chunk size on the training glosses", flush=True)
+        results["chunk_choice"] = choose_chunk_rows(
+            backbone, served, [text for text, _ in data.stream], args.threads,
+            args.limit_seconds, args.rounds,
+        )  # fmt: skip
+        print(json.dumps(results["chunk_choice"]["score"]), flush=True)
         limits: dict[str, list[dict]] = {str(t): [] for t in THREAD_CHOICES}
         unchunked: list[dict] = []  # the ablation of length chunks, at the servers' threads
         for round_index in range(args.rounds):

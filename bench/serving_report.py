@@ -187,17 +187,45 @@ def _limit_table(results: dict) -> list[str]:
     for threads, rounds in results.get("limit_unchunked", {}).items():
         cells = [_spread([r[str(b)] for r in rounds]) for b in batches]
         out.append(f"| {threads}, one pass per batch | " + " | ".join(cells) + " | |")
+    choice = results.get("chunk_choice")
     if "limit_unchunked" in results:
         threads = next(iter(results["limit_unchunked"]))
         chunked = _median(r["32"] for r in results["limit"][threads])
         whole = _median(r["32"] for r in results["limit_unchunked"][threads])
+        rows = choice["shipped"] if choice else 8
         out += [
             "",
-            "`predict` runs the rows of FSA versions in length-sorted chunks of at most 8, each "
-            "padded to its own longest text; *one pass per batch* is the ablation (the whole "
+            f"`predict` runs the rows of FSA versions in length-sorted chunks of at most {rows}, "
+            "each padded to its own longest text; *one pass per batch* is the ablation (the whole "
             f"batch padded to its longest): at batch 32, {chunked:.1f} vs {whole:.1f} rows/s "
             f"({chunked / whole:.2f}×).",
         ]
+    if choice:
+        out += ["", *_chunk_choice(choice)]
+    return out
+
+
+def _chunk_choice(choice: dict) -> list[str]:
+    """The chunk size chosen on the training glosses (not the scored queries)."""
+    batches = choice["batches"]
+    out = [
+        f"**Chunk size** (`CHUNK_ROWS`), chosen on the training glosses — never the queries "
+        f"scored above — by the geometric mean of rows/s at batches "
+        f"{', '.join(map(str, batches))} ({choice['threads']} thread):",
+        "",
+        "| rows per pass | " + " | ".join(f"batch {b}" for b in batches) + " | geometric mean |",
+        "|---|" + "---|" * (len(batches) + 1),
+    ]
+    for rows, rounds in choice["rates"].items():
+        cells = [_spread([r[str(b)] for r in rounds]) for b in batches]
+        mark = " **(chosen)**" if int(rows) == choice["chosen"] else ""
+        out.append(f"| {rows}{mark} | " + " | ".join(cells) + f" | {choice['score'][rows]:.1f} |")
+    verdict = (
+        "the shipped value"
+        if choice["chosen"] == choice["shipped"]
+        else f"**not** the shipped value {choice['shipped']}: change `CHUNK_ROWS` and run again"
+    )
+    out += ["", f"The choice, {choice['chosen']}, is {verdict}."]
     return out
 
 

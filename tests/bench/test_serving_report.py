@@ -78,3 +78,23 @@ def test_medians_with_spread_per_server():
     assert "| 1, one pass per batch | 12.5 [12.5–12.5] |" in text  # the ablation of length chunks
     assert "at batch 32, 50.0 vs 12.5 rows/s (4.00×)" in text
     assert "100.0 (batch 16)" in text
+
+
+def test_the_chunk_size_choice_and_whether_it_is_shipped():
+    rates = {
+        "4": [{"8": 40.0, "16": 40.0, "32": 40.0}] * 3,
+        "8": [{"8": 50.0, "16": 50.0, "32": 50.0}] * 3,
+    }
+    choice = {
+        "texts": "training glosses", "threads": 1, "batches": [8, 16, 32], "rates": rates,
+        "score": {"4": 40.0, "8": 50.0}, "chosen": 8, "shipped": 8,
+    }  # fmt: skip
+    text = section({**results(), "chunk_choice": choice})
+    assert (
+        "| 8 **(chosen)** | 50.0 [50.0–50.0] | 50.0 [50.0–50.0] | 50.0 [50.0–50.0] | 50.0 |" in text
+    )
+    assert "The choice, 8, is the shipped value." in text
+    assert "chunks of at most 8," in text
+    text = section({**results(), "chunk_choice": {**choice, "shipped": 4}})
+    assert "**not** the shipped value 4" in text
+    assert "chunks of at most 4," in text
