@@ -59,7 +59,7 @@ OUTPUTS = ("probabilities", "label")
 CONCURRENCY = (1, 8, 32)
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 THREAD_CHOICES = (1, 2)
-CHUNK_CANDIDATES = (4, 8, 16)  # rows per backbone pass of FSA versions (CHUNK_ROWS)
+CHUNK_CANDIDATES = (2, 4, 8, 16)  # rows per backbone pass of FSA versions (CHUNK_ROWS)
 CHUNK_BATCHES = (8, 16, 32)  # batch sizes the servers form at concurrency 8 to 32 and above
 THREADS = (
     1  # intra-op threads (torch and ONNX Runtime) of the servers compared: chosen by measurement

@@ -30,7 +30,9 @@ from perennial.pet.lora import RowwiseLoRA
 from perennial.store import Manifest, from_safetensors
 from services.inference.sizing import resident_bytes
 
-CHUNK_ROWS = 8  # rows per backbone pass of FSA versions; measured in docs/BENCHMARKS.md
+# Rows per backbone pass of FSA versions: chosen by `make bench-serving` on the training
+# glosses, by rows/s at the batch sizes the server forms (docs/BENCHMARKS.md, "Serving").
+CHUNK_ROWS = 4
 
 
 @dataclass(frozen=True, eq=False)

@@ -187,7 +187,8 @@ def test_length_sorted_chunks_of_many_fsa_rows_give_each_version_its_library_sco
         publish(service.store, learner, adapter=name)
     served = {name: service.plane.get(name) for name in learners}
     words = "an old stone bridge over a wide and slow river in the green valley".split()
-    texts = [" ".join(words[: 1 + (7 * i) % len(words)]) for i in range(3 * CHUNK_ROWS)]
+    texts = [" ".join(words[: 1 + (7 * i) % len(words)]) for i in range(24)]
+    assert len(texts) > 2 * CHUNK_ROWS  # several chunks
     work = [(served["x"], texts[:11]), (served["y"], texts[11:17]), (served["z"], texts[17:])]
     for (version, rows), scores in zip(work, predict(tiny_backbone, work), strict=True):
         with torch.inference_mode():
