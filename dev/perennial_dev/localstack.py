@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -74,6 +75,26 @@ def _stop_all_at_exit() -> None:
         if process.alive:
             logger.warning("stopping %r, left running at interpreter exit", process)
         process.stop(timeout=5)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM as a normal exit, so ``finally`` blocks and the safety net above run."""
+    raise SystemExit(128 + signum)
+
+
+def _register_safety_net() -> None:
+    """Once: stop forgotten children at exit, also when the program is sent SIGTERM (a
+    benchmark stopped with ``kill``) unless it handles SIGTERM itself."""
+    global _atexit_registered
+    if _atexit_registered:
+        return
+    atexit.register(_stop_all_at_exit)
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _atexit_registered = True
 
 
 def free_port() -> int:
@@ -142,10 +163,7 @@ class ManagedProcess:
         # With start_new_session the child is the leader of a new process group
         # whose id is its pid.
         self._pgid = self._popen.pid
-        global _atexit_registered
-        if not _atexit_registered:
-            atexit.register(_stop_all_at_exit)
-            _atexit_registered = True
+        _register_safety_net()
         _live.add(self)
         logger.debug("started %s (pid %d): %s", self.name, self.pid, " ".join(self.argv))
 

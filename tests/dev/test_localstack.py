@@ -270,6 +270,29 @@ def test_children_are_stopped_when_the_interpreter_exits(tmp_path: Path) -> None
     assert _wait_until(lambda: _pid_gone(child), timeout=5), "child outlived its parent"
 
 
+_TERMINATED_PARENT = """
+import sys, time
+from pathlib import Path
+from perennial_dev.localstack import ManagedProcess
+child = ManagedProcess([sys.executable, "-c", "import time; time.sleep(120)"], Path(sys.argv[1]))
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_children_are_stopped_when_the_parent_gets_sigterm(tmp_path: Path) -> None:
+    """`kill <bench>` stops its servers too: SIGTERM becomes a normal exit."""
+    parent = subprocess.Popen(
+        [*_python(_TERMINATED_PARENT), str(tmp_path / "orphan.log")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(parent.stdout.readline().strip())
+    parent.terminate()
+    assert parent.wait(timeout=30) == 128 + 15
+    assert _wait_until(lambda: _pid_gone(child), timeout=5), "child outlived its parent"
+
+
 def test_wait_ready_raises_with_log_tail_when_process_exits(tmp_path: Path) -> None:
     code = "import sys; print('line one'); print('fatal: port is on fire', flush=True); sys.exit(3)"
     with ManagedProcess(_python(code), tmp_path / "doomed.log", name="doomed") as process:
