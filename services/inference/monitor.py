@@ -64,21 +64,19 @@ class MonitorConfig:
 def frozen_token_embedder(backbone) -> Embedder:
     """Texts → mean of the backbone's frozen input token embeddings (no PET, no forward pass).
 
-    Uses its own copy of the tokenizer: a fast tokenizer shared with request threads
-    can fail with "Already borrowed" when called from two threads at once.
+    Tokenizes with the fast tokenizer's Rust backend directly, truncated like the backbone
+    and unpadded: the `transformers` call around it cost more than the rest of a drift update
+    for the one-text batches of light traffic (and holds the GIL the request threads need).
+    Uses its own copy of the tokenizer: a fast tokenizer shared with request threads can fail
+    with "Already borrowed" when called from two threads at once.
     """
-    tokenizer = copy.deepcopy(backbone.tokenizer)
-    table = backbone.encoder.get_input_embeddings().weight.detach()
-    max_length = backbone.max_length
+    table = backbone.encoder.get_input_embeddings().weight.detach().float().numpy()
+    tokenizer = copy.deepcopy(backbone.tokenizer.backend_tokenizer)
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(backbone.max_length)
 
     def embed(texts: list[str]) -> np.ndarray:
-        batch = tokenizer(
-            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        mask = batch["attention_mask"].unsqueeze(-1).to(table.dtype)
-        with torch.no_grad():
-            vectors = (table[batch["input_ids"]] * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return vectors.numpy()
+        return np.stack([table[e.ids].mean(0) for e in tokenizer.encode_batch(texts)])
 
     return embed
 

@@ -108,6 +108,17 @@ def test_frozen_token_embedder_ignores_the_adapter(tiny_backbone) -> None:
     np.testing.assert_array_equal(embed(["a cat"])[0], vectors[0])
 
 
+def test_frozen_token_embedder_is_the_mean_of_the_truncated_tokens(tiny_backbone) -> None:
+    """The backend tokenizer gives what the `transformers` call gives: special tokens in,
+    truncated at the backbone's max length."""
+    table = tiny_backbone.encoder.get_input_embeddings().weight.detach().numpy()
+    texts = ["a cat", "dogs " * (3 * tiny_backbone.max_length)]
+    ids = tiny_backbone.tokenizer(texts, truncation=True, max_length=tiny_backbone.max_length)
+    expected = np.stack([table[row].mean(0) for row in ids["input_ids"]])
+    assert len(ids["input_ids"][1]) == tiny_backbone.max_length
+    np.testing.assert_allclose(frozen_token_embedder(tiny_backbone)(texts), expected, rtol=1e-6)
+
+
 def test_monitor_config_names_the_bad_value() -> None:
     with pytest.raises(ValueError, match="input_alpha must be in \\(0, 1\\), got 0"):
         MonitorConfig(input_alpha=0)
