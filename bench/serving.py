@@ -14,6 +14,8 @@ points can be interleaved (an idle server costs nothing):
 Load: `tritonclient.grpc`, closed loop, one random held-out gloss per request, concurrency 1, 8,
 32; each round visits every (concurrency, server) point in a rotated order. The in-process limit:
 `predict` on random batches of the same queries, every batch size, 1 and 2 threads, once per round.
+Before the rounds, `CHUNK_ROWS` is chosen on the training glosses (never the scored queries);
+the report says whether the shipped value is the chosen one.
 Also: the load generator's CPU share, each server's CPU per request, the load average; a new
 version every 100 ms (hot swap); resident adapters; one point cross-checked with perf_analyzer.
 Results: bench/serving-results.json; the report (bench/serving_report.py) renders from it alone.
