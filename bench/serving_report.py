@@ -192,7 +192,7 @@ def _limit_table(results: dict) -> list[str]:
         threads = next(iter(results["limit_unchunked"]))
         chunked = _median(r["32"] for r in results["limit"][threads])
         whole = _median(r["32"] for r in results["limit_unchunked"][threads])
-        rows = choice["shipped"] if choice else 8
+        rows = choice["shipped"] if choice else 8  # results from before the choice ran with 8
         out += [
             "",
             f"`predict` runs the rows of FSA versions in length-sorted chunks of at most {rows}, "
