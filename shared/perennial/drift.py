@@ -21,6 +21,7 @@ object (`NoDrift`); this module adds what our streams need (docs/DRIFT.md compar
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, deque
 from collections.abc import Hashable, Iterable, Sequence
 
@@ -169,12 +170,12 @@ class EmbeddingDrift(base.DriftDetector):
         if self._since_check < self.check_every:
             return
         self._since_check = 0
-        items = self._data.items()
-        available = len(items)
+        available = len(self._data)
         windows = [w for w in self.windows if available - w >= max(self.min_window, w // 2)]
         if not windows:
             return
-        sample = self._directions(np.stack(items))
+        items = self._data.items()
+        sample = self._directions(items)
         best_p, best_score, found = 1.0, 0.0, None
         for w in windows:
             reference = sample[: min(self.reference_size, available - w)]
@@ -192,41 +193,63 @@ class EmbeddingDrift(base.DriftDetector):
 
 
 class _Anchored:
-    """The data since the start or the last alarm: its first `reference_size` items (the
-    reference, fixed once full, so a slow change cannot seep into it) and its last
-    `window_size` items."""
+    """The vectors since the start or the last alarm: the first `reference_size` (the
+    reference, fixed once full, so a slow change cannot seep into it) and the last
+    `window_size`, in one array allocated at the first vector: rows [0, reference) hold the
+    reference, rows [start, end) the recent vectors (moved back when the array is full)."""
 
     def __init__(self, reference_size: int, window_size: int) -> None:
         self.reference_size = reference_size
-        self.reference: list = []
-        self.recent: deque = deque(maxlen=window_size)
+        self.window_size = window_size
+        self._rows: np.ndarray | None = None
+        self._reference = 0
+        self._start = self._end = reference_size
 
-    def append(self, item: object) -> None:
-        if len(self.reference) < self.reference_size:
-            self.reference.append(item)
-        else:
-            self.recent.append(item)
+    def append(self, vector: np.ndarray) -> None:
+        if self._rows is None:
+            self._rows = np.empty((self.reference_size + 2 * self.window_size, len(vector)))
+        if self._reference < self.reference_size:
+            self._rows[self._reference] = vector
+            self._reference += 1
+            return
+        if self._end == len(self._rows):
+            keep = self.window_size - 1
+            self._rows[self.reference_size : self.reference_size + keep] = self._rows[-keep:]
+            self._start, self._end = self.reference_size, self.reference_size + keep
+        self._rows[self._end] = vector
+        self._end += 1
+        self._start = max(self._start, self._end - self.window_size)
 
-    def items(self) -> list:
-        return [*self.reference, *self.recent]
+    def __len__(self) -> int:
+        return self._reference + self._end - self._start
 
-    def restart(self, items: list) -> None:
+    def items(self) -> np.ndarray:
+        """[len(self), dim]: the reference, then the recent vectors (a copy)."""
+        assert self._rows is not None
+        return np.concatenate((self._rows[: self._reference], self._rows[self._start : self._end]))
+
+    def restart(self, items: np.ndarray) -> None:
         """After an alarm: the window that found it is the new reference."""
-        self.reference = list(items)[-self.reference_size :]
-        self.recent.clear()
+        assert self._rows is not None
+        kept = items[-self.reference_size :]
+        self._rows[: len(kept)] = kept
+        self._reference = len(kept)
+        self._start = self._end = self.reference_size
 
 
 def _ks_statistics(reference: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """Two-sample Kolmogorov–Smirnov statistic of each column: max |F_reference − F_window|."""
-    out = np.empty(reference.shape[1])
-    for j in range(reference.shape[1]):
-        a, b = np.sort(reference[:, j]), np.sort(window[:, j])
-        points = np.concatenate([a, b])
-        gap = np.searchsorted(a, points, "right") / len(a) - np.searchsorted(
-            b, points, "right"
-        ) / len(b)
-        out[j] = np.abs(gap).max()
-    return out
+    """Two-sample Kolmogorov–Smirnov statistic of each column: max |F_reference − F_window|.
+
+    All columns at once: the pooled sample sorted per column, the gap of the two empirical
+    CDFs is the running sum of +1/n (a reference value) and −1/m (a window value), read after
+    the last of tied values (the CDFs are right-continuous)."""
+    n, m = len(reference), len(window)
+    pooled = np.concatenate([reference, window]).T  # [columns, n + m]
+    order = np.argsort(pooled, axis=1)
+    gap = np.cumsum(np.where(order < n, 1.0 / n, -1.0 / m), axis=1)
+    values = np.take_along_axis(pooled, order, axis=1)
+    gap[:, :-1][values[:, 1:] == values[:, :-1]] = 0.0  # not the last of its ties
+    return np.abs(gap).max(1)
 
 
 def _ks_p_value(statistic: np.ndarray, reference: np.ndarray, window: int) -> np.ndarray:
@@ -254,12 +277,22 @@ def _top_components(centred: np.ndarray, k: int, oversample: int = 8, power: int
 
     ~10x cheaper than a full SVD of a 384 x 384 matrix; with two power iterations the
     leading components match the exact ones closely (they only choose directions to test).
+    The last step factors the tall [dim, k + oversample] matrix, which LAPACK does faster than
+    its wide transpose; a component's sign is arbitrary (a KS test along −v is the same test).
     """
-    sketch = centred @ np.random.default_rng(0).normal(size=(centred.shape[1], k + oversample))
+    sketch = centred @ _gaussian(centred.shape[1], k + oversample)
     basis = np.linalg.qr(sketch)[0]
     for _ in range(power):
         basis = np.linalg.qr(centred @ (centred.T @ basis))[0]
-    return np.linalg.svd(basis.T @ centred, full_matrices=False)[2][:k].T
+    return np.linalg.svd(centred.T @ basis, full_matrices=False)[0][:, :k]
+
+
+@functools.lru_cache(maxsize=8)
+def _gaussian(rows: int, columns: int) -> np.ndarray:
+    """The randomized SVD's test matrix: seeded, so every check of a stream draws the same."""
+    matrix = np.random.default_rng(0).normal(size=(rows, columns))
+    matrix.flags.writeable = False
+    return matrix
 
 
 def _js_divergence(p: np.ndarray, q: np.ndarray, weight: float) -> float:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from river import base
 from river.drift import ADWIN
+from scipy import stats
 
 from perennial import drift, forgetting
 from perennial.drift import (
@@ -152,3 +153,38 @@ def test_embedding_drift_short_windows_catch_a_large_change_fast() -> None:
 def test_new_class_and_the_null_detector() -> None:
     assert detections(NewClass(), ["a", "b", "a", "c", "c"]) == [0, 1, 3]
     assert detections(NoDrift(), range(100)) == []
+
+
+def test_ks_statistics_equal_scipys_two_sample_statistic_per_column() -> None:
+    """The vectorised statistic is scipy's, ties included (up to the float sum of 1/n steps)."""
+    rng = np.random.default_rng(4)
+    for rounded in (False, True):
+        reference, window = rng.normal(size=(257, 6)), rng.normal(0.2, 1, size=(61, 6))
+        if rounded:  # many ties within and across the samples
+            reference, window = reference.round(1), window.round(1)
+        expected = [stats.ks_2samp(reference[:, j], window[:, j]).statistic for j in range(6)]
+        assert np.allclose(drift._ks_statistics(reference, window), expected, rtol=0, atol=1e-12)
+
+
+def test_top_components_span_the_leading_singular_vectors() -> None:
+    rng = np.random.default_rng(5)
+    basis = np.linalg.qr(rng.normal(size=(64, 64)))[0]
+    sample = (rng.normal(size=(300, 64)) * np.geomspace(10, 0.1, 64)) @ basis.T
+    centred = sample - sample.mean(0)
+    exact = np.linalg.svd(centred, full_matrices=False)[2][:4].T
+    found = drift._top_components(centred, 4)
+    # each found direction is close to an exact one, up to its sign (a randomized SVD with two
+    # power iterations on a slowly decaying spectrum: singular values 6 % apart)
+    assert np.allclose(np.abs(np.sum(found * exact, axis=0)), 1, atol=1e-3)
+
+
+def test_anchored_keeps_the_reference_and_the_last_window_across_compactions() -> None:
+    data = drift._Anchored(reference_size=5, window_size=3)
+    vectors = np.arange(100.0).reshape(50, 2)
+    for v in vectors:
+        data.append(v)
+    assert len(data) == 8
+    assert np.array_equal(data.items(), np.concatenate([vectors[:5], vectors[-3:]]))
+    data.restart(data.items()[-2:])  # the window that found a change becomes the reference
+    data.append(np.array([-1.0, -1.0]))
+    assert np.array_equal(data.items(), np.concatenate([vectors[-2:], [[-1.0, -1.0]]]))
