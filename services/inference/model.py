@@ -16,6 +16,7 @@ Grouped was measured slower than the fused forwards (docs/BENCHMARKS.md).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,8 +65,9 @@ class Prediction:
     served: ServedVersion
     scores: torch.Tensor  # [N, C]
 
-    @property
+    @functools.cached_property
     def labels(self) -> list[str]:
+        """The top class of each row (computed once: the answer and the drift monitor read it)."""
         return [self.served.classes[i] for i in self.scores.argmax(-1).tolist()]
 
 
