@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -34,11 +35,15 @@ class MonitorConfig:
     """Knobs of a drift monitor.
 
     queue_size: batches waiting for the background thread; more are dropped (counted).
+    max_adapters: adapters monitored at once; beyond, the least recently served one's
+    detectors and series are dropped (it starts afresh if it comes back). Each costs about
+    (input_reference + 2 × input_window) × the embedding size × 4 bytes (0.8 MB for MiniLM).
     input_reference / input_window / input_alpha: `EmbeddingDrift` windows and false-alarm rate.
     prediction_reference / prediction_window / prediction_alpha: the same for `PredictionDrift`.
     """
 
     queue_size: int = 1024
+    max_adapters: int = 256
     input_reference: int = 256
     input_window: int = 128
     input_alpha: float = 0.001
@@ -49,6 +54,7 @@ class MonitorConfig:
     def __post_init__(self) -> None:
         for name in (
             "queue_size",
+            "max_adapters",
             "input_reference",
             "input_window",
             "prediction_reference",
@@ -107,7 +113,7 @@ class InferenceDriftMonitor:
         self.metrics = metrics
         self.embed = embed
         self.config = config
-        self._states: dict[str, _InferenceState] = {}
+        self._states: OrderedDict[str, _InferenceState] = OrderedDict()  # least recent first
         self._worker = BackgroundWorker(
             "drift-inference",
             config.queue_size,
@@ -123,7 +129,11 @@ class InferenceDriftMonitor:
 
     def _state(self, adapter: str) -> _InferenceState:
         state = self._states.get(adapter)
-        if state is None:
+        if state is not None:
+            self._states.move_to_end(adapter)
+        else:
+            while len(self._states) >= self.config.max_adapters:
+                self._forget(next(iter(self._states)))
             c = self.config
             state = self._states[adapter] = _InferenceState(
                 EmbeddingDrift(
@@ -146,6 +156,21 @@ class InferenceDriftMonitor:
                 self.metrics.p_value.labels(adapter, signal).set(1.0)
             self.metrics.dropped.labels(adapter)
         return state
+
+    def _forget(self, adapter: str) -> None:
+        del self._states[adapter]
+        m = self.metrics
+        for metric, labels in (
+            *((family, (adapter, signal)) for family in (m.detections, m.score, m.p_value)
+              for signal in self.SIGNALS),
+            (m.observations, (adapter,)),
+            (m.dropped, (adapter,)),
+        ):  # fmt: skip
+            try:
+                metric.remove(*labels)
+            except KeyError:
+                pass
+        log.info("drift state dropped", extra={"fields": {"adapter": adapter}})
 
     def _update(self, adapter: str, texts: list[str], labels: list[str]) -> None:
         started = time.perf_counter()

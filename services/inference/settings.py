@@ -78,6 +78,12 @@ class InferenceSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecur
     drain_seconds: float = Field(
         10.0, ge=0, description="grace period for in-flight requests on SIGTERM"
     )
+    drift_max_adapters: int = Field(
+        _M.max_adapters,
+        ge=1,
+        description="adapters whose drift is monitored at once (LRU beyond: an adapter that "
+        "comes back starts afresh); ~0.8 MB each with MiniLM",
+    )
     drift_input_reference: int = Field(
         _M.input_reference, ge=2, description="input drift: reference window (texts)"
     )
@@ -150,6 +156,7 @@ class InferenceSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecur
     def monitor(self) -> MonitorConfig:
         return MonitorConfig(
             queue_size=self.drift_queue_size,
+            max_adapters=self.drift_max_adapters,
             input_reference=self.drift_input_reference,
             input_window=self.drift_input_window,
             input_alpha=self.drift_input_alpha,

@@ -159,7 +159,7 @@ class EmbeddingDrift(base.DriftDetector):
     def update(self, x: Sequence[float] | np.ndarray) -> None:
         """Add one vector."""
         self._drift_detected = False
-        vector = np.asarray(x, dtype=np.float64).reshape(-1)
+        vector = np.asarray(x).reshape(-1)
         if self._dim is None:
             self._dim = vector.shape[0]
         elif vector.shape[0] != self._dim:
@@ -196,7 +196,9 @@ class _Anchored:
     """The vectors since the start or the last alarm: the first `reference_size` (the
     reference, fixed once full, so a slow change cannot seep into it) and the last
     `window_size`, in one array allocated at the first vector: rows [0, reference) hold the
-    reference, rows [start, end) the recent vectors (moved back when the array is full)."""
+    reference, rows [start, end) the recent vectors (moved back when the array is full).
+    Stored in the first vector's float type: float32 embeddings take half the memory, and
+    every float32 value is exact in the float64 the tests run in."""
 
     def __init__(self, reference_size: int, window_size: int) -> None:
         self.reference_size = reference_size
@@ -207,7 +209,8 @@ class _Anchored:
 
     def append(self, vector: np.ndarray) -> None:
         if self._rows is None:
-            self._rows = np.empty((self.reference_size + 2 * self.window_size, len(vector)))
+            dtype = np.result_type(vector.dtype, np.float32)  # floats keep theirs; ints: float64
+            self._rows = np.empty((self.reference_size + 2 * self.window_size, len(vector)), dtype)
         if self._reference < self.reference_size:
             self._rows[self._reference] = vector
             self._reference += 1
@@ -224,9 +227,10 @@ class _Anchored:
         return self._reference + self._end - self._start
 
     def items(self) -> np.ndarray:
-        """[len(self), dim]: the reference, then the recent vectors (a copy)."""
+        """[len(self), dim] float64: the reference, then the recent vectors (a copy)."""
         assert self._rows is not None
-        return np.concatenate((self._rows[: self._reference], self._rows[self._start : self._end]))
+        recent = self._rows[self._start : self._end]
+        return np.concatenate((self._rows[: self._reference], recent), dtype=np.float64)
 
     def restart(self, items: np.ndarray) -> None:
         """After an alarm: the window that found it is the new reference."""

@@ -188,3 +188,11 @@ def test_anchored_keeps_the_reference_and_the_last_window_across_compactions() -
     data.restart(data.items()[-2:])  # the window that found a change becomes the reference
     data.append(np.array([-1.0, -1.0]))
     assert np.array_equal(data.items(), np.concatenate([vectors[-2:], [[-1.0, -1.0]]]))
+
+
+def test_float32_vectors_are_kept_in_float32_and_detected_as_in_float64() -> None:
+    """float32 → float64 is exact, so the stored precision changes memory, not detections."""
+    stream = gaussian_stream(seed=11, shift=0.3).astype(np.float32)
+    narrow, wide = EmbeddingDrift(alpha=0.001), EmbeddingDrift(alpha=0.001)
+    assert detections(narrow, stream) == detections(wide, stream.astype(np.float64)) != []
+    assert narrow._data._rows.dtype == np.float32 and wide._data._rows.dtype == np.float64

@@ -119,6 +119,25 @@ def test_frozen_token_embedder_is_the_mean_of_the_truncated_tokens(tiny_backbone
     np.testing.assert_allclose(frozen_token_embedder(tiny_backbone)(texts), expected, rtol=1e-6)
 
 
+def test_at_most_max_adapters_are_monitored_and_a_dropped_one_starts_afresh() -> None:
+    registry = CollectorRegistry()
+    monitor = InferenceDriftMonitor(
+        InferenceDriftMetrics(registry), one_hot_embedder(), MonitorConfig(max_adapters=2)
+    )
+    for adapter in ("a", "b", "a", "c"):  # "c" arrives: "b" is the least recently served
+        monitor.submit(adapter, ["k:1"] * 4, ["p"] * 4)
+    assert monitor.drain(timeout=30)
+
+    def observed(adapter: str) -> float | None:
+        return value(registry, "perennial_inference_drift_observations_total", adapter=adapter)
+
+    assert (observed("a"), observed("b"), observed("c")) == (8, None, 4)
+    assert value(registry, "perennial_inference_drift_score", adapter="b", signal="input") is None
+    monitor.submit("b", ["k:1"], ["p"])  # back: new detectors, series from zero; "a" makes room
+    assert monitor.drain(timeout=30)
+    assert (observed("a"), observed("b"), observed("c")) == (None, 1, 4)
+
+
 def test_monitor_config_names_the_bad_value() -> None:
     with pytest.raises(ValueError, match="input_alpha must be in \\(0, 1\\), got 0"):
         MonitorConfig(input_alpha=0)
@@ -128,8 +147,10 @@ def test_monitor_config_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("PERENNIAL_REDIS_URL", "redis://127.0.0.1:1/0")
     monkeypatch.setenv("PERENNIAL_DRIFT_INPUT_WINDOW", "48")
     monkeypatch.setenv("PERENNIAL_DRIFT_PREDICTION_ALPHA", "0.01")
+    monkeypatch.setenv("PERENNIAL_DRIFT_MAX_ADAPTERS", "3")
     config = InferenceSettings.load().monitor()
     assert (config.input_window, config.prediction_alpha, config.queue_size) == (48, 0.01, 1024)
+    assert config.max_adapters == 3
     monkeypatch.setenv("PERENNIAL_DRIFT_QUEUE_SIZE", "many")
     with pytest.raises(
         ConfigError, match="PERENNIAL_DRIFT_QUEUE_SIZE='many': Input should be a valid integer"
