@@ -197,8 +197,8 @@ class _Anchored:
     reference, fixed once full, so a slow change cannot seep into it) and the last
     `window_size`, in one array allocated at the first vector: rows [0, reference) hold the
     reference, rows [start, end) the recent vectors (moved back when the array is full).
-    Stored in the first vector's float type: float32 embeddings take half the memory, and
-    every float32 value is exact in the float64 the tests run in."""
+    Stored in the first vector's float type: float32 embeddings take half the memory, and the
+    checks compute in float64, which holds every float32 value exactly."""
 
     def __init__(self, reference_size: int, window_size: int) -> None:
         self.reference_size = reference_size
