@@ -160,16 +160,8 @@ class InferenceDriftMonitor:
     def _forget(self, adapter: str) -> None:
         del self._states[adapter]
         m = self.metrics
-        for metric, labels in (
-            *((family, (adapter, signal)) for family in (m.detections, m.score, m.p_value)
-              for signal in self.SIGNALS),
-            (m.observations, (adapter,)),
-            (m.dropped, (adapter,)),
-        ):  # fmt: skip
-            try:
-                metric.remove(*labels)
-            except KeyError:
-                pass
+        for family in (m.detections, m.score, m.p_value, m.observations, m.dropped):
+            family.remove_by_labels({"adapter": adapter})
         log.info("drift state dropped", extra={"fields": {"adapter": adapter}})
 
     def _update(self, adapter: str, texts: list[str], labels: list[str]) -> None:
