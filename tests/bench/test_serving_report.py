@@ -98,3 +98,23 @@ def test_the_chunk_size_choice_and_whether_it_is_shipped():
     text = section({**results(), "chunk_choice": {**choice, "shipped": 4}})
     assert "**not** the shipped value 4" in text
     assert "chunks of at most 4," in text
+
+
+def test_hot_swap_verdict_from_the_pooled_latencies():
+    data = results()
+    pairs = [
+        {"baseline": point(8, 50.0, "perennial"), "swapping": point(8, 50.0, "perennial"),
+         "versions_published": 50, "swaps_applied": 48.0}
+        for _ in range(3)
+    ]  # fmt: skip
+    data["swap"] = {
+        "pairs": pairs,
+        "pooled_p99_ms": {"baseline": 100.0, "swapping": 108.0},
+        "pooled_requests": {"baseline": 750, "swapping": 740},
+        "p99_increase": 0.08,
+    }
+    text = section(data)
+    assert "p99 **+8%**, 0 failed | **met**" in text
+    assert "100 ms over 750 requests without swaps, 108 ms over 740 with" in text
+    del data["swap"]["pooled_p99_ms"]
+    assert "predates the pooled estimate" in section(data)
