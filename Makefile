@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 DEBIAN_PACKAGES := redis-server redis-sentinel wordnet-base prometheus dataset-fashion-mnist
 PROTO_OUT := shared
 
-.PHONY: help setup system venv proto proto-check lint docs lock demo test test-unit test-e2e bench-training bench-drift bench-learning bench-int8 bench-serving bench-protocols bench-rest-servers bench-perf-analyzer chart-sync chart-lint k8s k8s-check clean
+.PHONY: help setup system venv proto proto-check lint docs lock demo test test-unit test-e2e bench-training bench-drift bench-learning bench-int8 bench-slow-pet bench-serving bench-protocols bench-rest-servers bench-perf-analyzer chart-sync chart-lint k8s k8s-check clean
 
 help:
 	@echo "make demo        start broker, Redis, trainer, inference and stream WordNet through them (DEMO_ARGS=\"--dataset fashion-mnist\": images)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-training  trainer throughput (Kafka vs memory), snapshots, freshness -> docs/BENCHMARKS.md"
 	@echo "make bench-learning  continual learners vs fair bounds on WordNet nouns/verbs and Fashion-MNIST -> docs/LEARNING.md (BENCH_ARGS=--quick for a look)"
 	@echo "make bench-int8      learning accuracy on the int8 backbone runtime vs fp32 -> docs/BENCHMARKS.md"
+	@echo "make bench-slow-pet  FSA whose PET keeps adapting after the warm-up vs FSA, on validation -> docs/BENCHMARKS.md"
 	@echo "make bench-drift     drift detectors vs river's defaults -> docs/DRIFT.md"
 	@echo "make bench-serving   inference vs KServe (same predict, same runtime) vs the in-process limit -> docs/BENCHMARKS.md"
 	@echo "make bench-protocols REST vs gRPC latency at concurrency 1 and 8 -> docs/BENCHMARKS.md"
@@ -105,6 +106,12 @@ bench-learning: setup
 bench-int8: setup
 	$(PIP) install --quiet -c requirements.lock -e ".[dev,bench]" -e ./dev
 	$(PY) -m bench.learning_int8 $(BENCH_ARGS)
+
+# FSA whose PET keeps learning at a slow rate after the warm-up (issue 11's variant) against FSA,
+# the streams of bench-learning, kept only if it wins on validation; ~25 min.
+bench-slow-pet: setup
+	$(PIP) install --quiet -c requirements.lock -e ".[dev,bench]" -e ./dev
+	$(PY) -m bench.learning_slow $(BENCH_ARGS)
 
 # Serving: Perennial's inference service vs KServe 0.21 (own venv: .venv-kserve, with this project
 # installed by path so its model calls the same services.inference.model.predict) vs that function
