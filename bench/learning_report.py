@@ -573,7 +573,10 @@ def methods(data: dict) -> list[str]:
         )
         + "; head width M ∈ "
         + ", ".join(map(str, meta["fsa_grid"]["widths"]))
-        + ". One warm-up serves both widths (it does not depend on the head).",
+        + ". One warm-up serves both widths (it does not depend on the head). Its PET freezes "
+        "after the warm-up; the variant whose PET keeps learning at a slow rate is measured "
+        'against it by `make bench-slow-pet` ([BENCHMARKS.md](BENCHMARKS.md), "PET that keeps '
+        'adapting after the warm-up").',
         "- **FSA head on frozen multi-layer features (no PET)**: the same learner whose window "
         "never closes — the ablation that isolates the PET's contribution.",
         "- **APER prototypes**: cosine class means over FSA's features (the same warm-up). Neither "

@@ -55,7 +55,7 @@ from perennial.learners.fsa import FeatureMap, FirstSessionLearner
 log = logging.getLogger(__name__)
 
 MARKERS = ("<!-- slow-pet:begin -->", "<!-- slow-pet:end -->")
-RATIOS = (0.0, 0.03, 0.1)  # the PET's learning rate after the warm-up, × the warm-up's
+RATIOS = (0.0, 0.01, 0.03, 0.1)  # the PET's learning rate after the warm-up, × the warm-up's
 
 
 class SlowPET:
@@ -202,7 +202,8 @@ def verdict(results: dict) -> dict:
     }
 
 
-def section(results: dict) -> str:
+def section(results: dict, path: Path) -> str:
+    """The BENCHMARKS.md section of the results in `path`."""
     meta, choice = results["meta"], verdict(results)
     lines = [
         "## PET that keeps adapting after the warm-up",
@@ -263,8 +264,7 @@ def section(results: dict) -> str:
         )
     lines += [
         "",
-        f"Raw results: `{meta['results']}`; re-render with `python -m bench.learning_slow "
-        "--render`.",
+        f"Raw results: `{path}`; re-render with `make bench-slow-pet BENCH_ARGS=--render`.",
     ]
     return "\n".join(lines)
 
@@ -283,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true", help="only rewrite the section")
     args = parser.parse_args(argv)
     if args.render:
-        write_section(args.doc, MARKERS, section(json.loads(args.results.read_text())))
+        write_section(
+            args.doc, MARKERS, section(json.loads(args.results.read_text()), args.results)
+        )
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
@@ -297,7 +299,6 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "threads": args.threads,
             "runtime": args.runtime,
-            "results": str(args.results),
             "fsa": f"{choice['tag']},M={choice['width']}",
             "ratios": ratios,
             "budget_minutes": args.budget_minutes,
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             args.results.write_text(json.dumps(results, indent=1) + "\n")
     results["meta"]["verdict"] = verdict(results)
     args.results.write_text(json.dumps(results, indent=1) + "\n")
-    write_section(args.doc, MARKERS, section(results))
+    write_section(args.doc, MARKERS, section(results, args.results))
     return 0
 
 

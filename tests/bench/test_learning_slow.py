@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bench.learning_slow import section, verdict
+
+RESULTS = Path("bench/learning-slow-results.json")
 
 
 def run(final: float) -> dict:
@@ -24,7 +28,6 @@ def results(gains: dict[str, float]) -> dict:
             "written": "2026-12-01 03:00 UTC",
             "cpus": 2,
             "threads": 1,
-            "results": "bench/learning-slow-results.json",
             "fsa": "lr=0.001,ep=5,M=2048",
             "budget_minutes": 50,
             "skipped": [{"stream": "verbs", "order": 2}],
@@ -45,9 +48,10 @@ def test_a_ratio_is_kept_only_if_it_wins_on_every_stream():
 
 
 def test_section_rows_and_verdict_come_from_the_results():
-    text = section(results({"nouns": 0.02, "verbs": -0.01}))
+    text = section(results({"nouns": 0.02, "verbs": -0.01}), RESULTS)
     assert "| WordNet nouns | 0.1 | 1 | 52.0 ± 0.0 | 52.0 ± 0.0 |" in text
     assert "validation gain over FSA WordNet nouns +2.0, WordNet verbs -1.0" in text
     assert "**Not kept**" in text
     assert "WordNet verbs order 2" in text
-    assert "**Kept**: ratio 0.1" in section(results({"nouns": 0.02, "verbs": 0.01}))
+    assert "Raw results: `bench/learning-slow-results.json`" in text
+    assert "**Kept**: ratio 0.1" in section(results({"nouns": 0.02, "verbs": 0.01}), RESULTS)
