@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -96,8 +97,10 @@ def pet_distance(a, b) -> float:
 
 
 def run_order(data, cache, order: int, config: LearnerConfig, backbone, ratios) -> dict:
-    """R matrices (val, test) of FSA with each post-warm-up PET learning-rate ratio."""
+    """R matrices (val, test) of FSA with each post-warm-up PET learning-rate ratio; seeded by
+    the order, as `make bench-learning` seeds FSA."""
     o = data.orders[order]
+    config = dataclasses.replace(config, seed=order)
     labels = [data.labels[i] for i in o.stream]
     learners = {r: FirstSessionLearner(backbone, config) for r in ratios}
     lead = learners[ratios[0]]
