@@ -275,7 +275,7 @@ class DataPlane:
             self.metrics.resident_bytes.set(self._bytes)
         for adapter, version in evicted:
             self.metrics.evictions.inc()
-            self._forget_version_info(adapter, version)
+            self.metrics.version_info.remove(adapter, version)  # no-op if absent
         if evicted:
             release_memory()
 
@@ -292,7 +292,7 @@ class DataPlane:
         self.metrics.swaps.labels(adapter).inc()
         self.metrics.served_sequence.labels(adapter).set(new.manifest.sequence)
         if old_version:
-            self._forget_version_info(adapter, old_version)
+            self.metrics.version_info.remove(adapter, old_version)
         self.metrics.version_info.labels(adapter, new.version).set(1)
         for reason in CORRUPTION_REASONS:  # the series exist (at 0) before the first rejection
             self.metrics.verification_failures.labels(adapter, reason)
@@ -300,12 +300,6 @@ class DataPlane:
             "serving version",
             extra={"fields": {"adapter": adapter, "version": new.version, "previous": old_version}},
         )
-
-    def _forget_version_info(self, adapter: str, version: str) -> None:
-        try:
-            self.metrics.version_info.remove(adapter, version)
-        except KeyError:
-            pass
 
     def _manifests_since(self, newest: Manifest, served: Manifest | None) -> list[Manifest]:
         """`newest` and its ancestors back to (not including) the version served before.
