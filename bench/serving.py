@@ -142,11 +142,11 @@ def run_load(
     pid: int | None = None,
     seed: int = 0,
     warmup: float = 1.0,
-    samples: list[float] | None = None,
+    pool: list[float] | None = None,
 ) -> dict:
     """Closed-loop load: `concurrency` threads, each with its own client, one random query per
     request. Besides latency: the CPU share of this process (the load generator) and the server's
-    CPU per request over the measured window. `samples` (if given) gets every latency, seconds."""
+    CPU per request over the measured window. `pool` (if given) gets every latency, seconds."""
     start = time.monotonic()
     record_from, stop_at = start + warmup, start + warmup + duration
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
@@ -189,10 +189,9 @@ def run_load(
         thread.start()
     for thread in threads:
         thread.join()
-    measured = [x for per in latencies for x in per]
-    if samples is not None:
-        samples.extend(measured)
-    samples = np.array(measured)
+    samples = np.array([x for per in latencies for x in per])
+    if pool is not None:
+        pool.extend(samples.tolist())
     wall = marks["at_end"] - marks["at"]
     server_cpu = marks["server_end"] - marks["server"]
     return {
@@ -646,7 +645,7 @@ def swap_test(
     for repeat in range(repeats):
         baseline = run_load(
             server.address, [adapter], 8, duration, queries, pid=server.pid, seed=repeat,
-            samples=pooled["baseline"],
+            pool=pooled["baseline"],
         )  # fmt: skip
         swaps_before = scrape(server.service).get("perennial_inference_swaps_total", 0.0)
         stop, published = threading.Event(), []
@@ -656,7 +655,7 @@ def swap_test(
         thread.start()
         swapping = run_load(
             server.address, [adapter], 8, duration, queries, pid=server.pid, seed=repeat,
-            samples=pooled["swapping"],
+            pool=pooled["swapping"],
         )  # fmt: skip
         stop.set()
         thread.join()
