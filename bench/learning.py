@@ -53,9 +53,19 @@ from perennial.pet import LoRAConfig, create_module, inject
 log = logging.getLogger(__name__)
 
 BATCH = 16  # micro-batch, as the trainer's default
+
+
+def fsa_warmup(lr: float, window: int, epochs: int = 5) -> dict:
+    """One warm-up of FSA's grid: the window closes at `window` examples (with the default number
+    of classes) or at 4× as many, as the trainer's `warmup_examples` setting does."""
+    return {"warmup_lr": lr, "warmup_epochs": epochs, "warmup_examples": window,
+            "warmup_cap": 4 * window}  # fmt: skip
+
+
 # FSA: the grid searched on validation (the warm-up does not depend on the head's width, so one
-# warm-up serves both widths).
-FSA_WARMUPS = ({"warmup_lr": 3e-4, "warmup_epochs": 5}, {"warmup_lr": 1e-3, "warmup_epochs": 5})
+# warm-up serves both widths). lr 3e-4 on the 256-example window lost on every stream in the
+# 2026-11-30 run; longer windows reach the second stage's classes.
+FSA_WARMUPS = (fsa_warmup(1e-3, 256), fsa_warmup(3e-4, 1024), fsa_warmup(1e-3, 1024))
 FSA_WIDTHS = (1024, 2048)
 # Joint PET + head on the whole shuffled stream: learning rates tried, epochs by early stopping
 # on validation (patience 2). Text: one rate (a MiniLM epoch costs minutes on 2 cores).
@@ -336,7 +346,7 @@ def run_fsa(data: Data, cache: Cache, order: int, warmup: dict, backbone) -> dic
                 matrices["aper"][part][t][: t + 1] = evaluate(
                     protos.scores_features, protos.classes, lookup, data, groups[: t + 1]
                 )
-    tag = f"lr={warmup['warmup_lr']:g},ep={warmup['warmup_epochs']}"
+    tag = f"lr={warmup['warmup_lr']:g},ep={warmup['warmup_epochs']},W={warmup['warmup_examples']}"
     runs = {
         f"fsa/{tag},M={width}": {
             "R": matrices[width],

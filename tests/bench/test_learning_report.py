@@ -57,30 +57,28 @@ def test_pick_prefers_the_cheaper_within_half_a_point():
     assert pick([("wide", 0.040, (2048,)), ("narrow", 0.030, (1024,))]) == "wide"
 
 
-def test_choose_fsa_maximises_the_worst_stream_margin():
+def test_choose_fsa_maximises_the_mean_stream_margin():
+    a, b = "fsa/lr=0.001,ep=5,W=256,M=1024", "fsa/lr=0.0003,ep=5,W=1024,M=2048"
     streams = {
-        "a": stream(
-            {
-                "simplecil": (0.60, 0.6),
-                "ranpac": (0.62, 0.6),
-                "fsa/lr=0.001,ep=5,M=1024": (0.70, 0.7),
-                "fsa/lr=0.0003,ep=5,M=2048": (0.66, 0.7),
-            }
-        ),  # fmt: skip
-        "b": stream(
-            {
-                "simplecil": (0.50, 0.5),
-                "ranpac": (0.40, 0.4),
-                "fsa/lr=0.001,ep=5,M=1024": (0.50, 0.5),
-                "fsa/lr=0.0003,ep=5,M=2048": (0.53, 0.5),
-            }
-        ),  # fmt: skip
+        "a": stream({"simplecil": (0.60, 0.6), "ranpac": (0.62, 0.6), a: (0.66, 0.7),
+                     b: (0.72, 0.7)}),  # fmt: skip
+        "b": stream({"simplecil": (0.50, 0.5), "ranpac": (0.40, 0.4), a: (0.55, 0.5),
+                     b: (0.53, 0.5)}),  # fmt: skip
     }
     choice = choose_fsa(streams)
-    assert choice["chosen"] == "fsa/lr=0.0003,ep=5,M=2048"  # worst +3 beats worst 0
+    assert choice["chosen"] == b  # mean (+10, +3) beats (+4, +5), though its worst stream is lower
     assert choice["width"] == 2048
-    assert choice["warmup"] == {"warmup_lr": 0.0003, "warmup_epochs": 5}
-    assert choice["worst_margins"]["fsa/lr=0.001,ep=5,M=1024"] == pytest.approx(0.0)
+    assert choice["warmup"] == {"warmup_lr": 0.0003, "warmup_epochs": 5, "warmup_examples": 1024,
+                                "warmup_cap": 4096}  # fmt: skip
+    assert choice["tag"] == "lr=0.0003,ep=5,W=1024"
+    assert choice["mean_margins"][a] == pytest.approx(0.045)
+
+
+def test_fsa_keys_without_a_window_were_run_with_256():
+    streams = {"a": stream({"simplecil": (0.6, 0.6), "ranpac": (0.6, 0.6),
+                            "fsa/lr=0.001,ep=5,M=2048": (0.7, 0.7)})}  # fmt: skip
+    choice = choose_fsa(streams)
+    assert choice["warmup"]["warmup_examples"] == 256 and choice["tag"] == "lr=0.001,ep=5"
 
 
 def test_recommend_skips_learners_missing_a_stream():
