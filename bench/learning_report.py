@@ -130,8 +130,12 @@ def _fsa_key(key: str) -> dict:
     fields = dict(kv.split("=") for kv in key.split("/", 1)[1].split(","))
     window = int(fields.get("W", 256))
     return {
-        "warmup": {"warmup_lr": float(fields["lr"]), "warmup_epochs": int(fields["ep"]),
-                   "warmup_examples": window, "warmup_cap": 4 * window},  # fmt: skip
+        "warmup": {
+            "warmup_lr": float(fields["lr"]),
+            "warmup_epochs": int(fields["ep"]),
+            "warmup_examples": window,
+            "warmup_cap": 4 * window,
+        },
         "width": int(fields["M"]),
         "tag": ",".join(f"{k}={fields[k]}" for k in ("lr", "ep", "W") if k in fields),
     }

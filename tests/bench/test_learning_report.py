@@ -60,10 +60,12 @@ def test_pick_prefers_the_cheaper_within_half_a_point():
 def test_choose_fsa_maximises_the_mean_stream_margin():
     a, b = "fsa/lr=0.001,ep=5,W=256,M=1024", "fsa/lr=0.0003,ep=5,W=1024,M=2048"
     streams = {
-        "a": stream({"simplecil": (0.60, 0.6), "ranpac": (0.62, 0.6), a: (0.66, 0.7),
-                     b: (0.72, 0.7)}),  # fmt: skip
-        "b": stream({"simplecil": (0.50, 0.5), "ranpac": (0.40, 0.4), a: (0.55, 0.5),
-                     b: (0.53, 0.5)}),  # fmt: skip
+        "a": stream(
+            {"simplecil": (0.60, 0.6), "ranpac": (0.62, 0.6), a: (0.66, 0.7), b: (0.72, 0.7)}
+        ),
+        "b": stream(
+            {"simplecil": (0.50, 0.5), "ranpac": (0.40, 0.4), a: (0.55, 0.5), b: (0.53, 0.5)}
+        ),
     }
     choice = choose_fsa(streams)
     assert choice["chosen"] == b  # mean (+10, +3) beats (+4, +5), though its worst stream is lower
