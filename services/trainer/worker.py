@@ -34,6 +34,7 @@ snapshot on demand); labels beyond `max_classes` are dead letters.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -639,8 +640,11 @@ class Trainer:
             else:
                 batch.append(record.example)
         # FSA's holdout features are encoded as examples are held out (`FeatureCache.warm`)
-        warm = self.settings.guardrail.enabled and isinstance(state.learner, FirstSessionLearner)
+        fsa = isinstance(state.learner, FirstSessionLearner)
+        warm = self.settings.guardrail.enabled and fsa
         adapted = warm and state.learner.adapted
+        if fsa and not state.learner.adapted:
+            state.learner.warmup_progress = functools.partial(self._warmup_progress, adapter)
         if batch:
             inputs, labels = [e.input for e in batch], [e.label for e in batch]
             learn_and_predict = getattr(state.learner, "learn_and_predict", None)
@@ -675,6 +679,13 @@ class Trainer:
             state.applied[record.partition] = record.offset + 1
             state.new_event_times.append(record.example.event_time)
             self._done(record)
+
+    def _warmup_progress(self, adapter: str, done: int, total: int) -> None:
+        """An FSA warm-up step: minutes of work on one adapter, so log its progress and keep the
+        heartbeat fresh (the watchdog looks for a stuck thread, not a long step)."""
+        self.heartbeat = time.monotonic()
+        if done == total or done % max(1, total // 5) == 0:
+            log.info("adapter %r: PET warm-up step %d of %d", adapter, done, total)
 
     def _prequential_due(self) -> bool:
         """Whether this micro-batch gets a prequential evaluation (the concept-drift signal):

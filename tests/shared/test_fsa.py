@@ -51,12 +51,15 @@ def blob(learner) -> bytes:
 
 def test_the_window_closes_by_count_and_classes_and_the_pet_adapts(tiny_backbone) -> None:
     learner = build_learner(tiny_backbone, CONFIG)
+    progress: list[tuple[int, int]] = []
+    learner.warmup_progress = lambda done, total: progress.append((done, total))
     examples = stream(list(WORDS))
     feed(learner, examples[:8])  # 8 examples: below warmup_examples
-    assert not learner.adapted and len(learner.buffer) == 8
+    assert not learner.adapted and len(learner.buffer) == 8 and progress == []
     frozen_scores = learner.scores(["a small dog"])
     feed(learner, examples[8:12])  # 12 examples, 2 classes with >= 4 each: the window closes
     assert learner.adapted and learner.buffer == [] and learner.examples == 12
+    assert progress == [(1, 2), (2, 2)]  # 2 epochs of one batch of 16: every step reported
     assert learner.head.dim == learner.features.frozen_dim + tiny_backbone.dim
     lora_b = [p for name, p in learner.module.named_parameters() if "lora_b" in name]
     assert any(p.abs().sum() > 0 for p in lora_b)  # zero-initialised, trained away from zero

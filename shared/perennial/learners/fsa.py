@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +111,9 @@ class FirstSessionLearner:
         self.buffer_labels: list[str] = []
         self.head = self._new_head()
         self._selected = (0, 0)
+        self.warmup_progress: Callable[[int, int], None] | None = None
+        """Called after every step of the warm-up with (steps done, steps in all): the trainer
+        logs it and stamps its heartbeat (a long warm-up is work, not a stall)."""
 
     def _new_head(self) -> RidgeHead:
         c = self.config
@@ -200,6 +204,7 @@ class FirstSessionLearner:
         optimizer = torch.optim.Adam([*module.parameters(), *head.parameters()], lr=c.warmup_lr)
         order = list(range(len(states)))
         shuffle = random.Random(c.seed)
+        total, done = c.warmup_epochs * -(-len(order) // 16), 0
         for _ in range(c.warmup_epochs):
             shuffle.shuffle(order)
             for first in range(0, len(order), 16):
@@ -209,6 +214,9 @@ class FirstSessionLearner:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                done += 1
+                if self.warmup_progress is not None:
+                    self.warmup_progress(done, total)
         self.module = module.requires_grad_(False)
         self.head = self._new_head()
         adapted = []

@@ -4,6 +4,7 @@ of another backbone is refused record by record, never with a dead training thre
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -80,7 +81,7 @@ def feed(trainer: Trainer, count: int, start: int = 0, adapter: str = "fashion")
 
 
 def test_tensor_examples_are_learned_held_out_and_resume_with_their_buffer(
-    redis_client, image_backbone
+    redis_client, image_backbone, caplog
 ):
     registry = CollectorRegistry()
     trainer = make_trainer(
@@ -105,9 +106,12 @@ def test_tensor_examples_are_learned_held_out_and_resume_with_their_buffer(
     for mine, theirs in zip(learner.buffer, restored.buffer, strict=True):
         assert torch.equal(mine, theirs)
 
-    feed(trainer, 24, start=offset)  # the window closes; the next snapshot is judged on images
+    with caplog.at_level("INFO", logger="services.trainer.worker"):
+        feed(trainer, 24, start=offset)  # the window closes; the next snapshot is judged on images
     trainer.snapshot_all()
     assert trainer.adapters["fashion"].learner.adapted
+    steps = [r.getMessage() for r in caplog.records if "PET warm-up step" in r.getMessage()]
+    assert steps and re.search(r"step (\d+) of \1$", steps[-1])  # up to the last step
     latest = trainer.store.latest("fashion")
     assert latest.sequence > first.sequence and latest.examples > first.examples
     served = registry.get_sample_value(
