@@ -18,7 +18,7 @@ FSA_RULE = (
     "FSA's warm-up and head width: the grid point with the largest validation margin (final "
     "accuracy, mean over orders) over the best frozen-feature learner (SimpleCIL, RanPAC-frozen) "
     "of each stream, averaged over the streams; within 0.5 points of the best, the narrower head "
-    "wins. The average, not the worst stream: with 40 validation examples per class, a grid "
+    "wins (at equal width, the larger margin). The average, not the worst stream: with 40 validation examples per class, a grid "
     "point's margin on one stream moves by about a point from order to order."
 )
 DEFAULT_RULE = (
@@ -118,10 +118,11 @@ def worst_margin(streams: dict, learner: str, part: str = "val") -> float | None
 
 
 def pick(candidates: list[tuple[str, float, tuple]]) -> str:
-    """The candidate with the largest score; within TIE of it, the smallest cost."""
+    """The candidate with the largest score; within TIE of it, the smallest cost (at equal cost,
+    the larger score)."""
     top = max(score for _, score, _ in candidates)
     close = [c for c in candidates if c[1] >= top - TIE - EPS]
-    return min(close, key=lambda c: c[2])[0]
+    return min(close, key=lambda c: (c[2], -c[1]))[0]
 
 
 def _fsa_key(key: str) -> dict:
@@ -325,6 +326,10 @@ def grid_table(data: dict) -> list[str]:
         for n in names
     ]
     lines += ["", "Best frozen-feature learner on validation: " + "; ".join(frozen) + "."]
+    best = max(margins, key=margins.get)
+    if best != choice["chosen"]:
+        lines += ["", f"The chosen point is within the rule's 0.5-point band of the largest "
+                  f"{kind} margin, {label(best)} ({pct(margins[best], True)})."]  # fmt: skip
     return lines
 
 
@@ -616,7 +621,7 @@ def methods(data: dict) -> list[str]:
         "- **Joint-so-far oracle**: after every stage, the joint training above (its learning "
         "rate and epochs) from scratch on all training data of stages ≤ t, then the ridge head.",
         "",
-        f"Choices, declared before the run: {FSA_RULE} {DEFAULT_RULE}",
+        f"Choices, declared before the run: {meta.get('fsa_rule', FSA_RULE)} {DEFAULT_RULE}",
     ]
 
 

@@ -55,6 +55,8 @@ def test_summarise_mean_std_and_orders():
 def test_pick_prefers_the_cheaper_within_half_a_point():
     assert pick([("wide", 0.034, (2048,)), ("narrow", 0.030, (1024,))]) == "narrow"
     assert pick([("wide", 0.040, (2048,)), ("narrow", 0.030, (1024,))]) == "wide"
+    # equally cheap: the larger score, whatever the order of the candidates
+    assert pick([("a", 0.046, (2048,)), ("b", 0.050, (2048,))]) == "b"
 
 
 def test_choose_fsa_maximises_the_mean_stream_margin():
