@@ -78,7 +78,9 @@ class Workload:
     classes: int
 
 
-def workload(train_per_class: int = 20, test_per_class: int = 40) -> Workload:
+def workload(train_per_class: int = 48, test_per_class: int = 40) -> Workload:
+    """24 WordNet classes: a stream of `train_per_class` glosses each (48: the default learner's
+    PET warm-up window, 1024 examples, closes) and held-out queries."""
     split = class_incremental_split(
         read_noun_glosses(), train_per_class=train_per_class, test_per_class=test_per_class
     )

@@ -224,7 +224,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.training", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--examples", type=int, default=1024)
+    # twice the default PET warm-up window: both the warm-up and learning after it are measured
+    parser.add_argument("--examples", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--fresh-rates",

@@ -56,8 +56,9 @@ class LearnerConfig:
     warmup_examples / warmup_min_classes / warmup_min_count / warmup_cap: FSA's first window
         closes at the first micro-batch end with at least `warmup_examples` examples and
         `warmup_min_classes` classes of `warmup_min_count` examples each, or at `warmup_cap`.
-    warmup_epochs / warmup_lr: FSA's PET training on that window (Adam, batches of 16); chosen
-        on validation streams by `make bench-learning` (docs/LEARNING.md).
+    warmup_epochs / warmup_lr: FSA's PET training on that window (Adam, batches of 16). The
+        window, epochs and rate are chosen on validation streams by `make bench-learning`
+        (docs/LEARNING.md); the cap is 4 times the window, as the trainer sets it.
     adapt_blocks: FSA's PET sits in the last `adapt_blocks` blocks (0: the backbone's default).
     feature_states: hidden states FSA pools into its frozen features (indices into the
         backbone's hidden states, negative from the end; empty: the backbone's default).
@@ -75,12 +76,12 @@ class LearnerConfig:
     projection_dim: int = 1024
     ridge_grid: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0, 1e4)
     ridge_every: int = 256
-    warmup_examples: int = 256
+    warmup_examples: int = 1024
     warmup_min_classes: int = 4
     warmup_min_count: int = 8
-    warmup_cap: int = 1024
+    warmup_cap: int = 4096
     warmup_epochs: int = 5
-    warmup_lr: float = 1e-3
+    warmup_lr: float = 3e-4
     adapt_blocks: int = 0
     feature_states: tuple[int, ...] = ()
     temperature: float = 16.0
