@@ -18,8 +18,9 @@ FSA_RULE = (
     "FSA's warm-up and head width: the grid point with the largest validation margin (final "
     "accuracy, mean over orders) over the best frozen-feature learner (SimpleCIL, RanPAC-frozen) "
     "of each stream, averaged over the streams; within 0.5 points of the best, the narrower head "
-    "wins (at equal width, the larger margin). The average, not the worst stream: with 40 validation examples per class, a grid "
-    "point's margin on one stream moves by about a point from order to order."
+    "wins (at equal width, the larger margin). The average, not the worst stream: with 40 "
+    "validation examples per class, a grid point's margin on one stream moves by about a point "
+    "from order to order."
 )
 DEFAULT_RULE = (
     "Recommended default: among the library's learners (SimpleCIL, RanPAC-frozen, FSA as chosen "
@@ -307,13 +308,11 @@ def grid_table(data: dict) -> list[str]:
     streams = data["streams"]
     choice = data["choices"]["fsa"]
     names = list(streams)
-    # results written before the rule averaged over streams hold the worst stream's margins
-    kind = "mean" if "mean_margins" in choice else "worst"
-    margins = choice[f"{kind}_margins"]
+    margins = choice["mean_margins"]
     lines = [
         "| FSA grid point | "
         + " | ".join(f"{STREAM_NAMES.get(n, n)} val" for n in names)
-        + f" | {kind} margin over best frozen (val) |",
+        + " | mean margin over best frozen (val) |",
         "|---|" + "---|" * (len(names) + 1),
     ]
     for key, margin in sorted(margins.items()):
@@ -329,7 +328,7 @@ def grid_table(data: dict) -> list[str]:
     best = max(margins, key=margins.get)
     if best != choice["chosen"]:
         lines += ["", f"The chosen point is within the rule's 0.5-point band of the largest "
-                  f"{kind} margin, {label(best)} ({pct(margins[best], True)})."]  # fmt: skip
+                  f"mean margin, {label(best)} ({pct(margins[best], True)})."]  # fmt: skip
     return lines
 
 
