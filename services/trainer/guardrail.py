@@ -140,52 +140,61 @@ def judge(
 
 
 class FeatureCache:
-    """Features of holdout texts under each PET, so judging an FSA candidate against its head
-    costs two matrix products instead of two backbone passes over the whole holdout at every
-    snapshot: an FSA adapter's features change only when its PET does (once, at its warm-up).
+    """Holdout rows of FSA versions, ready for their heads: judging a candidate against its head
+    costs two small matrix products instead of two backbone passes and two random projections
+    over the whole holdout at every snapshot. A row is a holdout input's ReLU random features
+    (`RidgeHead.expand`) under one PET and one head's projection (seed, input and output
+    sizes); an FSA adapter's rows change only when its PET does (once, at its warm-up).
 
-    Bounded: at most `max_entries` (PET, text) rows, least recently used dropped first. Rows
-    are stored as the float32 the backbone computed, so scores equal `predictor.scores`."""
+    Bounded: at most `max_entries` rows (width × 8 bytes each: 8 KB at the default width of
+    1024), least recently used dropped first. Rows are float64 as the head expands them, so
+    the labels are the predictor's own (`predictor.scores`)."""
 
     def __init__(self, max_entries: int = 8192) -> None:
         self.max_entries = max_entries
-        self._rows: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self._rows: OrderedDict[tuple[tuple, str], torch.Tensor] = OrderedDict()
         self.computed = 0  # rows the backbone computed (the rest came from the cache)
 
     def labeller(self, predictor: FirstSessionPredictor) -> Callable[[list], list[str]]:
-        pet = _fingerprint(predictor.module)
+        space = _space(predictor)
 
         def labels(inputs: list) -> list[str]:
             with torch.inference_mode():
-                features = torch.stack(self._lookup(pet, predictor, inputs)).double()
-                best = predictor.scores_features(features).argmax(-1).tolist()
+                rows = torch.stack(self._lookup(space, predictor, inputs))
+                best = predictor.scores_expanded(rows).argmax(-1).tolist()
             return [predictor.classes[i] for i in best]
 
         return labels
 
     def warm(self, source: FirstSessionLearner | FirstSessionPredictor, inputs: list) -> None:
-        """Compute the rows of `inputs` under `source`'s PET now, as they are held out (and all
-        of them when the PET changes), so that the first judgement with enough holdout does
-        not compute them all at once: that stalled learning by half a second."""
+        """Compute the rows of `inputs` under `source`'s PET and head now, as they are held out
+        (and all of them when the PET changes), so that the first judgement with enough holdout
+        does not compute them all at once: that stalled learning by half a second."""
         with torch.inference_mode():
-            self._lookup(_fingerprint(source.module), source, inputs)
+            self._lookup(_space(source), source, inputs)
 
-    def _lookup(self, pet: str, source, inputs: list) -> list[torch.Tensor]:
+    def _lookup(self, space: tuple, source, inputs: list) -> list[torch.Tensor]:
         keys = [_input_key(x) for x in inputs]
         first = dict(zip(keys, inputs, strict=True))  # one input per key
-        rows = {k: self._rows.get((pet, k)) for k in first}
+        rows = {k: self._rows.get((space, k)) for k in first}
         missing = [k for k, row in rows.items() if row is None]
         for start in range(0, len(missing), 64):
             chunk = missing[start : start + 64]
             features = source.features([first[k] for k in chunk], source.module)
-            rows.update(zip(chunk, features.float(), strict=True))
+            rows.update(zip(chunk, source.head.expand(features), strict=True))
         self.computed += len(missing)
         for key, row in rows.items():
-            self._rows[(pet, key)] = row
-            self._rows.move_to_end((pet, key))
+            self._rows[(space, key)] = row
+            self._rows.move_to_end((space, key))
         while len(self._rows) > self.max_entries:
             self._rows.popitem(last=False)
         return [rows[k] for k in keys]
+
+
+def _space(source: FirstSessionLearner | FirstSessionPredictor) -> tuple:
+    """What a row depends on besides its input: the PET's weights and the head's projection."""
+    head = source.head
+    return (_fingerprint(source.module), head.seed, head.dim, head.width)
 
 
 def _input_key(value) -> str:

@@ -333,7 +333,11 @@ class FirstSessionPredictor:
         self.temperature = temperature
 
     def scores_features(self, features: torch.Tensor) -> torch.Tensor:
-        return F.softmax(self.temperature * self.head.scores(features), dim=-1)
+        return self.scores_expanded(self.head.expand(features))
+
+    def scores_expanded(self, h: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of rows already expanded by the head (`head.expand`)."""
+        return F.softmax(self.temperature * self.head.scores_expanded(h), dim=-1)
 
     @torch.no_grad()
     def scores(self, backbone, inputs) -> torch.Tensor:

@@ -152,7 +152,11 @@ class RidgeHead:
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """Ridge outputs [N, classes]."""
-        return self.expand(features) @ self.solve()
+        return self.scores_expanded(self.expand(features))
+
+    def scores_expanded(self, h: torch.Tensor) -> torch.Tensor:
+        """Ridge outputs [N, classes] of rows already expanded (`expand`)."""
+        return h @ self.solve()
 
     def solved(self) -> SolvedHead:
         """The head for the current statistics, detached from them (what a version serves)."""
@@ -225,9 +229,14 @@ class SolvedHead:
             raise ValueError(f"a solved head of width {width} has {weights.shape[0]} rows")
         self.dim, self.width, self.seed, self.weights = dim, width, seed, weights.double()
 
+    def expand(self, features: torch.Tensor) -> torch.Tensor:
+        """The ReLU random features h [N, width] of `features` [N, dim], float64."""
+        return torch.relu(features.double() @ projection(self.seed, self.dim, self.width))
+
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """Ridge outputs [N, classes], equal to `RidgeHead.scores` of the statistics it came from."""
-        return (
-            torch.relu(features.double() @ projection(self.seed, self.dim, self.width))
-            @ self.weights
-        )
+        return self.scores_expanded(self.expand(features))
+
+    def scores_expanded(self, h: torch.Tensor) -> torch.Tensor:
+        """Ridge outputs [N, classes] of rows already expanded (`expand`)."""
+        return h @ self.weights

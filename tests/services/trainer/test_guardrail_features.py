@@ -1,5 +1,5 @@
 """The guardrail's feature cache for FSA versions: the same labels as the predictor's own
-scores, each holdout text encoded once per PET, bounded."""
+scores, each holdout text encoded and projected once per PET and head projection, bounded."""
 
 from __future__ import annotations
 
@@ -52,5 +52,10 @@ def test_rows_warmed_from_the_learner_serve_its_versions_judgements(tiny_backbon
     cache.warm(learner, HOLDOUT)
     assert cache.computed == len(HOLDOUT)
     version = predictor(learner)
-    assert cache.labeller(version)(HOLDOUT) == own_labels(version, HOLDOUT)
+    expanded = []
+    expand = version.head.expand
+    version.head.expand = lambda features: expanded.append(len(features)) or expand(features)
+    labels = cache.labeller(version)(HOLDOUT)
     assert cache.computed == len(HOLDOUT)  # the learner's PET is the version's: all reused
+    assert expanded == []  # and its head's projection: judging is one product with its weights
+    assert labels == own_labels(version, HOLDOUT)
