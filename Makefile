@@ -108,7 +108,7 @@ bench-int8: setup
 	$(PY) -m bench.learning_int8 $(BENCH_ARGS)
 
 # FSA whose PET keeps learning at a slow rate after the warm-up (issue 11's variant) against FSA,
-# the streams of bench-learning, kept only if it wins on validation; ~25 min.
+# the streams of bench-learning, kept only if it wins on validation; ~40 min.
 bench-slow-pet: setup
 	$(PIP) install --quiet -c requirements.lock -e ".[dev,bench]" -e ./dev
 	$(PY) -m bench.learning_slow $(BENCH_ARGS)

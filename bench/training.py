@@ -381,7 +381,7 @@ def report(r: dict) -> str:
         "(stored, not learned) and judges every candidate on them; (a) learns every record.",
         "",
         f"(d) produced the adapter's first {fresh['warmup_examples']} examples at once (FSA "
-        "trains its PET on that window, once per adapter: a pause of seconds, measured above), "
+        "trains its PET on that window, once per adapter: a one-time pause, measured above), "
         f"then {r['fresh_seconds']:g} s of examples at a "
         "steady rate (a fresh adapter per rate); a client asked the inference service every 20 ms "
         "which version answers, and an example's freshness ends at the first answer from a "
