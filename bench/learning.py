@@ -322,10 +322,9 @@ def run_fsa(data: Data, cache: Cache, order: int, warmup: dict, backbone) -> dic
                         for width in twin_widths:  # the end of warm_up(), for the other widths
                             twin = learners[width]
                             twin.module = lead.module
-                            twin.head = twin._new_head()
-                            twin._add(features[:position], labels[:position], 0)
-                            twin.head.select_ridge()
-                            twin._selected = (twin.examples, len(twin.classes))
+                            twin.head, twin._selected = twin.window_head(
+                                features[:position], labels[:position]
+                            )
                             deferred[width] = Deferred(twin.head)
                         protos = Prototypes()
                         protos.learn_features(features[:position], labels[:position])

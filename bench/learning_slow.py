@@ -139,10 +139,9 @@ def run_order(data, cache, order: int, config: LearnerConfig, backbone, ratios) 
             for r, learner in learners.items():
                 if learner is not lead:  # the end of warm_up(), on a copy of the same PET
                     learner.module = copy.deepcopy(warmed)
-                    learner.head = learner._new_head()
-                    learner._add(features[:position], labels[:position], 0)
-                    learner.head.select_ridge()
-                    learner._selected = (learner.examples, len(learner.classes))
+                    learner.head, learner._selected = learner.window_head(
+                        features[:position], labels[:position]
+                    )
                 deferred[r] = Deferred(learner.head)
                 if r:
                     trainers[r] = SlowPET(learner, len(data.classes), config.warmup_lr, r)

@@ -61,6 +61,7 @@ DEAD_LETTER_TOPIC = "perennial.examples.dlq"
 PREDICTIONS_TOPIC = "perennial.predictions"
 FEEDBACK_TOPIC = "perennial.feedback"
 REQUEST_TIMEOUT_SECONDS = 60.0
+PET_WAIT_SECONDS = 600.0  # after the stream, for a PET warm-up under way (minutes on one core)
 MALFORMED = (
     b"\x08\x96\x01not a protobuf",
     b'{"adapter": "wordnet", "text": "an example without a label"}',
@@ -391,6 +392,13 @@ def render(
     p50 = histogram_quantile(inference, "perennial_inference_freshness_seconds", 0.5)
     p99 = histogram_quantile(inference, "perennial_inference_freshness_seconds", 0.99)
     table.add_row("freshness", f"p50 {p50:.1f} s, p99 {p99:.1f} s" if not math.isnan(p50) else "-")
+    warmup = total(trainer, "perennial_trainer_warmup_progress_ratio")
+    table.add_row(
+        "PET warm-up",
+        f"{warmup:.0%} (on its own thread; learning goes on with frozen features)"
+        if 0 < warmup < 1
+        else ("done" if warmup else "window still filling"),
+    )
     table.add_row("requests", f"{state.requests_ok} ok, {state.requests_failed} failed")
     table.add_row("feedback", _feedback_note(trainer, state))
     return Group(progress, table)
@@ -505,7 +513,7 @@ def pet_contribution(store: SnapshotStore, split: Split, final: Evaluation) -> s
     if config.learner != FirstSessionLearner.name:
         return f"- (the {config.learner} learner adapts no PET module)"
     if not any(name.startswith("pet.") for name in tensors):
-        return "- (the stream ended before the PET's warm-up window closed)"
+        return "- (no PET in the served version: the stream ended before its warm-up)"
     silence_progress_bars()  # the summary, not a loading bar
     backbone = load_backbone(ProcessSettings(**_backbone_settings(split)))
     frozen_only = FirstSessionLearner(backbone, config)
@@ -524,6 +532,12 @@ def pet_contribution(store: SnapshotStore, split: Split, final: Evaluation) -> s
         f"{final.seen - frozen:+.1%}: served {final.seen:.1%} with the adapted features, "
         f"{frozen:.1%} for the same head on frozen features only"
     )
+
+
+def holds_pet(store: SnapshotStore, adapter: str, version: str) -> bool:
+    """Whether a version serves through a PET (FSA: once its warm-up is swapped in)."""
+    tensors, _ = from_safetensors(store.fetch(adapter, version)[1])
+    return any(name.startswith("pet.") for name in tensors)
 
 
 def _guardrail_note(store: SnapshotStore, adapter: str) -> str:
@@ -650,6 +664,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 TimeElapsedColumn(),
             )
             task = progress.add_task("stream", total=len(split.train))
+            ended = 0.0  # when the stream was learned and served, if the PET was still warming up
             with Live(console=console, refresh_per_second=4) as live:
                 while True:
                     trainer_metrics, inference_metrics = scrape(trainer), scrape(inference)
@@ -678,7 +693,16 @@ def run(args: argparse.Namespace, console: Console) -> int:
                         head.version if head else None
                     )
                     if done and served:
-                        break
+                        # a PET warm-up under way when the stream ended: wait for its version
+                        warming = total(trainer_metrics, "perennial_trainer_warmup_progress_ratio")
+                        if not warming or holds_pet(store, split.adapter, head.version):
+                            break
+                        ended = ended or time.monotonic()
+                        if time.monotonic() - ended > PET_WAIT_SECONDS:
+                            console.print(
+                                "the PET's warm-up did not end in time; summary without it"
+                            )
+                            break
                     if not trainer.process.alive or not inference.process.alive:
                         raise RuntimeError(f"a service died; see the logs in {stack.workdir}")
                     stop.wait(1.0)

@@ -14,6 +14,7 @@ classes the head already knew falls more than `margin` below the head's.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,11 +149,13 @@ class FeatureCache:
 
     Bounded: at most `max_entries` rows (width × 8 bytes each: 8 KB at the default width of
     1024), least recently used dropped first. Rows are float64 as the head expands them, so
-    the labels are the predictor's own (`predictor.scores`)."""
+    the labels are the predictor's own (`predictor.scores`). Thread-safe: a background PET
+    warm-up computes its rows on its own thread (outside the lock)."""
 
     def __init__(self, max_entries: int = 8192) -> None:
         self.max_entries = max_entries
         self._rows: OrderedDict[tuple[tuple, str], torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
         self.computed = 0  # rows the backbone computed (the rest came from the cache)
 
     def labeller(self, predictor: FirstSessionPredictor) -> Callable[[list], list[str]]:
@@ -176,18 +179,20 @@ class FeatureCache:
     def _lookup(self, space: tuple, source, inputs: list) -> list[torch.Tensor]:
         keys = [_input_key(x) for x in inputs]
         first = dict(zip(keys, inputs, strict=True))  # one input per key
-        rows = {k: self._rows.get((space, k)) for k in first}
+        with self._lock:
+            rows = {k: self._rows.get((space, k)) for k in first}
         missing = [k for k, row in rows.items() if row is None]
         for start in range(0, len(missing), 64):
             chunk = missing[start : start + 64]
             features = source.features([first[k] for k in chunk], source.module)
             rows.update(zip(chunk, source.head.expand(features), strict=True))
-        self.computed += len(missing)
-        for key, row in rows.items():
-            self._rows[(space, key)] = row
-            self._rows.move_to_end((space, key))
-        while len(self._rows) > self.max_entries:
-            self._rows.popitem(last=False)
+        with self._lock:
+            self.computed += len(missing)
+            for key, row in rows.items():
+                self._rows[(space, key)] = row
+                self._rows.move_to_end((space, key))
+            while len(self._rows) > self.max_entries:
+                self._rows.popitem(last=False)
         return [rows[k] for k in keys]
 
 

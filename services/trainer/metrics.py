@@ -50,6 +50,12 @@ class TrainerMetrics:
             **common,
         )
         self.classes = Gauge("classes", "Classes the adapter's head knows.", ["adapter"], **common)
+        self.warmup_progress = Gauge(
+            "warmup_progress_ratio",
+            "Share of the FSA PET warm-up's steps done (0 until its window closes).",
+            ["adapter"],
+            **common,
+        )
         self.last_snapshot = Gauge(
             "last_snapshot_timestamp",
             "When the adapter's newest snapshot was written.",

@@ -87,6 +87,12 @@ class TrainerSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecurit
         description="fsa: examples of the PET's warm-up window (it closes once it also holds "
         f"{LearnerConfig.warmup_min_classes} classes, at 4 times as many examples at most)",
     )
+    warmup_background: bool = Field(
+        True,
+        description="fsa: train the PET on a thread of its own while the adapter goes on learning "
+        "with frozen features and publishing fresh versions (false: learning waits for it); the "
+        "learned state is the same either way",
+    )
     seed: int = Field(0, description="seed of new adapters' initialisation")
     device: str = Field("auto", description="where the backbone runs: auto, cpu, cuda, cuda:N")
     batch_size: int = Field(16, ge=1, description="micro-batch size")

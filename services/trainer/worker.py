@@ -125,9 +125,11 @@ class AdapterState:
     routed: dict[str, int] = field(default_factory=dict)  # partition -> next offset to route
     last_used: float = 0.0
 
+    pet_swapped: bool = False  # an FSA warm-up finished outside learning: publish it
+
     @property
     def dirty(self) -> bool:
-        return bool(self.new_event_times)
+        return bool(self.new_event_times) or self.pet_swapped
 
     @property
     def uncheckpointed(self) -> bool:
@@ -271,6 +273,7 @@ class Trainer:
             max(0.01, min(timeout, settings.batch_wait_seconds, settings.snapshot_every_seconds))
         )
         self._route_parked()
+        self._swap_warm_ups()
         self._train_ready()
         since = time.monotonic() - self._last_snapshot
         if since >= self.settings.snapshot_every_seconds or (
@@ -576,6 +579,17 @@ class Trainer:
             self.metrics.resident_adapters.set(len(self.adapters))
             self._update_safe_offsets()
 
+    def _swap_warm_ups(self) -> None:
+        """Swap in FSA warm-ups that finished on their thread, though no record came since."""
+        for state in self.adapters.values():
+            learner = state.learner
+            if isinstance(learner, FirstSessionLearner) and learner.window and learner.poll():
+                state.pet_swapped = True
+                if self.settings.guardrail.enabled:  # mostly computed on the warm-up's thread
+                    self._holdout_features.warm(
+                        learner, state.reservoir.inputs(set(learner.classes))[0]
+                    )
+
     def _train_ready(self) -> None:
         now = time.monotonic()
         for adapter, state in list(self.adapters.items()):
@@ -645,6 +659,9 @@ class Trainer:
         adapted = warm and state.learner.adapted
         if fsa and not state.learner.adapted:
             state.learner.warmup_progress = functools.partial(self._warmup_progress, adapter)
+            state.learner.background = self.settings.warmup_background
+            if warm:
+                state.learner.warmed_up = functools.partial(self._warm_holdout, state)
         if batch:
             inputs, labels = [e.input for e in batch], [e.label for e in batch]
             learn_and_predict = getattr(state.learner, "learn_and_predict", None)
@@ -681,11 +698,18 @@ class Trainer:
             self._done(record)
 
     def _warmup_progress(self, adapter: str, done: int, total: int) -> None:
-        """An FSA warm-up step: minutes of work on one adapter, so log its progress and keep the
-        heartbeat fresh (the watchdog looks for a stuck thread, not a long step)."""
+        """An FSA warm-up step (on the warm-up's thread by default): minutes of work on one
+        adapter, so log and export its progress and keep the heartbeat fresh (the watchdog looks
+        for a stuck thread, not a long step; learning may be waiting for the warm-up)."""
         self.heartbeat = time.monotonic()
+        self.metrics.warmup_progress.labels(adapter).set(done / total)
         if done == total or done % max(1, total // 5) == 0:
             log.info("adapter %r: PET warm-up step %d of %d", adapter, done, total)
+
+    def _warm_holdout(self, state: AdapterState, predictor: FirstSessionPredictor) -> None:
+        """On the warm-up's thread: the holdout's rows under the new PET, before it is swapped
+        in, so that the swap does not stall learning while they are computed."""
+        self._holdout_features.warm(predictor, state.reservoir.inputs(set(predictor.classes))[0])
 
     def _prequential_due(self) -> bool:
         """Whether this micro-batch gets a prequential evaluation (the concept-drift signal):
@@ -875,6 +899,7 @@ class Trainer:
             raise
         previous_head = state.head
         state.latest, state.new_event_times, state.replaces = manifest, [], None
+        state.pet_swapped = False
         if checkpoint:
             state.checkpoint, state.last_checkpoint = manifest, time.monotonic()
         self.metrics.snapshots.labels(adapter).inc()

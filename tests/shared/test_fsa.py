@@ -1,5 +1,6 @@
 """First-session adaptation: the window rule, the PET actually adapting, determinism, resume
-during the warm-up bit for bit, the state round trip and the serving predictor.
+during the warm-up bit for bit, the warm-up on its own thread (learning goes on, the result is
+the in-line warm-up's), the state round trip and the serving predictor.
 
 Bit-exact comparisons are made within one process on one machine, where the same operations
 run in the same order on the same bytes (CPU training has no nondeterministic kernel here).
@@ -8,12 +9,14 @@ run in the same order on the same bytes (CPU training has no nondeterministic ke
 from __future__ import annotations
 
 import itertools
+import threading
 
 import pytest
 import torch
 
 from perennial.backbone import ImageBackbone
 from perennial.learners import LearnerConfig, build_learner, load_predictor, restore_learner
+from perennial.learners.fsa import FirstSessionLearner
 from perennial.store import from_safetensors, to_safetensors
 
 WORDS = {
@@ -94,6 +97,63 @@ def test_training_is_deterministic_and_resumes_during_the_warm_up_bit_for_bit(
     assert resumed.buffer == first.buffer and resumed.buffer_labels == first.buffer_labels
     feed(resumed, examples[8:])
     assert blob(resumed) == blob(straight)
+
+
+def held_warm_up(tiny_backbone, config=CONFIG) -> tuple[FirstSessionLearner, threading.Event]:
+    """A learner whose background warm-up waits at its first step until the event is set."""
+    learner = build_learner(tiny_backbone, config)
+    learner.background = True
+    release = threading.Event()
+
+    def progress(done: int, total: int) -> None:
+        assert release.wait(60), "the test never released the warm-up"
+
+    learner.warmup_progress = progress
+    return learner, release
+
+
+def test_a_background_warm_up_lets_learning_go_on_and_ends_in_the_in_line_state(
+    tiny_backbone,
+) -> None:
+    examples = stream(list(WORDS))
+    straight = build_learner(tiny_backbone, CONFIG)
+    feed(straight, examples)
+    learner, release = held_warm_up(tiny_backbone)
+    feed(learner, examples[:12])  # the window closes; its warm-up waits on its thread
+    assert learner.window == 12 and not learner.adapted
+    feed(learner, examples[12:24])  # meanwhile: frozen features, new classes and all
+    assert not learner.adapted and learner.examples == 24 and len(learner.classes) == 4
+    assert learner.waiting == [4, 4, 4] and not learner.poll()
+    tensors, _ = learner.serving()
+    assert not any(name.startswith("pet.") for name in tensors)  # a fresh version, no PET yet
+    # a checkpoint taken now resumes (warm-up from scratch, in line) to the same bytes
+    resumed = restore_learner(tiny_backbone, *from_safetensors(blob(learner)))
+    assert resumed.window == 12 and resumed.waiting == [4, 4, 4]
+    feed(resumed, examples[24:])
+    assert resumed.adapted and blob(resumed) == blob(straight)
+    release.set()
+    learner.settle()  # the thread learned the kept micro-batches again, adapted
+    assert learner.adapted and learner.buffer == [] and learner.window == 0
+    feed(learner, examples[24:])
+    assert blob(learner) == blob(straight)
+
+
+def test_learning_waits_for_the_warm_up_once_a_window_of_examples_is_kept(tiny_backbone) -> None:
+    config = LearnerConfig(**{**CONFIG.to_dict(), "pet": CONFIG.pet, "warmup_cap": 16})
+    learner, release = held_warm_up(tiny_backbone, config)
+    settled = []
+
+    def settle() -> None:  # learning waits here: let the warm-up go on
+        settled.append(len(learner.buffer) - learner.window)
+        release.set()
+        FirstSessionLearner.settle(learner)
+
+    learner.settle = settle
+    examples = stream(list(WORDS))
+    feed(learner, examples[:28])  # window 12, then 16 examples kept: the cap
+    assert not learner.adapted and settled == []
+    feed(learner, examples[28:32])
+    assert settled == [16] and learner.adapted and learner.examples == 32
 
 
 def test_state_round_trip_after_the_warm_up_is_exact(tiny_backbone) -> None:

@@ -15,6 +15,12 @@ same idea with prototypes):
    before those blocks is computed once per buffered example, so an epoch runs only the last
    blocks. Then the PET freezes, the temporary head is dropped, and the statistics restart
    with the buffer's [frozen ⊕ adapted] features at their stream positions.
+   With `background` (the trainer's default) the warm-up runs on its own thread: the learner
+   goes on learning with frozen features (so its versions stay fresh) and keeps the
+   micro-batches learned meanwhile (at most `warmup_cap` examples; beyond, learning waits).
+   The warm-up thread then learns them again, in their own grouping and at their stream
+   positions, on [frozen ⊕ adapted] features, and the next `learn` or `poll` swaps the new
+   head and the PET in: the state equals the in-line warm-up's bit for bit.
 3. After the warm-up each example costs one frozen forward (the backbone's runtime: ONNX
    Runtime by default) plus the last blocks in torch with the PET, and only adds to the
    statistics: the head is order-invariant, so nothing but confusable new classes can cost
@@ -29,9 +35,12 @@ float64 where it accumulates; CPU training is deterministic.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -114,11 +123,20 @@ class FirstSessionLearner:
         self.warmup_progress: Callable[[int, int], None] | None = None
         """Called after every step of the warm-up with (steps done, steps in all): the trainer
         logs it and stamps its heartbeat (a long warm-up is work, not a stall)."""
+        self.background = False
+        """Run the warm-up on its own thread while learning goes on (see the module's doc)."""
+        self.warmed_up: Callable[[FirstSessionPredictor], None] | None = None
+        """Called on the warm-up's thread with the new PET and head (window learned) before they
+        are swapped in: the trainer computes its holdout features there, off the learning path."""
+        self.window = 0  # examples of the closed window while its warm-up runs (0: none)
+        self.waiting: list[int] = []  # sizes of the micro-batches learned meanwhile
+        self._warm_up: Future[_WarmedUp] | None = None
+        self._lock = threading.Lock()  # `waiting`, between learning and the warm-up thread
 
-    def _new_head(self) -> RidgeHead:
+    def _new_head(self, adapted: bool = False, classes: int | None = None) -> RidgeHead:
         c = self.config
-        head = RidgeHead(self.features.dim(self.adapted), c.projection_dim, c.seed, c.ridge_grid)
-        head.grow(len(self.classes))
+        head = RidgeHead(self.features.dim(adapted), c.projection_dim, c.seed, c.ridge_grid)
+        head.grow(len(self.classes) if classes is None else classes)
         return head
 
     @property
@@ -144,6 +162,9 @@ class FirstSessionLearner:
             raise ValueError(
                 f"need equally many inputs and labels, got {len(inputs)} and {len(labels)}"
             )
+        self.poll()
+        if self.window and len(self.buffer) - self.window >= self.config.warmup_cap:
+            self.settle()  # the micro-batches kept for the warm-up are bounded: wait for it
         features = self.features(inputs, self.module)
         before = self.head.last_scores(features)
         known = (
@@ -151,28 +172,41 @@ class FirstSessionLearner:
         )
         self.learn_features(features, labels)
         if not self.adapted:
-            self.buffer.extend(inputs)
-            self.buffer_labels.extend(labels)
-            if self._window_closed():
-                self.warm_up()
+            with self._lock:
+                self.buffer.extend(inputs)
+                self.buffer_labels.extend(labels)
+                if self.window:
+                    self.waiting.append(len(labels))
+            if not self.window and self._window_closed():
+                self.window = len(self.buffer)
+                self.poll()
         return known or [None] * len(labels)
 
     def learn_features(self, features: torch.Tensor, labels: list[str]) -> None:
         """Add features computed by `self.features` (a benchmark may cache them) and labels."""
-        self._add(features, labels, self.examples)
+        self._add(self.head, features, labels, self.examples)
         self.steps += 1
         self.examples += len(labels)
         self._selected = select_when_due(
             self.head, self._selected, self.examples, len(self.classes), self.config.ridge_every
         )
 
-    def _add(self, features: torch.Tensor, labels: list[str], first_position: int) -> None:
-        for label in labels:
-            if label not in self.classes:
-                self.classes.append(label)
-        self.head.grow(len(self.classes))
+    def _add(
+        self,
+        head: RidgeHead,
+        features: torch.Tensor,
+        labels: list[str],
+        first_position: int,
+        classes: int | None = None,
+    ) -> None:
+        """Add rows to `head`, grown to `classes` (default: all classes, new labels included)."""
+        if classes is None:
+            for label in labels:
+                if label not in self.classes:
+                    self.classes.append(label)
+        head.grow(len(self.classes) if classes is None else classes)
         targets = torch.tensor([self.classes.index(label) for label in labels])
-        self.head.add(features, targets, torch.arange(len(labels)) + first_position)
+        head.add(features, targets, torch.arange(len(labels)) + first_position)
 
     def _window_closed(self) -> bool:
         c = self.config
@@ -183,21 +217,66 @@ class FirstSessionLearner:
         size = len(self.buffer_labels)
         return size >= c.warmup_cap or (size >= c.warmup_examples and enough)
 
+    # -- the warm-up -----------------------------------------------------------------------------
+    def poll(self) -> bool:
+        """Start the warm-up of a closed window (in line without `background`), and swap its
+        PET and head in once it is done; True when they were swapped in."""
+        if not self.window:
+            return False
+        if self._warm_up is None:
+            self._warm_up = self._start_warm_up()
+        if not self._warm_up.done():
+            return False
+        self._swap_in(self._warm_up.result())
+        return True
+
+    def settle(self) -> None:
+        """Wait for a warm-up under way (if any) and swap its PET and head in."""
+        if self.window:
+            self.poll()
+            if self._warm_up is not None:
+                self._swap_in(self._warm_up.result())
+
     def warm_up(self) -> None:
-        """Train the PET on the buffer, freeze it, restart the statistics with adapted features."""
+        """Close the window now and run its warm-up in line (whatever `background` says)."""
+        if not self.adapted:
+            self.window = self.window or len(self.buffer)
+            background, self.background = self.background, False
+            try:
+                self.settle()
+            finally:
+                self.background = background
+
+    def _start_warm_up(self) -> Future[_WarmedUp]:
+        """The PET is created here, on the learning thread: its seeded initialisation must not
+        race other uses of torch's generator, nor its injection a forward of the backbone."""
         c, fm, backbone = self.config, self.features, self.backbone
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(c.seed)
         module = create_module(fm.pet, inject(backbone.encoder, fm.pet)).to(backbone.device)
         torch.random.set_rng_state(generator_state)
+        if not self.background:
+            future: Future[_WarmedUp] = Future()
+            future.set_result(self._run_warm_up(module))
+            return future
+        return _warm_ups().submit(self._run_warm_up, module, torch.get_num_threads())
+
+    def _run_warm_up(self, module: PETModule, threads: int = 0) -> _WarmedUp:
+        """Train `module` on the window, then learn the window and the micro-batches learned
+        meanwhile on [frozen ⊕ adapted] features into a new head (on the warm-up thread with
+        `background`: it reads the buffer, which only grows, and `waiting` under the lock)."""
+        if threads:
+            torch.set_num_threads(threads)  # OpenMP's count is per thread: the same here
+        c, fm, backbone = self.config, self.features, self.backbone
+        window, labels = self.buffer[: self.window], self.buffer_labels[: self.window]
         states, frozen = [], []
-        for i in range(0, len(self.buffer), _CHUNK):
-            batch = backbone.prepare(self.buffer[i : i + _CHUNK])
+        for i in range(0, len(window), _CHUNK):
+            batch = backbone.prepare(window[i : i + _CHUNK])
             pooled, state = fm.frozen(batch)
             frozen.append(pooled)
             states.extend(backbone.unbatch(state, batch))
-        classes = list(dict.fromkeys(self.buffer_labels))
-        targets = torch.tensor([classes.index(label) for label in self.buffer_labels])
+        classes = list(dict.fromkeys(labels))
+        targets = torch.tensor([classes.index(label) for label in labels])
         head = nn.Linear(backbone.dim, len(classes))
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
@@ -217,18 +296,60 @@ class FirstSessionLearner:
                 done += 1
                 if self.warmup_progress is not None:
                     self.warmup_progress(done, total)
-        self.module = module.requires_grad_(False)
-        self.head = self._new_head()
+        module.requires_grad_(False)
         adapted = []
         with torch.no_grad():
             for first in range(0, len(states), _CHUNK):
                 state, batch = backbone.rebatch(states[first : first + _CHUNK])
                 adapted.append(fm.adapted(state, batch, module))
         features = torch.cat([torch.cat(frozen), torch.cat(adapted)], dim=1).double()
-        self._add(features, self.buffer_labels, 0)  # the window is the stream's first examples
-        self.buffer, self.buffer_labels = [], []
-        self.head.select_ridge()
-        self._selected = (self.examples, len(self.classes))
+        warmed = _WarmedUp(module, *self.window_head(features, labels), self.window)
+        if self.warmed_up is not None:
+            self.warmed_up(
+                FirstSessionPredictor(fm, self.classes, module, warmed.head, c.temperature)
+            )
+        while self._learn_waiting(warmed):
+            pass
+        return warmed
+
+    def window_head(
+        self, features: torch.Tensor, labels: list[str]
+    ) -> tuple[RidgeHead, tuple[int, int]]:
+        """A new head that learned the window's [frozen ⊕ adapted] `features` (the stream's first
+        examples, so its classes come first and in order), and the λ choice's (examples,
+        classes). Benchmarks call it to share one warm-up between heads of several widths."""
+        classes = len(dict.fromkeys(labels))
+        head = self._new_head(True, classes)
+        self._add(head, features, labels, 0, classes)
+        head.select_ridge()
+        return head, (len(labels), classes)
+
+    def _learn_waiting(self, warmed: _WarmedUp) -> bool:
+        """Learn the next micro-batch kept for the warm-up into its head, exactly as it would
+        have been learned after an in-line warm-up; False when none is left."""
+        with self._lock:
+            if warmed.learned == len(self.waiting):
+                return False
+            size = self.waiting[warmed.learned]
+        first = warmed.examples
+        inputs, labels = self.buffer[first : first + size], self.buffer_labels[first : first + size]
+        classes = len(dict.fromkeys(self.buffer_labels[: first + size]))
+        self._add(warmed.head, self.features(inputs, warmed.module), labels, first, classes)
+        warmed.examples += size
+        warmed.learned += 1
+        warmed.selected = select_when_due(
+            warmed.head, warmed.selected, warmed.examples, classes, self.config.ridge_every
+        )
+        return True
+
+    def _swap_in(self, warmed: _WarmedUp) -> None:
+        """Micro-batches kept after the warm-up thread finished are learned here, then the PET
+        and the new head replace the frozen-feature head and the buffer."""
+        while self._learn_waiting(warmed):
+            pass
+        self.module, self.head, self._selected = warmed.module, warmed.head, warmed.selected
+        self.buffer, self.buffer_labels, self.waiting = [], [], []
+        self.window, self._warm_up = 0, None
 
     # -- prediction ------------------------------------------------------------------------------
     def scores_features(self, features: torch.Tensor) -> torch.Tensor:
@@ -264,7 +385,14 @@ class FirstSessionLearner:
             buffer = None
         metadata = {
             **snapshot_metadata(self),
-            "buffer": json.dumps({"inputs": buffer, "labels": self.buffer_labels}),
+            "buffer": json.dumps(
+                {
+                    "inputs": buffer,
+                    "labels": self.buffer_labels,
+                    "window": self.window,
+                    "waiting": self.waiting,
+                }
+            ),
             "ridge": json.dumps([self.head.ridge, *self._selected]),
         }
         return tensors, metadata
@@ -279,8 +407,9 @@ class FirstSessionLearner:
         buffer = json.loads(metadata["buffer"])
         learner.buffer = list(tensors["buffer"]) if "buffer" in tensors else buffer["inputs"]
         learner.buffer_labels = buffer["labels"]
+        learner.window, learner.waiting = buffer.get("window", 0), buffer.get("waiting", [])
         ridge, *selected = json.loads(metadata["ridge"])
-        learner.head = learner._new_head()
+        learner.head = learner._new_head(learner.adapted)
         learner.head.load(tensors, "head.", ridge)
         learner._selected = tuple(selected)
         return learner
@@ -304,6 +433,24 @@ class FirstSessionLearner:
         head = SolvedHead(dim, config.projection_dim, config.seed, tensors["head.weights"])
         classes = json.loads(metadata["classes"])
         return FirstSessionPredictor(features, classes, module, head, config.temperature)
+
+
+@dataclasses.dataclass
+class _WarmedUp:
+    """A warm-up's result: the PET and the head that learned the window and `learned` of the
+    micro-batches kept meanwhile (`examples`: the stream position after them)."""
+
+    module: PETModule
+    head: RidgeHead
+    selected: tuple[int, int]
+    examples: int
+    learned: int = 0
+
+
+@functools.cache
+def _warm_ups() -> ThreadPoolExecutor:
+    """The thread that runs background warm-ups, one at a time (started on first use)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="pet-warm-up")
 
 
 def _load_pet(backbone, features: FeatureMap, tensors: dict[str, torch.Tensor]) -> PETModule | None:

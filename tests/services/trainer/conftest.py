@@ -28,6 +28,7 @@ DETERMINISTIC = {
     "PERENNIAL_CHECKPOINT_EVERY_SECONDS": 0,  # every version a checkpoint: the chain is exact
     "PERENNIAL_TORCH_THREADS": 1,
     "PERENNIAL_RETAIN_BYTES": 1 << 30,  # the tests read every version of the lineage
+    "PERENNIAL_WARMUP_BACKGROUND": "false",  # FSA's warm-up in line: the PET at a fixed offset
 }
 LABELS = ("noun.animal", "noun.plant", "noun.artifact")
 
@@ -41,6 +42,7 @@ IN_PROCESS = {
     "snapshot_every_seconds": 3600,
     "batch_wait_seconds": 3600,
     "holdout_every": 0,
+    "warmup_background": False,  # FSA's warm-up in line: learning is a function of the calls
 }
 
 
@@ -48,7 +50,7 @@ def in_process_trainer(
     redis_client, backbone, config: LearnerConfig, send=None, registry=None, **overrides
 ) -> Trainer:
     """A trainer core on the test's Redis, cut by counts only: batches of 4, a snapshot every 8
-    examples, no holdout (`overrides` are `TrainerSettings` fields)."""
+    examples, no holdout, FSA's warm-up in line (`overrides` are `TrainerSettings` fields)."""
     return Trainer(
         TrainerSettings(**{**IN_PROCESS, **overrides}),
         backbone,
