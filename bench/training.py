@@ -217,6 +217,7 @@ def freshness(stack: LocalStack, texts, labels, rate: float, seconds: float, nam
         inference.stop()
     delays = sorted(served_at[o] - t for o, t in produced.items() if o in served_at)
     before_pet = sorted(served_at[o] - t for o, t in produced.items() if t < pet_served[0])
+    after_pet = sorted(served_at[o] - t for o, t in produced.items() if t >= pet_served[0])
     return {
         "count": len(delays),
         "produced": len(produced),
@@ -225,10 +226,22 @@ def freshness(stack: LocalStack, texts, labels, rate: float, seconds: float, nam
         "max": delays[-1],
         "pet_served_seconds": pet_served[0] - start_time,
         "before_pet": {"count": len(before_pet), "p99": _p99(before_pet)},
+        "after_pet": {"count": len(after_pet), "p99": _p99(after_pet)},
+        "max_by_10s": _max_by_10s(produced, served_at, start_time),
         "snapshots": snapshots,
         "swaps": swaps,
         "swap_seconds_mean": swap_seconds / max(swaps, 1),
     }
+
+
+def _max_by_10s(produced: dict[int, float], served_at: dict[int, float], start: float) -> list:
+    """The longest freshness of the examples produced in each 10 s of the run: where it went."""
+    worst: dict[int, float] = {}
+    for offset, t in produced.items():
+        if offset in served_at:
+            bucket = int((t - start) // 10)
+            worst[bucket] = max(worst.get(bucket, 0.0), served_at[offset] - t)
+    return [round(worst.get(b, float("nan")), 3) for b in range(max(worst, default=-1) + 1)]
 
 
 def _p99(delays: list[float]) -> float:
@@ -375,8 +388,9 @@ def report(r: dict) -> str:
             f"{run['max'] * 1000:.0f} ms, {run['count']} examples, {run['snapshots']:.0f} "
             f"versions) | {goal} |",
             f"| (d) at {run['rate']:g}/s: the PET first served / p99 of the examples produced "
-            f"before it | {run['pet_served_seconds']:.0f} s / "
-            f"{run['before_pet']['p99'] * 1000:.0f} ms ({run['before_pet']['count']} examples) | |",
+            f"before it / after it | {run['pet_served_seconds']:.0f} s / "
+            f"{run['before_pet']['p99'] * 1000:.0f} ms ({run['before_pet']['count']} examples) / "
+            f"{run['after_pet']['p99'] * 1000:.0f} ms ({run['after_pet']['count']}) | |",
             f"| (d) at {run['rate']:g}/s, inference: fetch, verify, build and swap a version | "
             f"{run['swap_seconds_mean'] * 1000:.0f} ms mean over {run['swaps']:.0f} swaps | |",
         ]

@@ -392,12 +392,13 @@ def render(
     p50 = histogram_quantile(inference, "perennial_inference_freshness_seconds", 0.5)
     p99 = histogram_quantile(inference, "perennial_inference_freshness_seconds", 0.99)
     table.add_row("freshness", f"p50 {p50:.1f} s, p99 {p99:.1f} s" if not math.isnan(p50) else "-")
-    warmup = total(trainer, "perennial_trainer_warmup_progress_ratio")
+    warmup = trainer.get("perennial_trainer_warmup_progress_ratio")  # none: window filling
     table.add_row(
         "PET warm-up",
-        f"{warmup:.0%} (on its own thread; learning goes on with frozen features)"
-        if 0 < warmup < 1
-        else ("done" if warmup else "window still filling"),
+        "window still filling"
+        if not warmup
+        else f"{warmup[0].value:.0%} of its steps"
+        + (" (on a thread of its own: learning goes on)" if warmup[0].value < 1 else ""),
     )
     table.add_row("requests", f"{state.requests_ok} ok, {state.requests_failed} failed")
     table.add_row("feedback", _feedback_note(trainer, state))
@@ -694,7 +695,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     )
                     if done and served:
                         # a PET warm-up under way when the stream ended: wait for its version
-                        warming = total(trainer_metrics, "perennial_trainer_warmup_progress_ratio")
+                        warming = "perennial_trainer_warmup_progress_ratio" in trainer_metrics
                         if not warming or holds_pet(store, split.adapter, head.version):
                             break
                         ended = ended or time.monotonic()

@@ -264,6 +264,8 @@ class Trainer:
         finally:
             with self._stopped_lock:
                 self._stopped = True
+            for state in self.adapters.values():
+                _cancel_warm_up(state)  # checkpointed above: a restart runs it again
             self._drain(timeout=0)  # commands submitted meanwhile still get an answer
 
     def work_once(self, timeout: float = 0.2) -> None:
@@ -574,10 +576,17 @@ class Trainer:
                     if isinstance(error, redis.RedisError):
                         self._dependency_error("redis", error)
                     return  # cannot evict without losing work: stay over the limit for now
-            self.adapters.pop(adapter, None)
+            self._drop(adapter)
             self.metrics.adapter_evictions.inc()
             self.metrics.resident_adapters.set(len(self.adapters))
             self._update_safe_offsets()
+
+    def _drop(self, adapter: str) -> AdapterState | None:
+        """Forget an adapter's learner (it is reloaded from Redis when needed again)."""
+        state = self.adapters.pop(adapter, None)
+        if state is not None:
+            _cancel_warm_up(state)
+        return state
 
     def _swap_warm_ups(self) -> None:
         """Swap in FSA warm-ups that finished on their thread, though no record came since."""
@@ -657,6 +666,7 @@ class Trainer:
         fsa = isinstance(state.learner, FirstSessionLearner)
         warm = self.settings.guardrail.enabled and fsa
         adapted = warm and state.learner.adapted
+        filling = fsa and not state.learner.adapted and not state.learner.window
         if fsa and not state.learner.adapted:
             state.learner.warmup_progress = functools.partial(self._warmup_progress, adapter)
             state.learner.background = self.settings.warmup_background
@@ -687,6 +697,8 @@ class Trainer:
             self.metrics.loss.labels(adapter).set(loss)
             self.metrics.examples.labels(adapter).inc(len(batch))
             self.metrics.classes.labels(adapter).set(len(state.learner.classes))
+        if filling and state.learner.window:  # the window closed: its warm-up is under way
+            self.metrics.warmup_progress.labels(adapter).set(0.0)
         if warm:
             if state.learner.adapted != adapted:  # a new PET: all holdout features change
                 held_out = state.reservoir.inputs(set(state.learner.classes))[0]
@@ -883,7 +895,7 @@ class Trainer:
                 extra={"fields": {"adapter": adapter, "error": str(error)}},
             )
             self.metrics.fenced.labels(adapter).inc()
-            self.adapters.pop(adapter, None)
+            self._drop(adapter)
             self.metrics.resident_adapters.set(len(self.adapters))
             self._requeue(state)
             # What this replica learned since its snapshot is discarded: re-read it on top of
@@ -1024,7 +1036,8 @@ class Trainer:
                 self._held[record.partition] = self._held.get(record.partition, 0) + 1
             for partition in partitions:
                 self._held.pop(partition, None)
-        self.adapters.clear()  # rebuilt from Redis when their records arrive again
+        for adapter in list(self.adapters):
+            self._drop(adapter)  # rebuilt from Redis when their records arrive again
         self.metrics.resident_adapters.set(0)
         for partition in partitions:
             self._received.pop(partition, None)
@@ -1069,7 +1082,7 @@ class Trainer:
         manifest = self.store.rollback(adapter, version)
         # Learning since that version is discarded: continue from it. Records not yet
         # learned are routed again, against the rolled-back state.
-        state = self.adapters.pop(adapter, None)
+        state = self._drop(adapter)
         if state is not None:
             self._requeue(state)
             self.adapters[adapter] = self._load(adapter)
@@ -1085,6 +1098,12 @@ class Trainer:
         state.paused = paused
         self.metrics.paused.labels(adapter).set(int(paused))
         return state
+
+
+def _cancel_warm_up(state: AdapterState) -> None:
+    """Stop a PET warm-up under way on its thread: the learner is being dropped."""
+    if isinstance(state.learner, FirstSessionLearner):
+        state.learner.cancel()
 
 
 def _offset_ranges(records: list[Incoming]) -> list[str]:

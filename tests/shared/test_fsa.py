@@ -16,7 +16,7 @@ import torch
 
 from perennial.backbone import ImageBackbone
 from perennial.learners import LearnerConfig, build_learner, load_predictor, restore_learner
-from perennial.learners.fsa import FirstSessionLearner
+from perennial.learners.fsa import FirstSessionLearner, WarmUpCancelled
 from perennial.store import from_safetensors, to_safetensors
 
 WORDS = {
@@ -138,8 +138,10 @@ def test_a_background_warm_up_lets_learning_go_on_and_ends_in_the_in_line_state(
     assert blob(learner) == blob(straight)
 
 
-def test_learning_waits_for_the_warm_up_once_a_window_of_examples_is_kept(tiny_backbone) -> None:
-    config = LearnerConfig(**{**CONFIG.to_dict(), "pet": CONFIG.pet, "warmup_cap": 16})
+def test_learning_waits_for_the_warm_up_once_four_windows_of_examples_are_kept(
+    tiny_backbone,
+) -> None:
+    config = LearnerConfig(**{**CONFIG.to_dict(), "pet": CONFIG.pet, "warmup_cap": 4})
     learner, release = held_warm_up(tiny_backbone, config)
     settled = []
 
@@ -150,10 +152,10 @@ def test_learning_waits_for_the_warm_up_once_a_window_of_examples_is_kept(tiny_b
 
     learner.settle = settle
     examples = stream(list(WORDS))
-    feed(learner, examples[:28])  # window 12, then 16 examples kept: the cap
-    assert not learner.adapted and settled == []
-    feed(learner, examples[28:32])
-    assert settled == [16] and learner.adapted and learner.examples == 32
+    feed(learner, examples[:20])  # the cap closes the window at 4; then 16 kept: 4 × the cap
+    assert learner.window == 4 and not learner.adapted and settled == []
+    feed(learner, examples[20:24])
+    assert settled == [16] and learner.adapted and learner.examples == 24
 
 
 def test_state_round_trip_after_the_warm_up_is_exact(tiny_backbone) -> None:
@@ -225,3 +227,14 @@ def test_a_pet_the_backbone_cannot_take_is_a_clear_error() -> None:
         build_learner(
             ImageBackbone.load(image_size=32), LearnerConfig(learner="fsa", pet=PrefixConfig())
         )
+
+
+def test_a_cancelled_warm_up_stops_at_its_next_step(tiny_backbone) -> None:
+    learner, release = held_warm_up(tiny_backbone)
+    feed(learner, stream(list(WORDS))[:12])  # the window closes; its warm-up waits
+    assert learner.window and not learner.adapted
+    learner.cancel()  # the learner is being dropped (e.g. the trainer stops)
+    release.set()
+    with pytest.raises(WarmUpCancelled):
+        learner.settle()
+    assert not learner.adapted and len(learner.buffer) == 12  # nothing of the state is lost

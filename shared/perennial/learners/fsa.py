@@ -17,7 +17,8 @@ same idea with prototypes):
    with the buffer's [frozen ⊕ adapted] features at their stream positions.
    With `background` (the trainer's default) the warm-up runs on its own thread: the learner
    goes on learning with frozen features (so its versions stay fresh) and keeps the
-   micro-batches learned meanwhile (at most `warmup_cap` examples; beyond, learning waits).
+   micro-batches learned meanwhile (their inputs: at most 4 × `warmup_cap` examples; beyond,
+   learning waits).
    The warm-up thread then learns them again, in their own grouping and at their stream
    positions, on [frozen ⊕ adapted] features, and the next `learn` or `poll` swaps the new
    head and the PET in: the state equals the in-line warm-up's bit for bit.
@@ -52,6 +53,7 @@ from perennial.learners.ridge import RidgeHead, SolvedHead
 from perennial.pet import PETModule, activate, create_module, inject
 
 _CHUNK = 64  # rows per frozen forward while preparing the warm-up
+_WAITING = 4  # during a background warm-up, at most this many × `warmup_cap` examples are kept
 
 
 class FeatureMap:
@@ -126,12 +128,13 @@ class FirstSessionLearner:
         self.background = False
         """Run the warm-up on its own thread while learning goes on (see the module's doc)."""
         self.warmed_up: Callable[[FirstSessionPredictor], None] | None = None
-        """Called on the warm-up's thread with the new PET and head (window learned) before they
-        are swapped in: the trainer computes its holdout features there, off the learning path."""
+        """Called on the warm-up's thread with the new PET and head before they are swapped in:
+        the trainer computes its holdout features there, off the learning path."""
         self.window = 0  # examples of the closed window while its warm-up runs (0: none)
         self.waiting: list[int] = []  # sizes of the micro-batches learned meanwhile
         self._warm_up: Future[_WarmedUp] | None = None
         self._lock = threading.Lock()  # `waiting`, between learning and the warm-up thread
+        self._cancelled = threading.Event()
 
     def _new_head(self, adapted: bool = False, classes: int | None = None) -> RidgeHead:
         c = self.config
@@ -163,7 +166,7 @@ class FirstSessionLearner:
                 f"need equally many inputs and labels, got {len(inputs)} and {len(labels)}"
             )
         self.poll()
-        if self.window and len(self.buffer) - self.window >= self.config.warmup_cap:
+        if self.window and len(self.buffer) - self.window >= _WAITING * self.config.warmup_cap:
             self.settle()  # the micro-batches kept for the warm-up are bounded: wait for it
         features = self.features(inputs, self.module)
         before = self.head.last_scores(features)
@@ -247,6 +250,15 @@ class FirstSessionLearner:
             finally:
                 self.background = background
 
+    def cancel(self) -> None:
+        """Stop a warm-up under way at its next step, for a learner that is being dropped (its
+        state, the buffer included, is wherever it was checkpointed)."""
+        self._cancelled.set()
+
+    def _check_cancelled(self) -> None:
+        if self._cancelled.is_set():
+            raise WarmUpCancelled("the learner was dropped during its PET warm-up")
+
     def _start_warm_up(self) -> Future[_WarmedUp]:
         """The PET is created here, on the learning thread: its seeded initialisation must not
         race other uses of torch's generator, nor its injection a forward of the backbone."""
@@ -271,6 +283,7 @@ class FirstSessionLearner:
         window, labels = self.buffer[: self.window], self.buffer_labels[: self.window]
         states, frozen = [], []
         for i in range(0, len(window), _CHUNK):
+            self._check_cancelled()
             batch = backbone.prepare(window[i : i + _CHUNK])
             pooled, state = fm.frozen(batch)
             frozen.append(pooled)
@@ -287,6 +300,7 @@ class FirstSessionLearner:
         for _ in range(c.warmup_epochs):
             shuffle.shuffle(order)
             for first in range(0, len(order), 16):
+                self._check_cancelled()
                 rows = order[first : first + 16]
                 state, batch = backbone.rebatch([states[i] for i in rows])
                 loss = F.cross_entropy(head(fm.adapted(state, batch, module)), targets[rows])
@@ -304,12 +318,12 @@ class FirstSessionLearner:
                 adapted.append(fm.adapted(state, batch, module))
         features = torch.cat([torch.cat(frozen), torch.cat(adapted)], dim=1).double()
         warmed = _WarmedUp(module, *self.window_head(features, labels), self.window)
+        while self._learn_waiting(warmed):
+            pass
         if self.warmed_up is not None:
             self.warmed_up(
                 FirstSessionPredictor(fm, self.classes, module, warmed.head, c.temperature)
             )
-        while self._learn_waiting(warmed):
-            pass
         return warmed
 
     def window_head(
@@ -327,6 +341,7 @@ class FirstSessionLearner:
     def _learn_waiting(self, warmed: _WarmedUp) -> bool:
         """Learn the next micro-batch kept for the warm-up into its head, exactly as it would
         have been learned after an in-line warm-up; False when none is left."""
+        self._check_cancelled()
         with self._lock:
             if warmed.learned == len(self.waiting):
                 return False
@@ -433,6 +448,10 @@ class FirstSessionLearner:
         head = SolvedHead(dim, config.projection_dim, config.seed, tensors["head.weights"])
         classes = json.loads(metadata["classes"])
         return FirstSessionPredictor(features, classes, module, head, config.temperature)
+
+
+class WarmUpCancelled(Exception):
+    """A warm-up stopped by `FirstSessionLearner.cancel`."""
 
 
 @dataclasses.dataclass

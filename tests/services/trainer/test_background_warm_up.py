@@ -2,13 +2,17 @@
 adapter goes on learning and publishing versions (frozen features, no PET yet); once the warm-up
 is done, the training loop swaps it in and publishes it though no record came, and the learner
 holds the bytes of a trainer that warmed up in line. Guardrail on: the holdout's rows under the
-new PET are computed on the warm-up's thread, so the swap computes none."""
+new PET are computed on the warm-up's thread, so the swap computes none. A stopping trainer
+checkpoints and cancels a warm-up under way."""
 
 from __future__ import annotations
 
 import threading
 
+import pytest
+
 from perennial.codec import Example
+from perennial.learners.fsa import WarmUpCancelled
 from perennial.store import from_safetensors, to_safetensors
 from services.trainer.worker import Incoming, Trainer
 from tests.helpers import wait_for
@@ -86,3 +90,22 @@ def test_the_adapter_learns_on_while_its_pet_warms_up_and_ends_where_in_line_wou
 
 def _tensors(trainer: Trainer, version: str) -> dict:
     return from_safetensors(trainer.store.fetch("ad", version)[1])[0]
+
+
+def test_a_stopping_trainer_checkpoints_and_cancels_a_warm_up_under_way(
+    redis_client, tiny_backbone
+):
+    trainer = in_process_trainer(redis_client, tiny_backbone, CONFIG, warmup_background=True)
+    release = threading.Event()
+    trainer._warmup_progress = lambda adapter, done, total: release.wait(60)
+    feed(trainer, stream(list(WORDS))[:24], 0)
+    learner = trainer.adapters["ad"].learner
+    assert learner.window and not learner.adapted  # warming up on its thread
+    stop = threading.Event()
+    stop.set()
+    trainer.run(stop)  # stops at once: the final checkpoint, then the warm-up is cancelled
+    release.set()
+    with pytest.raises(WarmUpCancelled):
+        learner.settle()
+    checkpoint = trainer.store.latest("ad")
+    assert checkpoint.resume_version == checkpoint.version and checkpoint.examples == 24
