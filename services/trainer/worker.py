@@ -590,10 +590,11 @@ class Trainer:
 
     def _swap_warm_ups(self) -> None:
         """Swap in FSA warm-ups that finished on their thread, though no record came since."""
-        for state in self.adapters.values():
+        for adapter, state in self.adapters.items():
             learner = state.learner
             if isinstance(learner, FirstSessionLearner) and learner.window and learner.poll():
                 state.pet_swapped = True
+                log.info("PET warm-up swapped in", extra={"fields": {"adapter": adapter}})
                 if self.settings.guardrail.enabled:  # mostly computed on the warm-up's thread
                     self._holdout_features.warm(
                         learner, state.reservoir.inputs(set(learner.classes))[0]
@@ -666,8 +667,9 @@ class Trainer:
         fsa = isinstance(state.learner, FirstSessionLearner)
         warm = self.settings.guardrail.enabled and fsa
         adapted = warm and state.learner.adapted
-        filling = fsa and not state.learner.adapted and not state.learner.window
-        if fsa and not state.learner.adapted:
+        unadapted = fsa and not state.learner.adapted
+        filling = unadapted and not state.learner.window
+        if unadapted:
             state.learner.warmup_progress = functools.partial(self._warmup_progress, adapter)
             state.learner.background = self.settings.warmup_background
             if warm:
@@ -699,6 +701,8 @@ class Trainer:
             self.metrics.classes.labels(adapter).set(len(state.learner.classes))
         if filling and state.learner.window:  # the window closed: its warm-up is under way
             self.metrics.warmup_progress.labels(adapter).set(0.0)
+        if unadapted and state.learner.adapted:
+            log.info("PET warm-up swapped in", extra={"fields": {"adapter": adapter}})
         if warm:
             if state.learner.adapted != adapted:  # a new PET: all holdout features change
                 held_out = state.reservoir.inputs(set(state.learner.classes))[0]

@@ -18,10 +18,9 @@ same idea with prototypes):
    With `background` (the trainer's default) the warm-up runs on its own thread: the learner
    goes on learning with frozen features (so its versions stay fresh) and keeps the
    micro-batches learned meanwhile (their inputs: at most 4 × `warmup_cap` examples; beyond,
-   learning waits).
-   The warm-up thread then learns them again, in their own grouping and at their stream
-   positions, on [frozen ⊕ adapted] features, and the next `learn` or `poll` swaps the new
-   head and the PET in: the state equals the in-line warm-up's bit for bit.
+   learning waits). The warm-up thread then learns them again, in their own grouping and at
+   their stream positions, on [frozen ⊕ adapted] features, and the next `learn` or `poll`
+   swaps the new head and the PET in: the state equals the in-line warm-up's bit for bit.
 3. After the warm-up each example costs one frozen forward (the backbone's runtime: ONNX
    Runtime by default) plus the last blocks in torch with the PET, and only adds to the
    statistics: the head is order-invariant, so nothing but confusable new classes can cost
@@ -324,6 +323,8 @@ class FirstSessionLearner:
             self.warmed_up(
                 FirstSessionPredictor(fm, self.classes, module, warmed.head, c.temperature)
             )
+            while self._learn_waiting(warmed):  # what came meanwhile: the swap finds little
+                pass
         return warmed
 
     def window_head(
