@@ -394,6 +394,14 @@ def report(r: dict) -> str:
             f"| (d) at {run['rate']:g}/s, inference: fetch, verify, build and swap a version | "
             f"{run['swap_seconds_mean'] * 1000:.0f} ms mean over {run['swaps']:.0f} swaps | |",
         ]
+    lines += [""] + [
+        f"(d) at {run['rate']:g}/s, the longest freshness of each 10 s of production (s, the "
+        f"PET first served after {run['pet_served_seconds']:.0f} s): "
+        + ", ".join(f"{x:.1f}" for x in run["max_by_10s"])
+        + "."
+        for run in runs
+        if "max_by_10s" in run
+    ]
     spent = [
         (x["learn_seconds"] / x["seconds"], x["snapshot_seconds_total"] / x["seconds"], x)
         for x in repeats

@@ -16,7 +16,7 @@ REPEAT = {
 FRESH = {
     "settings": {}, "rate": 25.0, "count": 5000, "produced": 5000, "p50": 0.5, "p99": 0.9,
     "max": 1.6, "pet_served_seconds": 160.0, "before_pet": {"count": 4000, "p99": 0.8},
-    "after_pet": {"count": 1000, "p99": 0.7},
+    "after_pet": {"count": 1000, "p99": 0.7}, "max_by_10s": [0.9, 1.6, 0.8],
     "snapshots": 600.0, "swaps": 590.0, "swap_seconds_mean": 0.008,
 }  # fmt: skip
 RESULTS = {
@@ -35,6 +35,7 @@ def test_the_section_renders_every_number_from_the_results():
         "500 / **900** ms (max 1600 ms, 5000 examples, 600 versions) | p99 < 1000 ms: met" in text
     )
     assert "160 s / 800 ms (4000 examples) / 700 ms (1000)" in text
+    assert "the PET first served after 160 s): 0.9, 1.6, 0.8." in text
     assert "**1200** ms" in text and text.count("p99 < 1000 ms") == 1  # the goal's rate only
 
 
