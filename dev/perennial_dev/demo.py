@@ -392,14 +392,15 @@ def render(
     p50 = histogram_quantile(inference, "perennial_inference_freshness_seconds", 0.5)
     p99 = histogram_quantile(inference, "perennial_inference_freshness_seconds", 0.99)
     table.add_row("freshness", f"p50 {p50:.1f} s, p99 {p99:.1f} s" if not math.isnan(p50) else "-")
-    warmup = trainer.get("perennial_trainer_warmup_progress_ratio")  # none: window filling
-    table.add_row(
-        "PET warm-up",
-        "window still filling"
-        if not warmup
-        else f"{warmup[0].value:.0%} of its steps"
-        + (" (on a thread of its own: learning goes on)" if warmup[0].value < 1 else ""),
-    )
+    warmup = trainer.get("perennial_trainer_warmup_progress_ratio")
+    if warmup:
+        table.add_row(
+            "PET warm-up",
+            "window filling or warm-up starting"
+            if not warmup[0].value
+            else f"{warmup[0].value:.0%} of its steps"
+            + (" (on a thread of its own: learning goes on)" if warmup[0].value < 1 else ""),
+        )
     table.add_row("requests", f"{state.requests_ok} ok, {state.requests_failed} failed")
     table.add_row("feedback", _feedback_note(trainer, state))
     return Group(progress, table)
@@ -695,7 +696,12 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     )
                     if done and served:
                         # a PET warm-up under way when the stream ended: wait for its version
-                        warming = "perennial_trainer_warmup_progress_ratio" in trainer_metrics
+                        # (its window closes at the default size with this stream's classes)
+                        progress = trainer_metrics.get("perennial_trainer_warmup_progress_ratio")
+                        warming = progress and (
+                            progress[0].value > 0
+                            or latest.examples >= LearnerConfig.warmup_examples
+                        )
                         if not warming or holds_pet(store, split.adapter, head.version):
                             break
                         ended = ended or time.monotonic()

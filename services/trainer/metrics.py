@@ -52,7 +52,7 @@ class TrainerMetrics:
         self.classes = Gauge("classes", "Classes the adapter's head knows.", ["adapter"], **common)
         self.warmup_progress = Gauge(
             "warmup_progress_ratio",
-            "Share of the FSA PET warm-up's steps done (no sample until its window closes).",
+            "Share of the FSA PET warm-up's steps done (0 while its window fills).",
             ["adapter"],
             **common,
         )

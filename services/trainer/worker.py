@@ -669,6 +669,8 @@ class Trainer:
         adapted = warm and state.learner.adapted
         unadapted = fsa and not state.learner.adapted
         filling = unadapted and not state.learner.window
+        if filling:  # the warm-up's thread reports its steps once the window closes
+            self.metrics.warmup_progress.labels(adapter).set(0.0)
         if unadapted:
             state.learner.warmup_progress = functools.partial(self._warmup_progress, adapter)
             state.learner.background = self.settings.warmup_background
@@ -699,8 +701,6 @@ class Trainer:
             self.metrics.loss.labels(adapter).set(loss)
             self.metrics.examples.labels(adapter).inc(len(batch))
             self.metrics.classes.labels(adapter).set(len(state.learner.classes))
-        if filling and state.learner.window:  # the window closed: its warm-up is under way
-            self.metrics.warmup_progress.labels(adapter).set(0.0)
         if unadapted and state.learner.adapted:
             log.info("PET warm-up swapped in", extra={"fields": {"adapter": adapter}})
         if warm:
