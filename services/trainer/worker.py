@@ -596,9 +596,7 @@ class Trainer:
                 state.pet_swapped = True
                 log.info("PET warm-up swapped in", extra={"fields": {"adapter": adapter}})
                 if self.settings.guardrail.enabled:  # mostly computed on the warm-up's thread
-                    self._holdout_features.warm(
-                        learner, state.reservoir.inputs(set(learner.classes))[0]
-                    )
+                    self._warm_holdout(state, learner)
 
     def _train_ready(self) -> None:
         now = time.monotonic()
@@ -722,10 +720,12 @@ class Trainer:
         if done == total or done % max(1, total // 5) == 0:
             log.info("adapter %r: PET warm-up step %d of %d", adapter, done, total)
 
-    def _warm_holdout(self, state: AdapterState, predictor: FirstSessionPredictor) -> None:
-        """On the warm-up's thread: the holdout's rows under the new PET, before it is swapped
-        in, so that the swap does not stall learning while they are computed."""
-        self._holdout_features.warm(predictor, state.reservoir.inputs(set(predictor.classes))[0])
+    def _warm_holdout(
+        self, state: AdapterState, source: FirstSessionLearner | FirstSessionPredictor
+    ) -> None:
+        """The holdout's rows under `source`'s PET and head; for a new PET on the warm-up's
+        thread, before it is swapped in, so the swap does not stall learning computing them."""
+        self._holdout_features.warm(source, state.reservoir.inputs(set(source.classes))[0])
 
     def _prequential_due(self) -> bool:
         """Whether this micro-batch gets a prequential evaluation (the concept-drift signal):
