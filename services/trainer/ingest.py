@@ -80,6 +80,7 @@ class Ingest:
             auto_offset_reset="earliest",
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             max_poll_records=max(settings.batch_size * 8, 128),
             **settings.kafka_options(),
         )

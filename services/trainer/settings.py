@@ -39,6 +39,13 @@ class TrainerSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecurit
         ge=100,
         description="consumer-group heartbeat interval (below a third of the session timeout)",
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        50,
+        ge=1,
+        le=5000,
+        description="longest a fetch waits at the broker for records: brokers that answer "
+        "only at this deadline (Tansu) add up to it to every record's freshness",
+    )
     topic: str = Field("perennial.examples", description="examples topic")
     dead_letter_topic: str = Field(
         "perennial.examples.dlq", description="dead letters, with the reason in headers"
