@@ -39,6 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.report import write_section
 from perennial import codec, runtime
 from perennial.learners import build_learner
+from perennial.learners.fsa import FirstSessionLearner
 from perennial.store import SnapshotStore
 from perennial_dev.datasets.wordnet import class_incremental_split, read_noun_glosses
 from perennial_dev.demo import holds_pet
@@ -67,7 +68,8 @@ def in_memory(texts: list[str], labels: list[str], batch: int, settings: Trainer
     `learn`)."""
     torch.set_num_threads(1)
     learner = build_learner(runtime.load_backbone(settings), settings.learner_config())
-    learner.background = settings.warmup_background  # FSA: as the trainer runs it
+    if isinstance(learner, FirstSessionLearner):
+        settings.schedule_warm_up(learner)  # as the trainer runs it
     step = getattr(learner, "learn_and_predict", learner.learn)
     started = time.perf_counter()
     for i in range(0, len(texts) - batch + 1, batch):

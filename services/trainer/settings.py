@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from functools import cached_property
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -19,6 +19,9 @@ from perennial.learners import DEFAULT_LEARNER, LearnerConfig
 from perennial.learners.config import LEARNER_NAMES
 from perennial.pet import METHODS
 from services.trainer.guardrail import GuardrailConfig
+
+if TYPE_CHECKING:
+    from perennial.learners.fsa import FirstSessionLearner
 
 _G = GuardrailConfig
 Learner = Literal[LEARNER_NAMES]  # type: ignore[valid-type]
@@ -99,6 +102,21 @@ class TrainerSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecurit
         description="fsa: train the PET on a thread of its own while the adapter goes on learning "
         "with frozen features and publishing fresh versions (false: learning waits for it); the "
         "learned state is the same either way",
+    )
+    warmup_cpu_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="fsa, background warm-up: the share of a core its thread may use (it sleeps "
+        "in proportion to its CPU time), so learning keeps the CPU it needs and versions stay "
+        "fresh; the warm-up takes about 1/share times as long on an idle core",
+    )
+    warmup_cache_mb: int = Field(
+        256,
+        ge=0,
+        description="fsa, background warm-up: frozen forwards of the micro-batches learned "
+        "meanwhile kept per adapter (about 40 KB per 20-token text), so the warm-up's catch-up "
+        "runs only the last blocks for them; beyond, it runs the whole backbone again",
     )
     seed: int = Field(0, description="seed of new adapters' initialisation")
     device: str = Field("auto", description="where the backbone runs: auto, cpu, cuda, cuda:N")
@@ -217,6 +235,13 @@ class TrainerSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecurit
     def source(self) -> str:
         """Names this replica in events: the Pod name, else the host name."""
         return self.pod_name or socket.gethostname()
+
+    def schedule_warm_up(self, learner: FirstSessionLearner) -> None:
+        """How an FSA learner runs its PET warm-up in this trainer (the learned state is the
+        same whatever these say)."""
+        learner.background = self.warmup_background
+        learner.cpu_share = self.warmup_cpu_share
+        learner.cache_bytes = self.warmup_cache_mb << 20
 
     def learner_config(self) -> LearnerConfig:
         return LearnerConfig(

@@ -671,7 +671,7 @@ class Trainer:
             self.metrics.warmup_progress.labels(adapter).set(0.0)
         if unadapted:
             state.learner.warmup_progress = functools.partial(self._warmup_progress, adapter)
-            state.learner.background = self.settings.warmup_background
+            self.settings.schedule_warm_up(state.learner)
             if warm:
                 state.learner.warmed_up = functools.partial(self._warm_holdout, state)
         if batch:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 
 import pytest
 import torch
 
 from perennial.backbone import ImageBackbone
 from perennial.learners import LearnerConfig, build_learner, load_predictor, restore_learner
-from perennial.learners.fsa import FirstSessionLearner, WarmUpCancelled
+from perennial.learners.fsa import FirstSessionLearner, WarmUpCancelled, _Pacer
 from perennial.store import from_safetensors, to_safetensors
 
 WORDS = {
@@ -99,10 +100,12 @@ def test_training_is_deterministic_and_resumes_during_the_warm_up_bit_for_bit(
     assert blob(resumed) == blob(straight)
 
 
-def held_warm_up(tiny_backbone, config=CONFIG) -> tuple[FirstSessionLearner, threading.Event]:
+def held_warm_up(
+    tiny_backbone, config=CONFIG, cache_bytes: int = 0, cpu_share: float = 1.0
+) -> tuple[FirstSessionLearner, threading.Event]:
     """A learner whose background warm-up waits at its first step until the event is set."""
     learner = build_learner(tiny_backbone, config)
-    learner.background = True
+    learner.background, learner.cache_bytes, learner.cpu_share = True, cache_bytes, cpu_share
     release = threading.Event()
 
     def progress(done: int, total: int) -> None:
@@ -112,13 +115,18 @@ def held_warm_up(tiny_backbone, config=CONFIG) -> tuple[FirstSessionLearner, thr
     return learner, release
 
 
+@pytest.mark.parametrize(
+    ("cache_bytes", "cpu_share", "forwards_again"),
+    [(0, 1.0, 3), (1, 1.0, 3), (1 << 30, 0.5, 0)],
+    ids=["nothing-kept", "over-the-budget", "forwards-kept-half-a-core"],
+)
 def test_a_background_warm_up_lets_learning_go_on_and_ends_in_the_in_line_state(
-    tiny_backbone,
+    tiny_backbone, cache_bytes: int, cpu_share: float, forwards_again: int
 ) -> None:
     examples = stream(list(WORDS))
     straight = build_learner(tiny_backbone, CONFIG)
     feed(straight, examples)
-    learner, release = held_warm_up(tiny_backbone)
+    learner, release = held_warm_up(tiny_backbone, cache_bytes=cache_bytes, cpu_share=cpu_share)
     feed(learner, examples[:12])  # the window closes; its warm-up waits on its thread
     assert learner.window == 12 and not learner.adapted
     feed(learner, examples[12:24])  # meanwhile: frozen features, new classes and all
@@ -131,11 +139,41 @@ def test_a_background_warm_up_lets_learning_go_on_and_ends_in_the_in_line_state(
     assert resumed.window == 12 and resumed.waiting == [4, 4, 4]
     feed(resumed, examples[24:])
     assert resumed.adapted and blob(resumed) == blob(straight)
+    forward_frozen, calls = learner.features.forward_frozen, []
+
+    def counted(inputs):
+        calls.append(len(inputs))
+        return forward_frozen(inputs)
+
+    learner.features.forward_frozen = counted
     release.set()
     learner.settle()  # the thread learned the kept micro-batches again, adapted
     assert learner.adapted and learner.buffer == [] and learner.window == 0
+    # the micro-batches whose frozen forwards were kept (within `cache_bytes`) ran only the
+    # last blocks again; the others the whole backbone
+    assert len(calls) == forwards_again
+    del learner.features.forward_frozen
     feed(learner, examples[24:])
     assert blob(learner) == blob(straight)
+
+
+def test_a_paced_warm_up_sleeps_in_proportion_to_its_cpu_time_until_cancelled() -> None:
+    cancelled = threading.Event()
+    pace = _Pacer(0.25, cancelled)
+    busy = time.thread_time() + 0.05
+    while time.thread_time() < busy:
+        pass
+    started = time.perf_counter()
+    pace()  # ≥ 50 ms of CPU at a quarter of a core: ≥ 150 ms asleep (longer on a busy machine)
+    assert time.perf_counter() - started >= 0.15
+    busy = time.thread_time() + 1.0
+    while time.thread_time() < busy:
+        pass
+    threading.Timer(0.05, cancelled.set).start()
+    started = time.perf_counter()
+    with pytest.raises(WarmUpCancelled):
+        pace()  # would sleep 3 s; the cancellation wakes it
+    assert time.perf_counter() - started < 2.5
 
 
 def test_learning_waits_for_the_warm_up_once_four_windows_of_examples_are_kept(

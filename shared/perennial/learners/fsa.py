@@ -18,9 +18,12 @@ same idea with prototypes):
    With `background` (the trainer's default) the warm-up runs on its own thread: the learner
    goes on learning with frozen features (so its versions stay fresh) and keeps the
    micro-batches learned meanwhile (their inputs: at most 4 × `warmup_cap` examples; beyond,
-   learning waits). The warm-up thread then learns them again, in their own grouping and at
-   their stream positions, on [frozen ⊕ adapted] features, and the next `learn` or `poll`
-   swaps the new head and the PET in: the state equals the in-line warm-up's bit for bit.
+   learning waits; and their frozen forwards, up to `cache_bytes`). The warm-up thread then
+   learns them again, in their own grouping and at their stream positions, on [frozen ⊕
+   adapted] features (only the last blocks run again for a micro-batch whose frozen forward
+   was kept), and the next `learn` or `poll` swaps the new head and the PET in: the state
+   equals the in-line warm-up's bit for bit. The warm-up thread uses at most `cpu_share` of a
+   core (it sleeps in proportion to its CPU time), so learning keeps the CPU it needs.
 3. After the warm-up each example costs one frozen forward (the backbone's runtime: ONNX
    Runtime by default) plus the last blocks in torch with the PET, and only adds to the
    statistics: the head is order-invariant, so nothing but confusable new classes can cost
@@ -39,6 +42,7 @@ import functools
 import json
 import random
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -53,6 +57,19 @@ from perennial.pet import PETModule, activate, create_module, inject
 
 _CHUNK = 64  # rows per frozen forward while preparing the warm-up
 _WAITING = 4  # during a background warm-up, at most this many × `warmup_cap` examples are kept
+
+
+@dataclasses.dataclass
+class FrozenForward:
+    """A micro-batch's frozen forward: enough for its features under any PET (`FeatureMap.finish`)."""
+
+    batch: object
+    pooled: torch.Tensor  # frozen multi-layer features [N, frozen_dim]
+    state: torch.Tensor  # the frozen state where the PET starts
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.pooled, self.state))
 
 
 class FeatureMap:
@@ -95,12 +112,21 @@ class FeatureMap:
             return self.backbone.pool(self.backbone.tail(state, batch, self.start), batch)
 
     @torch.no_grad()
-    def __call__(self, inputs, module: PETModule | None) -> torch.Tensor:
+    def forward_frozen(self, inputs) -> FrozenForward:
         batch = self.backbone.prepare(inputs)
-        frozen, state = self.frozen(batch)
+        return FrozenForward(batch, *self.frozen(batch))
+
+    @torch.no_grad()
+    def finish(self, frozen: FrozenForward, module: PETModule | None) -> torch.Tensor:
+        """The features of a frozen forward's inputs: the pooled frozen states ⊕ the last blocks
+        run again with `module` (if any)."""
         if module is None:
-            return frozen.double()
-        return torch.cat([frozen, self.adapted(state, batch, module)], dim=1).double()
+            return frozen.pooled.double()
+        adapted = self.adapted(frozen.state, frozen.batch, module)
+        return torch.cat([frozen.pooled, adapted], dim=1).double()
+
+    def __call__(self, inputs, module: PETModule | None) -> torch.Tensor:
+        return self.finish(self.forward_frozen(inputs), module)
 
 
 class FirstSessionLearner:
@@ -126,11 +152,19 @@ class FirstSessionLearner:
         logs it and stamps its heartbeat (a long warm-up is work, not a stall)."""
         self.background = False
         """Run the warm-up on its own thread while learning goes on (see the module's doc)."""
+        self.cpu_share = 1.0
+        """With `background`: the share of a core the warm-up's thread may use (it sleeps in
+        proportion to its CPU time between steps)."""
+        self.cache_bytes = 0
+        """With `background`: bytes of frozen forwards kept for the micro-batches learned during
+        the warm-up, so its catch-up runs only the last blocks for them."""
         self.warmed_up: Callable[[FirstSessionPredictor], None] | None = None
         """Called on the warm-up's thread with the new PET and head before they are swapped in:
         the trainer computes its holdout features there, off the learning path."""
         self.window = 0  # examples of the closed window while its warm-up runs (0: none)
         self.waiting: list[int] = []  # sizes of the micro-batches learned meanwhile
+        self._kept: dict[int, FrozenForward] = {}  # index in `waiting` -> its frozen forward
+        self._kept_bytes = 0
         self._warm_up: Future[_WarmedUp] | None = None
         self._lock = threading.Lock()  # `waiting`, between learning and the warm-up thread
         self._cancelled = threading.Event()
@@ -167,7 +201,8 @@ class FirstSessionLearner:
         self.poll()
         if self.window and len(self.buffer) - self.window >= _WAITING * self.config.warmup_cap:
             self.settle()  # the micro-batches kept for the warm-up are bounded: wait for it
-        features = self.features(inputs, self.module)
+        frozen = self.features.forward_frozen(inputs)
+        features = self.features.finish(frozen, self.module)
         before = self.head.last_scores(features)
         known = (
             [self.classes[i] for i in before.argmax(-1).tolist()] if before is not None else None
@@ -179,6 +214,9 @@ class FirstSessionLearner:
                 self.buffer_labels.extend(labels)
                 if self.window:
                     self.waiting.append(len(labels))
+                    if self._kept_bytes + frozen.nbytes <= self.cache_bytes:
+                        self._kept[len(self.waiting) - 1] = frozen
+                        self._kept_bytes += frozen.nbytes
             if not self.window and self._window_closed():
                 self.window = len(self.buffer)
                 self.poll()
@@ -254,10 +292,6 @@ class FirstSessionLearner:
         state, the buffer included, is wherever it was checkpointed)."""
         self._cancelled.set()
 
-    def _check_cancelled(self) -> None:
-        if self._cancelled.is_set():
-            raise WarmUpCancelled("the learner was dropped during its PET warm-up")
-
     def _start_warm_up(self) -> Future[_WarmedUp]:
         """The PET is created here, on the learning thread: its seeded initialisation must not
         race other uses of torch's generator, nor its injection a forward of the backbone."""
@@ -270,19 +304,22 @@ class FirstSessionLearner:
             future: Future[_WarmedUp] = Future()
             future.set_result(self._run_warm_up(module))
             return future
-        return _warm_ups().submit(self._run_warm_up, module, torch.get_num_threads())
+        threads = torch.get_num_threads()
+        return _warm_ups().submit(self._run_warm_up, module, threads, self.cpu_share)
 
-    def _run_warm_up(self, module: PETModule, threads: int = 0) -> _WarmedUp:
+    def _run_warm_up(self, module: PETModule, threads: int = 0, share: float = 1.0) -> _WarmedUp:
         """Train `module` on the window, then learn the window and the micro-batches learned
         meanwhile on [frozen ⊕ adapted] features into a new head (on the warm-up thread with
-        `background`: it reads the buffer, which only grows, and `waiting` under the lock)."""
+        `background`: it reads the buffer, which only grows, and `waiting` under the lock;
+        using at most `share` of a core)."""
         if threads:
             torch.set_num_threads(threads)  # OpenMP's count is per thread: the same here
+        pace = _Pacer(share, self._cancelled)
         c, fm, backbone = self.config, self.features, self.backbone
         window, labels = self.buffer[: self.window], self.buffer_labels[: self.window]
         states, frozen = [], []
         for i in range(0, len(window), _CHUNK):
-            self._check_cancelled()
+            pace()
             batch = backbone.prepare(window[i : i + _CHUNK])
             pooled, state = fm.frozen(batch)
             frozen.append(pooled)
@@ -299,7 +336,7 @@ class FirstSessionLearner:
         for _ in range(c.warmup_epochs):
             shuffle.shuffle(order)
             for first in range(0, len(order), 16):
-                self._check_cancelled()
+                pace()
                 rows = order[first : first + 16]
                 state, batch = backbone.rebatch([states[i] for i in rows])
                 loss = F.cross_entropy(head(fm.adapted(state, batch, module)), targets[rows])
@@ -313,17 +350,18 @@ class FirstSessionLearner:
         adapted = []
         with torch.no_grad():
             for first in range(0, len(states), _CHUNK):
+                pace()
                 state, batch = backbone.rebatch(states[first : first + _CHUNK])
                 adapted.append(fm.adapted(state, batch, module))
         features = torch.cat([torch.cat(frozen), torch.cat(adapted)], dim=1).double()
         warmed = _WarmedUp(module, *self.window_head(features, labels), self.window)
-        while self._learn_waiting(warmed):
+        while self._learn_waiting(warmed, pace):
             pass
         if self.warmed_up is not None:
             self.warmed_up(
                 FirstSessionPredictor(fm, self.classes, module, warmed.head, c.temperature)
             )
-            while self._learn_waiting(warmed):  # what came meanwhile: the swap finds little
+            while self._learn_waiting(warmed, pace):  # what came meanwhile: the swap finds little
                 pass
         return warmed
 
@@ -339,18 +377,23 @@ class FirstSessionLearner:
         head.select_ridge()
         return head, (len(labels), classes)
 
-    def _learn_waiting(self, warmed: _WarmedUp) -> bool:
+    def _learn_waiting(self, warmed: _WarmedUp, pace: _Pacer) -> bool:
         """Learn the next micro-batch kept for the warm-up into its head, exactly as it would
         have been learned after an in-line warm-up; False when none is left."""
-        self._check_cancelled()
+        pace()
         with self._lock:
             if warmed.learned == len(self.waiting):
                 return False
             size = self.waiting[warmed.learned]
+            frozen = self._kept.pop(warmed.learned, None)
+            self._kept_bytes -= frozen.nbytes if frozen is not None else 0
         first = warmed.examples
         inputs, labels = self.buffer[first : first + size], self.buffer_labels[first : first + size]
+        if frozen is None:  # not kept (over `cache_bytes`, or learned before a restart)
+            frozen = self.features.forward_frozen(inputs)
+        features = self.features.finish(frozen, warmed.module)
         classes = len(dict.fromkeys(self.buffer_labels[: first + size]))
-        self._add(warmed.head, self.features(inputs, warmed.module), labels, first, classes)
+        self._add(warmed.head, features, labels, first, classes)
         warmed.examples += size
         warmed.learned += 1
         warmed.selected = select_when_due(
@@ -361,10 +404,12 @@ class FirstSessionLearner:
     def _swap_in(self, warmed: _WarmedUp) -> None:
         """Micro-batches kept after the warm-up thread finished are learned here, then the PET
         and the new head replace the frozen-feature head and the buffer."""
-        while self._learn_waiting(warmed):
+        pace = _Pacer(1.0, self._cancelled)
+        while self._learn_waiting(warmed, pace):
             pass
         self.module, self.head, self._selected = warmed.module, warmed.head, warmed.selected
         self.buffer, self.buffer_labels, self.waiting = [], [], []
+        self._kept, self._kept_bytes = {}, 0
         self.window, self._warm_up = 0, None
 
     # -- prediction ------------------------------------------------------------------------------
@@ -453,6 +498,25 @@ class FirstSessionLearner:
 
 class WarmUpCancelled(Exception):
     """A warm-up stopped by `FirstSessionLearner.cancel`."""
+
+
+class _Pacer:
+    """Called between a warm-up's steps: raises once it is cancelled, and sleeps so that the
+    calling thread uses at most `share` of a core (in proportion to its CPU time since the last
+    call). Sleeping releases the interpreter lock, unlike a lower OS priority: learning, on
+    another thread of the same interpreter, never waits for a descheduled warm-up."""
+
+    def __init__(self, share: float, cancelled: threading.Event) -> None:
+        self.share, self.cancelled = share, cancelled
+        self.mark = time.thread_time()
+
+    def __call__(self) -> None:
+        pause = 0.0
+        if self.share < 1:
+            pause = (time.thread_time() - self.mark) * (1 / self.share - 1)
+        if self.cancelled.wait(pause) if pause > 0 else self.cancelled.is_set():
+            raise WarmUpCancelled("the learner was dropped during its PET warm-up")
+        self.mark = time.thread_time()
 
 
 @dataclasses.dataclass
