@@ -211,13 +211,21 @@ class RanPAC(_FeatureLearner):
 
 
 def select_when_due(
-    head: RidgeHead, selected: tuple[int, int], examples: int, classes: int, every: int
+    head: RidgeHead,
+    selected: tuple[int, int],
+    examples: int,
+    classes: int,
+    every: int,
+    queued: int = 0,
 ) -> tuple[int, int]:
     """Choose λ again when classes arrived or `every` examples passed since the last choice, at
     example counts the stream decides (not at the times something asked for a prediction), so a
     replay of the same micro-batches chooses the same λ. The choice runs beside learning; the
-    next solve waits for it."""
+    next solve waits for it. `queued`: examples to be added before anything reads λ (a
+    catch-up's backlog); from `every` on, another choice falls due among them and supersedes
+    this one, which is then not computed (λ, when read, is the same)."""
     if classes != selected[1] or examples - selected[0] >= every:
-        head.select_ridge(background=True)
+        if queued < every:
+            head.select_ridge(background=True)
         return examples, classes
     return selected

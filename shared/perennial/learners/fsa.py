@@ -358,11 +358,12 @@ class FirstSessionLearner:
         while self._learn_waiting(warmed, pace):
             pass
         if self.warmed_up is not None:
-            self.warmed_up(
-                FirstSessionPredictor(fm, self.classes, module, warmed.head, c.temperature)
-            )
-            while self._learn_waiting(warmed, pace):  # what came meanwhile: the swap finds little
-                pass
+            for _ in range(2):  # again for what came during the first pass: the swap finds little
+                self.warmed_up(
+                    FirstSessionPredictor(fm, self.classes, module, warmed.head, c.temperature)
+                )
+                while self._learn_waiting(warmed, pace):
+                    pass
         return warmed
 
     def window_head(
@@ -384,7 +385,7 @@ class FirstSessionLearner:
         with self._lock:
             if warmed.learned == len(self.waiting):
                 return False
-            size = self.waiting[warmed.learned]
+            size, *after = self.waiting[warmed.learned :]
             frozen = self._kept.pop(warmed.learned, None)
             self._kept_bytes -= frozen.nbytes if frozen is not None else 0
         first = warmed.examples
@@ -396,9 +397,10 @@ class FirstSessionLearner:
         self._add(warmed.head, features, labels, first, classes)
         warmed.examples += size
         warmed.learned += 1
-        warmed.selected = select_when_due(
-            warmed.head, warmed.selected, warmed.examples, classes, self.config.ridge_every
-        )
+        warmed.selected = select_when_due(  # nothing reads its λ before the backlog is learned
+            warmed.head, warmed.selected, warmed.examples, classes, self.config.ridge_every,
+            queued=sum(after),
+        )  # fmt: skip
         return True
 
     def _swap_in(self, warmed: _WarmedUp) -> None:
