@@ -417,10 +417,12 @@ def report(r: dict) -> str:
         f"(b) holds out {repeats[0]['held_out']} of the {r['examples']} records for the guardrail "
         "(stored, not learned) and judges every candidate on them; (a) learns every record.",
         "",
-        f"(d) produced to a new adapter (one per rate) at a steady rate from its first "
+        "(d) produced to a new adapter (one per rate) at a steady rate from its first "
         "example: through the window of its FSA warm-up, the warm-up itself (the PET trains on "
-        "a thread of its own while the adapter goes on learning with frozen features) and its "
-        f"swap, until {r['fresh_seconds']:g} s after a version with the PET was first served; "
+        "a thread of its own, paced to `PERENNIAL_WARMUP_CPU_SHARE` of a core, while the "
+        "adapter goes on learning with frozen features; its catch-up runs the last blocks on "
+        "the frozen forwards kept meanwhile) and its swap, until "
+        f"{r['fresh_seconds']:g} s after a version with the PET was first served; "
         "a client asked the inference service every 20 ms which version answers, and an "
         "example's freshness ends at the first answer from a version whose manifest covers it. "
         "A version's serving blob holds the solved "
