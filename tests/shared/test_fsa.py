@@ -157,26 +157,24 @@ def test_a_background_warm_up_lets_learning_go_on_and_ends_in_the_in_line_state(
     assert blob(learner) == blob(straight)
 
 
-def test_a_paced_warm_up_sleeps_in_proportion_to_its_cpu_time_unless_awaited_or_cancelled() -> None:
-    cancelled, awaited = threading.Event(), threading.Event()
-    pace = _Pacer(0.25, cancelled, awaited)
-    busy = time.thread_time() + 0.05
-    while time.thread_time() < busy:
-        pass
-    started = time.perf_counter()
+def test_a_paced_warm_up_sleeps_in_proportion_to_its_cpu_time_while_learning_goes_on() -> None:
+    cancelled, learned = threading.Event(), itertools.count()
+    pace = _Pacer(0.25, cancelled, lambda: next(learned))  # a micro-batch learned per step
+
+    def burn(seconds: float) -> float:
+        busy = time.thread_time() + seconds
+        while time.thread_time() < busy:
+            pass
+        return time.perf_counter()
+
+    started = burn(0.05)
     pace()  # ≥ 50 ms of CPU at a quarter of a core: ≥ 150 ms asleep (longer on a busy machine)
     assert time.perf_counter() - started >= 0.15
-    awaited.set()  # learning waits for the warm-up: no pause, however much CPU it used
-    busy = time.thread_time() + 0.3
-    while time.thread_time() < busy:
-        pass
-    started = time.perf_counter()
-    pace()
-    assert time.perf_counter() - started < 0.6  # it would have slept ≥ 0.9 s
-    awaited.clear()
-    busy = time.thread_time() + 1.0
-    while time.thread_time() < busy:
-        pass
+    idle = _Pacer(0.25, cancelled, lambda: 7)  # nothing learned meanwhile: full speed
+    started = burn(0.3)
+    idle()
+    assert time.perf_counter() - started < 0.6  # paced, it would have slept ≥ 0.9 s
+    burn(1.0)
     threading.Timer(0.05, cancelled.set).start()
     started = time.perf_counter()
     with pytest.raises(WarmUpCancelled):

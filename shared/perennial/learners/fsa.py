@@ -168,7 +168,6 @@ class FirstSessionLearner:
         self._warm_up: Future[_WarmedUp] | None = None
         self._lock = threading.Lock()  # `waiting`, between learning and the warm-up thread
         self._cancelled = threading.Event()
-        self._awaited = threading.Event()  # learning waits for the warm-up: no pacing
 
     def _new_head(self, adapted: bool = False, classes: int | None = None) -> RidgeHead:
         c = self.config
@@ -272,11 +271,10 @@ class FirstSessionLearner:
         return True
 
     def settle(self) -> None:
-        """Wait for a warm-up under way (if any), at full speed, and swap its PET and head in."""
+        """Wait for a warm-up under way (if any) and swap its PET and head in."""
         if self.window:
             self.poll()
             if self._warm_up is not None:
-                self._awaited.set()
                 self._swap_in(self._warm_up.result())
 
     def warm_up(self) -> None:
@@ -316,7 +314,7 @@ class FirstSessionLearner:
         using at most `share` of a core)."""
         if threads:
             torch.set_num_threads(threads)  # OpenMP's count is per thread: the same here
-        pace = _Pacer(share, self._cancelled, self._awaited)
+        pace = _Pacer(share, self._cancelled, lambda: self.steps)
         c, fm, backbone = self.config, self.features, self.backbone
         window, labels = self.buffer[: self.window], self.buffer_labels[: self.window]
         states, frozen = [], []
@@ -408,10 +406,9 @@ class FirstSessionLearner:
     def _swap_in(self, warmed: _WarmedUp) -> None:
         """Micro-batches kept after the warm-up thread finished are learned here, then the PET
         and the new head replace the frozen-feature head and the buffer."""
-        pace = _Pacer(1.0, self._cancelled, self._awaited)
+        pace = _Pacer(1.0, self._cancelled)
         while self._learn_waiting(warmed, pace):
             pass
-        self._awaited.clear()
         self.module, self.head, self._selected = warmed.module, warmed.head, warmed.selected
         self.buffer, self.buffer_labels, self.waiting = [], [], []
         self._kept, self._kept_bytes = {}, 0
@@ -506,23 +503,26 @@ class WarmUpCancelled(Exception):
 
 
 class _Pacer:
-    """Called between a warm-up's steps: raises once it is cancelled, and sleeps so that the
-    calling thread uses at most `share` of a core (in proportion to its CPU time since the last
-    call), unless learning waits for the warm-up (`awaited`). Sleeping releases the interpreter
-    lock, unlike a lower OS priority: learning, on another thread of the same interpreter,
-    never waits for a descheduled warm-up."""
+    """Called between a warm-up's steps: raises once it is cancelled and, while learning goes
+    on (`learned`, a count of micro-batches, moved since the last call), sleeps so that the
+    calling thread uses at most `share` of a core (in proportion to its CPU time since then).
+    When the stream is idle, or learning waits for the warm-up, it runs at full speed.
+    Sleeping releases the interpreter lock, unlike a lower OS priority: learning, on another
+    thread of the same interpreter, never waits for a descheduled warm-up."""
 
-    def __init__(self, share: float, cancelled: threading.Event, awaited: threading.Event) -> None:
-        self.share, self.cancelled, self.awaited = share, cancelled, awaited
-        self.mark = time.thread_time()
+    def __init__(
+        self, share: float, cancelled: threading.Event, learned: Callable[[], int] = lambda: 0
+    ) -> None:
+        self.share, self.cancelled, self.learned = share, cancelled, learned
+        self.mark, self.seen = time.thread_time(), learned()
 
     def __call__(self) -> None:
-        pause = 0.0
-        if self.share < 1 and not self.awaited.is_set():
+        pause, seen = 0.0, self.learned()
+        if self.share < 1 and seen != self.seen:
             pause = (time.thread_time() - self.mark) * (1 / self.share - 1)
         if self.cancelled.wait(pause) if pause > 0 else self.cancelled.is_set():
             raise WarmUpCancelled("the learner was dropped during its PET warm-up")
-        self.mark = time.thread_time()
+        self.mark, self.seen = time.thread_time(), seen
 
 
 @dataclasses.dataclass
