@@ -218,3 +218,36 @@ def test_a_ridge_chosen_beside_learning_is_the_one_chosen_in_line():
     beside.select_ridge(background=True)  # supersedes the one before: nothing read λ between
     assert beside.ridge == inline.select_ridge()
     assert torch.equal(beside.solve(), inline.solve())
+
+
+def test_a_catch_up_skips_the_choices_of_lambda_its_backlog_supersedes() -> None:
+    """A choice of λ with `every` or more examples queued behind it is superseded before
+    anything reads λ: skipping it leaves the λ and head read after the backlog unchanged."""
+    from perennial.learners.analytic import select_when_due
+    from perennial.learners.ridge import RidgeHead
+
+    generator = torch.Generator().manual_seed(1)
+    means = torch.randn(4, 16, generator=generator)
+    grid = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e4)
+    sizes, every = [40, 70, 90, 60, 80, 30], 100
+    each, skipping = RidgeHead(16, 64, 3, grid), RidgeHead(16, 64, 3, grid)
+    chosen = []
+    choose = skipping.select_ridge
+    skipping.select_ridge = lambda background=False: chosen.append(1) or choose(background)
+    selected = {id(each): (0, 0), id(skipping): (0, 0)}
+    first = 0
+    for i, size in enumerate(sizes):
+        targets = torch.randint(0, 2 + (i >= 3) * 2, (size,), generator=generator)  # new classes
+        noisy = means[targets] + 0.7 * torch.randn(size, 16, generator=generator)
+        classes = int(targets.max()) + 1
+        for head, queued in ((each, 0), (skipping, sum(sizes[i + 1 :]))):
+            head.grow(max(head.classes, classes))
+            head.add(noisy, targets, torch.arange(size) + first)
+            selected[id(head)] = select_when_due(
+                head, selected[id(head)], first + size, head.classes, every, queued
+            )
+        first += size
+    assert selected[id(each)] == selected[id(skipping)]
+    assert len(chosen) < len(sizes) - 1  # most choices were superseded by a later one
+    assert each.ridge == skipping.ridge
+    assert torch.equal(each.solve(), skipping.solve())
