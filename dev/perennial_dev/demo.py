@@ -697,9 +697,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     if done and served:
                         # a PET warm-up under way when the stream ended: wait for its version
                         # (its window closes at the default size with this stream's classes)
-                        progress = trainer_metrics.get("perennial_trainer_warmup_progress_ratio")
-                        warming = progress and (
-                            progress[0].value > 0
+                        warm_up = trainer_metrics.get("perennial_trainer_warmup_progress_ratio")
+                        warming = warm_up and (
+                            warm_up[0].value > 0
                             or latest.examples >= LearnerConfig.warmup_examples
                         )
                         if not warming or holds_pet(store, split.adapter, head.version):
