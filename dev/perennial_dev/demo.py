@@ -699,8 +699,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                         # (its window closes at the default size with this stream's classes)
                         warm_up = trainer_metrics.get("perennial_trainer_warmup_progress_ratio")
                         warming = warm_up and (
-                            warm_up[0].value > 0
-                            or latest.examples >= LearnerConfig.warmup_examples
+                            warm_up[0].value > 0 or latest.examples >= LearnerConfig.warmup_examples
                         )
                         if not warming or holds_pet(store, split.adapter, head.version):
                             break
