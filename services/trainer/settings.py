@@ -107,9 +107,9 @@ class TrainerSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecurit
         0.5,
         gt=0,
         le=1,
-        description="fsa, background warm-up: the share of a core its thread may use (it sleeps "
-        "in proportion to its CPU time), so learning keeps the CPU it needs and versions stay "
-        "fresh; the warm-up takes about 1/share times as long on an idle core",
+        description="fsa, background warm-up: the share of a core its thread may use while "
+        "micro-batches are being learned (it sleeps in proportion to its CPU time), so learning "
+        "keeps the CPU it needs and versions stay fresh; on an idle stream it runs at full speed",
     )
     warmup_cache_mb: int = Field(
         256,
