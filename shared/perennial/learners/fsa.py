@@ -320,10 +320,9 @@ class FirstSessionLearner:
         states, frozen = [], []
         for i in range(0, len(window), _CHUNK):
             pace()
-            batch = backbone.prepare(window[i : i + _CHUNK])
-            pooled, state = fm.frozen(batch)
-            frozen.append(pooled)
-            states.extend(backbone.unbatch(state, batch))
+            chunk = fm.forward_frozen(window[i : i + _CHUNK])
+            frozen.append(chunk.pooled)
+            states.extend(backbone.unbatch(chunk.state, chunk.batch))
         classes = list(dict.fromkeys(labels))
         targets = torch.tensor([classes.index(label) for label in labels])
         head = nn.Linear(backbone.dim, len(classes))
@@ -385,7 +384,8 @@ class FirstSessionLearner:
         with self._lock:
             if warmed.learned == len(self.waiting):
                 return False
-            size, *after = self.waiting[warmed.learned :]
+            size = self.waiting[warmed.learned]
+            queued = len(self.buffer) - warmed.examples - size  # kept after this micro-batch
             frozen = self._kept.pop(warmed.learned, None)
             self._kept_bytes -= frozen.nbytes if frozen is not None else 0
         first = warmed.examples
@@ -399,7 +399,7 @@ class FirstSessionLearner:
         warmed.learned += 1
         warmed.selected = select_when_due(  # nothing reads its λ before the backlog is learned
             warmed.head, warmed.selected, warmed.examples, classes, self.config.ridge_every,
-            queued=sum(after),
+            queued=queued,
         )  # fmt: skip
         return True
 
