@@ -69,7 +69,8 @@ def in_memory(texts: list[str], labels: list[str], batch: int, settings: Trainer
     torch.set_num_threads(1)
     learner = build_learner(runtime.load_backbone(settings), settings.learner_config())
     if isinstance(learner, FirstSessionLearner):
-        settings.schedule_warm_up(learner)  # as the trainer runs it
+        settings.schedule_warm_up(learner)  # as the trainer runs it, on a backlog:
+        learner.behind = True  # every record waited, so the warm-up yields to learning
     step = getattr(learner, "learn_and_predict", learner.learn)
     started = time.perf_counter()
     for i in range(0, len(texts) - batch + 1, batch):
@@ -196,7 +197,7 @@ def freshness(stack: LocalStack, texts, labels, rate: float, seconds: float, nam
         return future.get(timeout=10).offset
 
     try:
-        started, start_time = time.monotonic(), time.time()
+        started, start_time, cpu = time.monotonic(), time.time(), _cpu_times()
         deadline, i = started + 900, 0
         while time.monotonic() < deadline and not (
             pet_served and time.time() > pet_served[0] + seconds
@@ -230,10 +231,30 @@ def freshness(stack: LocalStack, texts, labels, rate: float, seconds: float, nam
         "before_pet": {"count": len(before_pet), "p99": _p99(before_pet)},
         "after_pet": {"count": len(after_pet), "p99": _p99(after_pet)},
         "max_by_10s": _max_by_10s(produced, served_at, start_time),
+        "machine_cpu": _cpu_shares(cpu, _cpu_times()),
         "snapshots": snapshots,
         "swaps": swaps,
         "swap_seconds_mean": swap_seconds / max(swaps, 1),
     }
+
+
+def _cpu_times() -> list[int]:
+    """The machine's CPU time counters (/proc/stat's first line: user, nice, system, idle,
+    iowait, irq, softirq, steal, ...); empty where there is no /proc/stat."""
+    try:
+        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return []
+
+
+def _cpu_shares(before: list[int], after: list[int]) -> dict[str, float]:
+    """Shares of all cores' time between two `_cpu_times`: busy, idle, and stolen by the
+    hypervisor (a VM's cores run other guests meanwhile: that CPU was not ours)."""
+    if not before or not after:
+        return {}
+    spent = [b - a for a, b in zip(before, after, strict=False)]
+    total, idle, steal = sum(spent[:8]), spent[3] + spent[4], spent[7]
+    return {"busy": (total - idle - steal) / total, "idle": idle / total, "steal": steal / total}
 
 
 def _max_by_10s(produced: dict[int, float], served_at: dict[int, float], start: float) -> list:
@@ -396,6 +417,13 @@ def report(r: dict) -> str:
             f"| (d) at {run['rate']:g}/s, inference: fetch, verify, build and swap a version | "
             f"{run['swap_seconds_mean'] * 1000:.0f} ms mean over {run['swaps']:.0f} swaps | |",
         ]
+        if run.get("machine_cpu"):
+            cpu = run["machine_cpu"]
+            lines.append(
+                f"| (d) at {run['rate']:g}/s, the machine's CPU over the run: busy / idle / "
+                f"stolen by the hypervisor | {cpu['busy']:.0%} / {cpu['idle']:.0%} / "
+                f"{cpu['steal']:.0%} | |"
+            )
     lines += [""] + [
         f"(d) at {run['rate']:g}/s, the longest freshness of each 10 s of production (s, the "
         f"PET first served after {run['pet_served_seconds']:.0f} s): "

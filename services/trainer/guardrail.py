@@ -26,6 +26,7 @@ from perennial.codec import Example
 from perennial.learners import FirstSessionLearner, FirstSessionPredictor
 from perennial.v1 import example_pb2
 
+_CHUNK = 16  # holdout rows computed per backbone pass (a paced warm-up's step)
 TENSOR_MARK = "\x1ftensor"  # suffix of a holdout field whose value is a Tensor message
 
 
@@ -169,21 +170,31 @@ class FeatureCache:
 
         return labels
 
-    def warm(self, source: FirstSessionLearner | FirstSessionPredictor, inputs: list) -> None:
+    def warm(
+        self,
+        source: FirstSessionLearner | FirstSessionPredictor,
+        inputs: list,
+        between: Callable[[], None] | None = None,
+    ) -> None:
         """Compute the rows of `inputs` under `source`'s PET and head now, as they are held out
         (and all of them when the PET changes), so that the first judgement with enough holdout
-        does not compute them all at once: that stalled learning by half a second."""
+        does not compute them all at once: that stalled learning by half a second. `between`
+        is called before each chunk of rows (a background warm-up's pacer)."""
         with torch.inference_mode():
-            self._lookup(_space(source), source, inputs)
+            self._lookup(_space(source), source, inputs, between)
 
-    def _lookup(self, space: tuple, source, inputs: list) -> list[torch.Tensor]:
+    def _lookup(
+        self, space: tuple, source, inputs: list, between: Callable[[], None] | None = None
+    ) -> list[torch.Tensor]:
         keys = [_input_key(x) for x in inputs]
         first = dict(zip(keys, inputs, strict=True))  # one input per key
         with self._lock:
             rows = {k: self._rows.get((space, k)) for k in first}
         missing = [k for k, row in rows.items() if row is None]
-        for start in range(0, len(missing), 64):
-            chunk = missing[start : start + 64]
+        for start in range(0, len(missing), _CHUNK):
+            if between is not None:
+                between()
+            chunk = missing[start : start + _CHUNK]
             features = source.features([first[k] for k in chunk], source.module)
             rows.update(zip(chunk, source.head.expand(features), strict=True))
         with self._lock:

@@ -111,6 +111,13 @@ class TrainerSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecurit
         "micro-batches are being learned (it sleeps in proportion to its CPU time), so learning "
         "keeps the CPU it needs and versions stay fresh; on an idle stream it runs at full speed",
     )
+    warmup_yield_seconds: float = Field(
+        0.25,
+        gt=0,
+        description="fsa, background warm-up: while learning runs behind the stream (a "
+        "micro-batch's oldest record waited longer than this), the warm-up takes a tenth of its "
+        "CPU share, so learning catches up first",
+    )
     warmup_cache_mb: int = Field(
         256,
         ge=0,

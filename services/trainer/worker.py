@@ -596,7 +596,7 @@ class Trainer:
                 state.pet_swapped = True
                 log.info("PET warm-up swapped in", extra={"fields": {"adapter": adapter}})
                 if self.settings.guardrail.enabled:  # mostly computed on the warm-up's thread
-                    self._warm_holdout(state, learner)
+                    self._warm_holdout(state.reservoir, learner)
 
     def _train_ready(self) -> None:
         now = time.monotonic()
@@ -624,6 +624,9 @@ class Trainer:
         """Take `size` records: hold some out for the guardrail, train on the rest (one span,
         linked to the producers' spans of its records)."""
         records = [state.pending.popleft() for _ in range(size)]
+        if isinstance(state.learner, FirstSessionLearner):  # its warm-up yields meanwhile
+            waited = time.monotonic() - records[0].received
+            state.learner.behind = waited > self.settings.warmup_yield_seconds
         with self.tracer.start_as_current_span(
             "learn",
             links=tracing.links(record.link for record in records),
@@ -672,8 +675,8 @@ class Trainer:
         if unadapted:
             state.learner.warmup_progress = functools.partial(self._warmup_progress, adapter)
             self.settings.schedule_warm_up(state.learner)
-            if warm:
-                state.learner.warmed_up = functools.partial(self._warm_holdout, state)
+            if warm:  # (the reservoir, not the state: no cycle keeps an evicted learner alive)
+                state.learner.warmed_up = functools.partial(self._warm_holdout, state.reservoir)
         if batch:
             inputs, labels = [e.input for e in batch], [e.label for e in batch]
             learn_and_predict = getattr(state.learner, "learn_and_predict", None)
@@ -721,11 +724,16 @@ class Trainer:
             log.info("adapter %r: PET warm-up step %d of %d", adapter, done, total)
 
     def _warm_holdout(
-        self, state: AdapterState, source: FirstSessionLearner | FirstSessionPredictor
+        self,
+        reservoir: HoldoutReservoir,
+        source: FirstSessionLearner | FirstSessionPredictor,
+        pace: Callable[[], None] | None = None,
     ) -> None:
         """The holdout's rows under `source`'s PET and head; for a new PET on the warm-up's
-        thread, before it is swapped in, so the swap does not stall learning computing them."""
-        self._holdout_features.warm(source, state.reservoir.inputs(set(source.classes))[0])
+        thread at its `pace`, before it is swapped in, so the swap does not stall learning
+        computing them."""
+        inputs = reservoir.inputs(set(source.classes))[0]
+        self._holdout_features.warm(source, inputs, between=pace)
 
     def _prequential_due(self) -> bool:
         """Whether this micro-batch gets a prequential evaluation (the concept-drift signal):

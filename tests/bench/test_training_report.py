@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 
-from bench.training import report
+from bench.training import _cpu_shares, report
 
 REPEAT = {
     "memory_records_per_second": 20.0, "records_per_second": 18.0, "held_out": 192,
@@ -18,6 +18,7 @@ FRESH = {
     "max": 1.6, "pet_served_seconds": 160.0, "before_pet": {"count": 4000, "p99": 0.8},
     "after_pet": {"count": 1000, "p99": 0.7}, "max_by_10s": [0.9, 1.6, 0.8],
     "snapshots": 600.0, "swaps": 590.0, "swap_seconds_mean": 0.008,
+    "machine_cpu": {"busy": 0.62, "idle": 0.08, "steal": 0.3},
 }  # fmt: skip
 RESULTS = {
     "date": "2026-12-01T15:00:00+00:00", "machine": "x86_64", "cores": 2, "torch": "2.13.0",
@@ -36,6 +37,7 @@ def test_the_section_renders_every_number_from_the_results():
     )
     assert "160 s / 800 ms (4000 examples) / 700 ms (1000)" in text
     assert "the PET first served after 160 s): 0.9, 1.6, 0.8." in text
+    assert "stolen by the hypervisor | 62% / 8% / 30% |" in text
     assert "**1200** ms" in text and text.count("p99 < 1000 ms") == 1  # the goal's rate only
 
 
@@ -53,3 +55,12 @@ def test_a_slower_run_misses_and_an_earlier_run_is_shown_beside():
     assert (
         "after the adapter's first 1142 examples, produced at once, were served 90 s later" in text
     )
+
+
+def test_the_machines_cpu_shares_come_from_its_counters():
+    """Busy, idle and stolen shares of all cores' time between two reads of /proc/stat."""
+    #        user nice system idle iowait irq softirq steal guest
+    before = [100, 0, 20, 50, 10, 0, 0, 20, 5]
+    after = [160, 0, 30, 70, 10, 0, 0, 50, 9]  # +70 busy, +20 idle, +30 steal (guest: in user)
+    assert _cpu_shares(before, after) == {"busy": 70 / 120, "idle": 20 / 120, "steal": 30 / 120}
+    assert _cpu_shares([], after) == {}

@@ -170,6 +170,15 @@ def test_a_paced_warm_up_sleeps_in_proportion_to_its_cpu_time_while_learning_goe
     started = burn(0.05)
     pace()  # ≥ 50 ms of CPU at a quarter of a core: ≥ 150 ms asleep (longer on a busy machine)
     assert time.perf_counter() - started >= 0.15
+    behind = [True]
+    yielding = _Pacer(0.25, cancelled, lambda: next(learned), lambda: behind[0])
+    started = burn(0.05)
+    yielding()  # learning behind the stream: a tenth of the share, ≥ 1.95 s asleep
+    assert time.perf_counter() - started >= 1.95
+    behind[0] = False
+    started = burn(0.05)
+    yielding()  # caught up: the share again, ≥ 150 ms asleep (≥ 1.95 s had it still yielded)
+    assert 0.15 <= time.perf_counter() - started < 1.95
     idle = _Pacer(0.25, cancelled, lambda: 7)  # nothing learned meanwhile: full speed
     started = burn(0.3)
     idle()

@@ -135,6 +135,26 @@ def test_prune_keeps_the_newest_and_the_pointers_with_their_parents(store):
         store.fetch("ad", manifests[3].version)
 
 
+def test_prune_reads_each_versions_manifest_once_and_keeps_what_a_fresh_store_keeps(store):
+    """Versions are immutable, so a store remembers what pruning needs of each (bytes, parent,
+    checkpoint): a trainer prunes at every snapshot without reading a hundred manifests."""
+    manifests = [_publish(store, _blob(1.0), state=_blob(10.0))]
+    for value in range(2, 8):
+        manifests.append(_publish(store, _blob(float(value)), manifests[-1], checkpoint=False))
+    assert store.prune("ad", keep=3) == [m.version for m in manifests[1:4]]
+    manifests.append(_publish(store, _blob(8.0), manifests[-1], checkpoint=False))
+
+    def manifest_reads() -> int:
+        return store.redis.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
+
+    reads = manifest_reads()
+    assert store.prune("ad", keep=3, max_bytes=1 << 20) == [manifests[4].version]
+    assert manifest_reads() - reads == 3  # head, latest and the new version's manifest
+    fresh = SnapshotStore(store.redis)  # remembers nothing: the same versions stay
+    assert fresh.prune("ad", keep=3, max_bytes=1 << 20) == []
+    assert store.versions("ad") == [m.version for m in (manifests[0], *manifests[5:])]
+
+
 def test_identical_state_gives_identical_bytes_in_any_process():
     """safetensors orders its metadata map by hash, which differs per process; ours must not."""
     import subprocess

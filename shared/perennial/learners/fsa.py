@@ -23,7 +23,8 @@ same idea with prototypes):
    adapted] features (only the last blocks run again for a micro-batch whose frozen forward
    was kept), and the next `learn` or `poll` swaps the new head and the PET in: the state
    equals the in-line warm-up's bit for bit. The warm-up thread uses at most `cpu_share` of a
-   core (it sleeps in proportion to its CPU time), so learning keeps the CPU it needs.
+   core (it sleeps in proportion to its CPU time), and a tenth of that while `behind` says
+   learning runs behind the stream, so learning keeps the CPU it needs.
 3. After the warm-up each example costs one frozen forward (the backbone's runtime: ONNX
    Runtime by default) plus the last blocks in torch with the PET, and only adds to the
    statistics: the head is order-invariant, so nothing but confusable new classes can cost
@@ -155,12 +156,17 @@ class FirstSessionLearner:
         self.cpu_share = 1.0
         """With `background`: the share of a core the warm-up's thread may use (it sleeps in
         proportion to its CPU time between steps)."""
+        self.behind = False
+        """With `background`: whether learning runs behind the stream (the trainer sets it
+        when a micro-batch's records waited too long); meanwhile the warm-up uses a tenth of
+        `cpu_share`, so learning catches up before it goes on."""
         self.cache_bytes = 0
         """With `background`: bytes of frozen forwards kept for the micro-batches learned during
         the warm-up, so its catch-up runs only the last blocks for them."""
-        self.warmed_up: Callable[[FirstSessionPredictor], None] | None = None
-        """Called on the warm-up's thread with the new PET and head before they are swapped in:
-        the trainer computes its holdout features there, off the learning path."""
+        self.warmed_up: Callable[[FirstSessionPredictor, Callable[[], None]], None] | None = None
+        """Called on the warm-up's thread with the new PET and head before they are swapped in,
+        and the warm-up's pacer (to call between steps): the trainer computes its holdout
+        features there, off the learning path, within the warm-up's `cpu_share`."""
         self.window = 0  # examples of the closed window while its warm-up runs (0: none)
         self.waiting: list[int] = []  # sizes of the micro-batches learned meanwhile
         self._kept: dict[int, FrozenForward] = {}  # index in `waiting` -> its frozen forward
@@ -314,7 +320,7 @@ class FirstSessionLearner:
         using at most `share` of a core)."""
         if threads:
             torch.set_num_threads(threads)  # OpenMP's count is per thread: the same here
-        pace = _Pacer(share, self._cancelled, lambda: self.steps)
+        pace = _Pacer(share, self._cancelled, lambda: self.steps, lambda: self.behind)
         c, fm, backbone = self.config, self.features, self.backbone
         window, labels = self.buffer[: self.window], self.buffer_labels[: self.window]
         states, frozen = [], []
@@ -359,7 +365,8 @@ class FirstSessionLearner:
         if self.warmed_up is not None:
             for _ in range(2):  # again for what came during the first pass: the swap finds little
                 self.warmed_up(
-                    FirstSessionPredictor(fm, self.classes, module, warmed.head, c.temperature)
+                    FirstSessionPredictor(fm, self.classes, module, warmed.head, c.temperature),
+                    pace,
                 )
                 while self._learn_waiting(warmed, pace):
                     pass
@@ -505,21 +512,27 @@ class WarmUpCancelled(Exception):
 class _Pacer:
     """Called between a warm-up's steps: raises once it is cancelled and, while learning goes
     on (`learned`, a count of micro-batches, moved since the last call), sleeps so that the
-    calling thread uses at most `share` of a core (in proportion to its CPU time since then).
-    When the stream is idle, or learning waits for the warm-up, it runs at full speed.
-    Sleeping releases the interpreter lock, unlike a lower OS priority: learning, on another
-    thread of the same interpreter, never waits for a descheduled warm-up."""
+    calling thread uses at most `share` of a core (in proportion to its CPU time since then),
+    or a tenth of it while learning is `behind` the stream. When the stream is idle, or
+    learning waits for the warm-up, it runs at full speed. Sleeping releases the interpreter
+    lock, unlike a lower OS priority: learning, on another thread of the same interpreter,
+    never waits for a descheduled warm-up."""
 
     def __init__(
-        self, share: float, cancelled: threading.Event, learned: Callable[[], int] = lambda: 0
+        self,
+        share: float,
+        cancelled: threading.Event,
+        learned: Callable[[], int] = lambda: 0,
+        behind: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.share, self.cancelled, self.learned = share, cancelled, learned
+        self.share, self.cancelled, self.learned, self.behind = share, cancelled, learned, behind
         self.mark, self.seen = time.thread_time(), learned()
 
     def __call__(self) -> None:
         pause, seen = 0.0, self.learned()
-        if self.share < 1 and seen != self.seen:
-            pause = (time.thread_time() - self.mark) * (1 / self.share - 1)
+        share = self.share / 10 if self.behind() else self.share
+        if share < 1 and seen != self.seen:
+            pause = (time.thread_time() - self.mark) * (1 / share - 1)
         if self.cancelled.wait(pause) if pause > 0 else self.cancelled.is_set():
             raise WarmUpCancelled("the learner was dropped during its PET warm-up")
         self.mark, self.seen = time.thread_time(), seen

@@ -8,6 +8,7 @@ checkpoints and cancels a warm-up under way."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -30,6 +31,28 @@ def feed(trainer: Trainer, examples: list[tuple[str, str]], start: int, adapter:
     trainer.deliver(records)
     trainer.work_once(timeout=0)
     return start + len(records)
+
+
+def test_a_micro_batch_learned_late_makes_the_warm_up_yield_until_one_is_learned_on_time(
+    redis_client, tiny_backbone
+):
+    """Learning behind the stream (a micro-batch's oldest record waited longer than
+    `warmup_yield_seconds`) is what the FSA learner's background warm-up reads to take a tenth
+    of its CPU share; the next micro-batch learned on time clears it."""
+    trainer = in_process_trainer(
+        redis_client, tiny_backbone, CONFIG, warmup_background=True, warmup_yield_seconds=1.0
+    )
+    examples = stream(list(WORDS))
+    late = [
+        Incoming("t:0", i, Example("ad", str(i), text, label, 1.0), received=time.monotonic() - 5)
+        for i, (text, label) in enumerate(examples[:4])
+    ]
+    trainer.deliver(late)
+    trainer.work_once(timeout=0)
+    learner = trainer.adapters["ad"].learner
+    assert learner.examples == 4 and learner.behind
+    feed(trainer, examples[4:8], 4)  # received now: on time
+    assert learner.examples == 8 and not learner.behind
 
 
 def test_the_adapter_learns_on_while_its_pet_warms_up_and_ends_where_in_line_would(

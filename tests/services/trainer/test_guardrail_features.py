@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from perennial.learners import build_learner, load_predictor
 from perennial.store import from_safetensors, to_safetensors
-from services.trainer.guardrail import FeatureCache
+from services.trainer.guardrail import _CHUNK, FeatureCache
 from tests.shared.test_fsa import CONFIG, WORDS, feed, stream
 
 HOLDOUT = [text for texts in WORDS.values() for text in texts]
@@ -59,3 +59,21 @@ def test_rows_warmed_from_the_learner_serve_its_versions_judgements(tiny_backbon
     assert cache.computed == len(HOLDOUT)  # the learner's PET is the version's: all reused
     assert expanded == []  # and its head's projection: judging is one product with its weights
     assert labels == own_labels(version, HOLDOUT)
+
+
+def test_a_paced_warm_calls_its_pacer_before_each_chunk_of_rows(tiny_backbone):
+    """A background warm-up computes the holdout rows at its own pace: the pacer it passes runs
+    before every backbone pass over a chunk of missing rows, and only for missing rows."""
+    learner = build_learner(tiny_backbone, CONFIG)
+    feed(learner, stream(list(WORDS)))
+    holdout = [f"{text} {i}" for i in range(3) for text in HOLDOUT]  # more than one chunk
+    paced: list[int] = []
+    cache = FeatureCache()
+    cache.warm(learner, holdout, between=lambda: paced.append(1))
+    chunks = -(-len(holdout) // _CHUNK)
+    assert chunks > 1 and len(paced) == chunks
+    assert cache.computed == len(holdout)
+    cache.warm(learner, holdout, between=lambda: paced.append(-1))
+    assert len(paced) == chunks  # all rows kept: no pass, no pause
+    labels = cache.labeller(predictor(learner))(holdout)
+    assert labels == own_labels(predictor(learner), holdout)
