@@ -17,7 +17,7 @@ import torch
 
 from perennial.backbone import ImageBackbone
 from perennial.learners import LearnerConfig, build_learner, load_predictor, restore_learner
-from perennial.learners.fsa import FirstSessionLearner, WarmUpCancelled, _Pacer
+from perennial.learners.fsa import _IDLE_SLICE, FirstSessionLearner, WarmUpCancelled, _Pacer
 from perennial.store import from_safetensors, to_safetensors
 
 WORDS = {
@@ -179,6 +179,12 @@ def test_a_paced_warm_up_sleeps_in_proportion_to_its_cpu_time_while_learning_goe
     started = burn(0.05)
     yielding()  # caught up: the share again, ≥ 150 ms asleep (≥ 1.95 s had it still yielded)
     assert 0.15 <= time.perf_counter() - started < 1.95
+    steps = [0]
+    stopping = _Pacer(0.05, cancelled, lambda: steps[0])
+    steps[0] = 1  # a micro-batch learned, then the stream ends
+    started = burn(0.5)
+    stopping()  # would sleep ≥ 9.5 s; learning made no progress for a slice: it goes on
+    assert time.perf_counter() - started < 2 * _IDLE_SLICE + 1
     idle = _Pacer(0.25, cancelled, lambda: 7)  # nothing learned meanwhile: full speed
     started = burn(0.3)
     idle()

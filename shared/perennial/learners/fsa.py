@@ -57,6 +57,7 @@ from perennial.learners.ridge import RidgeHead, SolvedHead
 from perennial.pet import PETModule, activate, create_module, inject
 
 _CHUNK = 64  # rows per frozen forward while preparing the warm-up
+_IDLE_SLICE = 1.0  # s: a paced warm-up whose learning made no progress for this long goes on
 _WAITING = 4  # during a background warm-up, at most this many × `warmup_cap` examples are kept
 
 
@@ -514,7 +515,8 @@ class _Pacer:
     on (`learned`, a count of micro-batches, moved since the last call), sleeps so that the
     calling thread uses at most `share` of a core (in proportion to its CPU time since then),
     or a tenth of it while learning is `behind` the stream. When the stream is idle, or
-    learning waits for the warm-up, it runs at full speed. Sleeping releases the interpreter
+    learning waits for the warm-up, it runs at full speed: a pause also ends once learning
+    made no progress for `_IDLE_SLICE`. Sleeping releases the interpreter
     lock, unlike a lower OS priority: learning, on another thread of the same interpreter,
     never waits for a descheduled warm-up."""
 
@@ -529,13 +531,23 @@ class _Pacer:
         self.mark, self.seen = time.thread_time(), learned()
 
     def __call__(self) -> None:
-        pause, seen = 0.0, self.learned()
         share = self.share / 10 if self.behind() else self.share
-        if share < 1 and seen != self.seen:
-            pause = (time.thread_time() - self.mark) * (1 / share - 1)
-        if self.cancelled.wait(pause) if pause > 0 else self.cancelled.is_set():
+        if share < 1 and self.learned() != self.seen:
+            self._sleep((time.thread_time() - self.mark) * (1 / share - 1))
+        if self.cancelled.is_set():
             raise WarmUpCancelled("the learner was dropped during its PET warm-up")
-        self.mark, self.seen = time.thread_time(), seen
+        self.mark, self.seen = time.thread_time(), self.learned()
+
+    def _sleep(self, pause: float) -> None:
+        """Sleep `pause` seconds in slices, and stop once learning made no progress for a
+        whole slice: the stream went idle, or learning waits for the warm-up."""
+        end, seen = time.monotonic() + pause, self.learned()
+        while (left := end - time.monotonic()) > 0:
+            if self.cancelled.wait(min(left, _IDLE_SLICE)):
+                return
+            if self.learned() == seen:
+                return
+            seen = self.learned()
 
 
 @dataclasses.dataclass
