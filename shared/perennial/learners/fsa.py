@@ -516,9 +516,9 @@ class _Pacer:
     calling thread uses at most `share` of a core (in proportion to its CPU time since then),
     or a tenth of it while learning is `behind` the stream. When the stream is idle, or
     learning waits for the warm-up, it runs at full speed: a pause also ends once learning
-    made no progress for `_IDLE_SLICE`. Sleeping releases the interpreter
-    lock, unlike a lower OS priority: learning, on another thread of the same interpreter,
-    never waits for a descheduled warm-up."""
+    made no progress for `_IDLE_SLICE`. Sleeping releases the interpreter lock, unlike a lower
+    OS priority: learning, on another thread of the same interpreter, never waits for a
+    descheduled warm-up."""
 
     def __init__(
         self,
@@ -545,9 +545,9 @@ class _Pacer:
         while (left := end - time.monotonic()) > 0:
             if self.cancelled.wait(min(left, _IDLE_SLICE)):
                 return
-            if self.learned() == seen:
+            if (now := self.learned()) == seen:
                 return
-            seen = self.learned()
+            seen = now
 
 
 @dataclasses.dataclass
