@@ -57,6 +57,7 @@ from perennial.learners.ridge import RidgeHead, SolvedHead
 from perennial.pet import PETModule, activate, create_module, inject
 
 _CHUNK = 64  # rows per frozen forward while preparing the warm-up
+_BEHIND = 0.1  # the share of its `cpu_share` a warm-up takes while learning is behind the stream
 _IDLE_SLICE = 1.0  # s: a paced warm-up whose learning made no progress for this long goes on
 _WAITING = 4  # during a background warm-up, at most this many × `warmup_cap` examples are kept
 
@@ -531,7 +532,7 @@ class _Pacer:
         self.mark, self.seen = time.thread_time(), learned()
 
     def __call__(self) -> None:
-        share = self.share / 10 if self.behind() else self.share
+        share = self.share * _BEHIND if self.behind() else self.share
         if share < 1 and self.learned() != self.seen:
             self._sleep((time.thread_time() - self.mark) * (1 / share - 1))
         if self.cancelled.is_set():
