@@ -8,9 +8,9 @@ One run, side by side, the trainer with its defaults (the default learner, guard
   (c) snapshot size (the serving blob every version has, the checkpoint's state) and
       publish time (the trainer's own histogram);
   (d) end-to-end freshness with the trainer's defaults: an example produced to Kafka until a
-      prediction is served by a version that learned it (the inference service, polled by a
-      gRPC client every 20 ms), p50 and p99, for every example from the adapter's first one,
-      through its FSA warm-up (on the warm-up's thread) until `--fresh-seconds` after a version
+      version that learned it is served (the inference service's ModelMetadata, polled by a
+      gRPC client every 20 ms: the version a request would be answered by), p50 and p99, for
+      every example from the adapter's first one, through its FSA warm-up (on the warm-up's thread) until `--fresh-seconds` after a version
       with the PET is served; and the inference service's build-and-swap time.
 
 Writes bench/training-results.json, then the "Training" section of docs/BENCHMARKS.md from
@@ -29,7 +29,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import redis
 import torch
 import tritonclient.grpc as triton
@@ -165,13 +164,14 @@ def freshness(stack: LocalStack, texts, labels, rate: float, seconds: float, nam
     stop = threading.Event()
 
     def poll_served() -> None:
+        # ModelMetadata names the version an inference request would be answered by, without
+        # running the backbone: 50 forwards a second of a probe would take much of a core from
+        # the learning it measures.
         client = triton.InferenceServerClient(inference.grpc_address)
-        text = triton.InferInput("text", [1], "BYTES")
-        text.set_data_from_numpy(np.array([b"a probe"], dtype=np.object_))
         seen = ""
         while not stop.is_set():
             try:
-                version = client.infer(adapter, [text]).get_response().model_version
+                version = client.get_model_metadata(adapter).versions[0]
             except Exception:  # noqa: BLE001 - before the first snapshot
                 time.sleep(0.02)
                 continue
@@ -451,8 +451,10 @@ def report(r: dict) -> str:
         "adapter goes on learning with frozen features; its catch-up runs the last blocks on "
         "the frozen forwards kept meanwhile) and its swap, until "
         f"{r['fresh_seconds']:g} s after a version with the PET was first served; "
-        "a client asked the inference service every 20 ms which version answers, and an "
-        "example's freshness ends at the first answer from a version whose manifest covers it. "
+        "a client asked the inference service every 20 ms which version answers (ModelMetadata: "
+        "the version an inference request would get, without running the backbone for a probe), "
+        "and an example's freshness ends at the first answer naming a version whose manifest "
+        "covers it. "
         "A version's serving blob holds the solved "
         "head and the PET; the learner's whole state (the M×M statistics, the warm-up buffer) is "
         "written as a checkpoint every `PERENNIAL_CHECKPOINT_EVERY_SECONDS`, and Kafka commits "

@@ -41,6 +41,8 @@ def test_swap_and_pinned_versions(service, learner):
     second = publish(store, learner, parent=first)
     assert plane.refresh("demo", second.version)
     assert service.infer().get_response().model_version == second.version
+    # ModelMetadata names the version a request gets (the training benchmark's freshness probe)
+    assert list(service.client().get_model_metadata("demo").versions) == [second.version]
     assert service.infer(version=first.version).get_response().model_version == first.version
     assert not plane.refresh("demo", first.version)  # a stale announcement: the head decides
     assert set(plane.resident()) == {("demo", first.version), ("demo", second.version)}
