@@ -51,7 +51,7 @@ from perennial.logs import silence_progress_bars
 from perennial.runtime import load_backbone
 from perennial.store import SnapshotStore, from_safetensors
 from perennial_dev.datasets.wordnet import class_incremental_split, read_noun_glosses
-from perennial_dev.launch import Service, start_inference, start_trainer
+from perennial_dev.launch import Service, start_inference, start_trainer, wait_consuming
 from perennial_dev.localstack import LocalStack
 from services.trainer.guardrail import GuardrailConfig
 
@@ -145,6 +145,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--eval-per-class", type=int, default=4, help="held-out examples per class in live checks"
     )
     parser.add_argument(
+        "--eval-every",
+        type=float,
+        default=5.0,
+        help="seconds between live checks (each asks about up to eval-per-class × classes "
+        "held-out examples: a serving load on the cores the trainer learns on)",
+    )
+    parser.add_argument(
         "--feedback-per-class",
         type=int,
         default=None,
@@ -167,6 +174,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.rate <= 0:
         parser.error(f"--rate must be positive, got {args.rate}")
+    if args.eval_every < 0:
+        parser.error(f"--eval-every must be >= 0, got {args.eval_every}")
     return args
 
 
@@ -653,6 +662,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     )
                 )
             inference, trainer = services
+            # the stream starts once the trainer consumes: a new consumer group takes seconds to
+            # join, and examples produced meanwhile would wait for it (the freshness of a start)
+            with console.status("waiting for the trainer to join its consumer group"):
+                wait_consuming(trainer, TOPIC)
             store = SnapshotStore(redis.Redis.from_url(stack.redis_url))
             client = Client(inference.grpc_address, split, traffic, stack.bootstrap)
             producer = threading.Thread(
@@ -667,13 +680,19 @@ def run(args: argparse.Namespace, console: Console) -> int:
             )
             task = progress.add_task("stream", total=len(split.train))
             ended = 0.0  # when the stream was learned and served, if the PET was still warming up
+            checked = -math.inf  # when the last live check ran
             with Live(console=console, refresh_per_second=4) as live:
                 while True:
                     trainer_metrics, inference_metrics = scrape(trainer), scrape(inference)
                     progress.update(task, completed=state.produced)
                     stages_seen = state.stage + 1 if state.produced else 0
                     head = store.head(split.adapter)
-                    if head is not None and stages_seen:
+                    if (
+                        head is not None
+                        and stages_seen
+                        and time.monotonic() - checked >= args.eval_every
+                    ):
+                        checked = time.monotonic()
                         try:
                             evaluation = client.evaluate(stages_seen, args.eval_per_class)
                             state.evaluation = evaluation

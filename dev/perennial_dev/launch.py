@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from perennial.v1 import trainer_pb2, trainer_pb2_grpc
 from perennial_dev.localstack import ManagedProcess, free_port
 
 STARTUP_SECONDS = 120.0  # loading the backbone on a busy 2-core machine
@@ -103,6 +104,19 @@ def start_trainer(
     with _stopped_on_failure(process):
         _wait_serving(service, "trainer gRPC health SERVING")
     return service
+
+
+def wait_consuming(trainer: Service, topic: str, timeout: float = 60.0) -> None:
+    """Wait until the trainer has a partition of `topic` (its consumer group joined): records
+    produced before wait for the join, seconds for a new group on the local broker."""
+    with grpc.insecure_channel(trainer.grpc_address) as channel:
+        stub = trainer_pb2_grpc.TrainerStub(channel)
+
+        def consuming() -> bool:
+            reply = stub.GetStatus(trainer_pb2.GetStatusRequest(), timeout=1)
+            return any(key.rpartition(":")[0] == topic for key in reply.partitions)
+
+        trainer.process.wait_ready(consuming, timeout, f"the trainer consuming {topic}")
 
 
 def _wait_serving(service: Service, what: str) -> None:
