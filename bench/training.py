@@ -10,8 +10,9 @@ One run, side by side, the trainer with its defaults (the default learner, guard
   (d) end-to-end freshness with the trainer's defaults: an example produced to Kafka until a
       version that learned it is served (the inference service's ModelMetadata, polled by a
       gRPC client every 20 ms: the version a request would be answered by), p50 and p99, for
-      every example from the adapter's first one, through its FSA warm-up (on the warm-up's thread) until `--fresh-seconds` after a version
-      with the PET is served; and the inference service's build-and-swap time.
+      every example from the adapter's first one, through its FSA warm-up (on the warm-up's
+      thread) until `--fresh-seconds` after a version with the PET is served; and the
+      inference service's build-and-swap time.
 
 Writes bench/training-results.json, then the "Training" section of docs/BENCHMARKS.md from
 that file alone (`--report-only` re-renders it).
