@@ -52,6 +52,7 @@ from perennial_dev.datasets.wordnet import class_incremental_split, read_noun_gl
 from perennial_dev.launch import start_inference
 from perennial_dev.localstack import ManagedProcess, free_port, start_redis
 from services.inference import model as inference_model
+from services.inference.cpus import pin_current_thread, plan_cpus
 from services.inference.model import load_version, predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,19 +221,26 @@ def limit_round(
     seed: int,
     sizes: tuple[int, ...] = BATCHES,
 ) -> dict[str, float]:
-    """rows/s of `predict` in-process on random batches of `queries`, by batch size."""
+    """rows/s of `predict` in-process on random batches of `queries`, by batch size; on the CPU
+    the server's batch thread would be pinned to at these threads (`cpus.plan_cpus`), if any."""
     torch.set_num_threads(threads)
     backbone.use_runtime(backbone.runtime, None, threads)
     rng = np.random.default_rng(seed)
     rates = {}
-    for size in sizes:
-        batches = [[queries[i] for i in rng.choice(len(queries), size)] for _ in range(256)]
-        predict(backbone, [(served, batches[-1])])  # warm-up at this shape
-        calls, started = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - started) < seconds or calls < 2:
-            predict(backbone, [(served, batches[calls % len(batches)])])
-            calls += 1
-        rates[str(size)] = calls * size / elapsed
+    plan, everywhere = plan_cpus("auto", threads), os.sched_getaffinity(0)
+    if plan is not None:
+        pin_current_thread(plan.model)
+    try:
+        for size in sizes:
+            batches = [[queries[i] for i in rng.choice(len(queries), size)] for _ in range(256)]
+            predict(backbone, [(served, batches[-1])])  # warm-up at this shape
+            calls, started = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - started) < seconds or calls < 2:
+                predict(backbone, [(served, batches[calls % len(batches)])])
+                calls += 1
+            rates[str(size)] = calls * size / elapsed
+    finally:
+        os.sched_setaffinity(0, everywhere)
     return rates
 
 

@@ -12,6 +12,7 @@ from kafka import KafkaProducer
 from perennial import redis_connect, runtime, tracing
 from perennial.grpc_security import ServerSecurity
 from perennial.store import SnapshotStore
+from services.inference.cpus import describe, pin_process, plan_cpus
 from services.inference.metrics import InferenceDriftMetrics, InferenceMetrics
 from services.inference.monitor import InferenceDriftMonitor, frozen_token_embedder, pooled_pixels
 from services.inference.plane import DataPlane
@@ -25,11 +26,14 @@ log = logging.getLogger(__name__)
 
 def serve(settings: InferenceSettings) -> None:
     """Start, serve until SIGTERM, drain."""
+    cpus = plan_cpus(settings.cpu_pinning, settings.torch_threads)
+    if cpus is not None:  # the batch thread moves to its own CPU when it starts
+        pin_process(cpus.others)
     security = ServerSecurity.from_settings(settings)
     store = SnapshotStore(redis_connect.connect(settings))
     registry, stop = runtime.start("inference", settings)
     metrics = InferenceMetrics(registry)
-    servicer = InferenceServicer(metrics, settings.batching())
+    servicer = InferenceServicer(metrics, settings.batching(cpus.model if cpus else None))
     health_servicer = health.HealthServicer()
     set_health(health_servicer, False)  # NOT_SERVING until the backbone is loaded
     server = build_server(
@@ -52,6 +56,7 @@ def serve(settings: InferenceSettings) -> None:
                 "port": settings.grpc_port,
                 "rest_host": settings.rest_host,
                 "rest_port": rest.port,
+                **describe(cpus),
             }
         },
     )

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from perennial.errors import DeadlineExceeded, NotReady, ResourceExhausted
+from services.inference.cpus import pin_current_thread
 from services.inference.metrics import InferenceMetrics
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,13 @@ Result = TypeVar("Result")
 @dataclass(frozen=True)
 class BatchingConfig:
     """max_batch_size: rows per model call; max_queue_delay_seconds: longest wait for a batch
-    to fill; max_queue_size: requests waiting before new ones are rejected."""
+    to fill; max_queue_size: requests waiting before new ones are rejected; cpus: the CPUs the
+    batch thread runs on (None: wherever the scheduler puts it; see `cpus.py`)."""
 
     max_batch_size: int = 64
     max_queue_delay_seconds: float = 0.002
     max_queue_size: int = 256
+    cpus: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -171,6 +174,8 @@ class Batcher(Generic[Key, Result]):
             self._outstanding -= jobs
 
     def _loop(self) -> None:
+        if self.config.cpus:
+            pin_current_thread(self.config.cpus)
         while (batch := self._next_batch()) is not None:
             now = time.monotonic()
             live = []

@@ -14,6 +14,7 @@ from perennial.config import (
     variable,
 )
 from services.inference.batching import BatchingConfig
+from services.inference.cpus import CpuPinning
 from services.inference.monitor import MonitorConfig
 from services.inference.plane import ServerConfig, ServingConfig
 from services.inference.predictionlog import PredictionLogConfig
@@ -74,6 +75,12 @@ class InferenceSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecur
         ServingConfig.reconcile_seconds,
         gt=0,
         description="compare served versions with the Redis heads this often (missed announcements)",
+    )
+    cpu_pinning: CpuPinning = Field(
+        "auto",
+        description="auto: with one intra-op thread (PERENNIAL_TORCH_THREADS=1) and CPUs of its "
+        "own (its CPU set no larger than its cgroup CPU quota), the batch thread runs on one CPU "
+        "and every other thread on the rest; off: the scheduler places every thread",
     )
     drain_seconds: float = Field(
         10.0, ge=0, description="grace period for in-flight requests on SIGTERM"
@@ -136,9 +143,9 @@ class InferenceSettings(ProcessSettings, RedisSettings, KafkaSettings, GrpcSecur
             )
         return self
 
-    def batching(self) -> BatchingConfig:
+    def batching(self, cpus: frozenset[int] | None = None) -> BatchingConfig:
         return BatchingConfig(
-            self.max_batch_size, self.max_queue_delay_ms / 1000, self.max_queue_size
+            self.max_batch_size, self.max_queue_delay_ms / 1000, self.max_queue_size, cpus
         )
 
     def serving(self) -> ServingConfig:
