@@ -52,7 +52,7 @@ from perennial_dev.datasets.wordnet import class_incremental_split, read_noun_gl
 from perennial_dev.launch import start_inference
 from perennial_dev.localstack import ManagedProcess, free_port, start_redis
 from services.inference import model as inference_model
-from services.inference.cpus import pin_current_thread, plan_cpus
+from services.inference.cpus import describe, pin_current_thread, plan_cpus
 from services.inference.model import load_version, predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -467,6 +467,7 @@ def run(args) -> dict:
         "threads": args.threads,
         "load_average": {"start": load_average()},
         "batches": list(BATCHES),
+        "cpu_plan": {str(t): describe(plan_cpus("auto", t)) for t in THREAD_CHOICES},
     }
     data = workload()
     results["workload"] = {

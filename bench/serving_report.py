@@ -105,7 +105,9 @@ def section(results: dict) -> str:
         "fp32 (the services' default `PERENNIAL_RUNTIME=onnx`), torch fp32 (the runtime "
         "before it) and, for Perennial, ONNX Runtime with dynamic int8 quantization "
         "(`PERENNIAL_RUNTIME=onnx-int8`, its own snapshot: features differ; its accuracy effect "
-        "is measured by `make bench-int8`). Threads: intra-op threads of torch and ONNX Runtime alike. Load: "
+        "is measured by `make bench-int8`). Threads: intra-op threads of torch and ONNX Runtime alike. "
+        + _cpus(results)
+        + "Load: "
         "`tritonclient.grpc`, closed loop, in the bench process, which shares the 2 cores: its "
         "CPU share (CPU seconds of the load generator / wall time) is in the table.",
         "",
@@ -167,6 +169,30 @@ def _inside(results: dict) -> list[str]:
                 f"| {cell('batch'):.1f} | {per_row:.1f} | {cell('drift'):.1f} |"
             )
     return out
+
+
+def _cpus(results: dict) -> str:
+    """Where the threads ran (`PERENNIAL_CPU_PINNING=auto`, by threads); runs before it: nothing."""
+    plans = results.get("cpu_plan")
+    if not plans:
+        return ""
+    parts = [
+        f"at {threads} thread(s) the batch thread on CPU {_listed(plan['model_cpus'])} and "
+        f"every other thread on CPU {_listed(plan['other_cpus'])}"
+        if "model_cpus" in plan
+        else f"at {threads} thread(s) no pinning"
+        for threads, plan in plans.items()
+    ]
+    return (
+        "CPUs (Perennial's default `PERENNIAL_CPU_PINNING=auto`): "
+        + "; ".join(parts)
+        + "; the in-process limit runs on the batch thread's CPU where there is one; KServe "
+        "is not pinned, as its users run it. "
+    )
+
+
+def _listed(cpus: list[int]) -> str:
+    return ", ".join(map(str, cpus))
 
 
 def _limit_table(results: dict) -> list[str]:
