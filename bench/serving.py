@@ -431,6 +431,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default: bench/)")
     parser.add_argument("--doc", type=Path, default=None, help="write the Serving section here")
     parser.add_argument("--render", type=Path, default=None, help="only render this results JSON")
+    parser.add_argument(
+        "--before", type=Path, help="an earlier results file, shown beside this run (before/after)"
+    )
+    parser.add_argument("--before-note", help="what the code of the --before run did differently")
     args = parser.parse_args()
     from bench.serving_report import SECTION, section
 
@@ -444,6 +448,10 @@ def main() -> None:
             "serving-results.quick.json" if args.quick else "serving-results.json"
         )
         results = run(args)
+        if args.before:
+            results["before"] = json.loads(args.before.read_text())
+            results["before"].pop("before", None)
+            results["before"]["note"] = args.before_note or ""
         out.write_text(json.dumps(results, indent=1) + "\n")
         text = section(results)
     print(text)

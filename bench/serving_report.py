@@ -129,6 +129,7 @@ def section(results: dict) -> str:
     out += _inside(results)
     out += _limit_table(results)
     out += _goals(results)
+    out += _before(results)
     out += _perf_analyzer(results)
     out += _swap(results)
     out += _adapters(results)
@@ -161,14 +162,42 @@ def _inside(results: dict) -> list[str]:
             def cell(key, scale=1000.0, inner=inner):
                 return _median(i[key] * scale if i[key] is not None else None for i in inner)
 
-            per_row = _median(
-                i["batch"] / i["rows"] * 1000 if i["batch"] and i["rows"] else None for i in inner
-            )
+            per_row = _call_per_row(inner)
             out.append(
                 f"| {c} | {_label(results, name)} | {cell('queue'):.1f} | {cell('rows', 1):.1f} "
                 f"| {cell('batch'):.1f} | {per_row:.1f} | {cell('drift'):.1f} |"
             )
     return out
+
+
+def _call_per_row(inner: list[dict]) -> float:
+    """The model call's ms per row, median over the rounds' histograms."""
+    return _median(
+        i["batch"] / i["rows"] * 1000 if i["batch"] and i["rows"] else None for i in inner
+    )
+
+
+def _before(results: dict) -> list[str]:
+    """The run before (`--before`), by its own results file: the figures the goals compare."""
+    old = results.get("before")
+    if not old:
+        return []
+    threads = old["threads"]
+    perennial = _find(old, "perennial", "onnx", threads)
+    kserve = _find(old, "kserve", "onnx", threads)
+    _, limit, _ = _limit(old, threads)
+    c32 = _point(old, perennial, "32", "throughput")
+    inner = [p["inside"] for p in old["points"][perennial]["32"] if p.get("inside")]
+    p50 = _point(old, perennial, "1", "p50_ms")
+    text = (
+        f"Before ({old['date']}{'; ' + old['note'] if old.get('note') else ''}): Perennial "
+        f"(ONNX fp32, {threads} thread{'s' if threads > 1 else ''}) at c=32 {c32:.1f} req/s, "
+        f"**{c32 / limit:.2f}** of that run's in-process limit ({limit:.1f} rows/s), its model "
+        f"call {_call_per_row(inner):.1f} ms per row; p50 at c=1 {p50:.1f} ms"
+    )
+    if kserve:
+        text += f" against KServe's {_point(old, kserve, '1', 'p50_ms'):.1f} ms"
+    return ["", text + "."]
 
 
 def _cpus(results: dict) -> str:

@@ -118,3 +118,24 @@ def test_hot_swap_verdict_from_the_pooled_latencies():
     assert "100 ms over 750 requests without swaps, 108 ms over 740 with" in text
     del data["swap"]["pooled_p99_ms"]
     assert "predates the pooled estimate" in section(data)
+
+
+def test_where_the_threads_ran_and_the_run_before_from_its_own_results():
+    now = results()
+    now["cpu_plan"] = {
+        "1": {"cpu_pinning": "batch thread pinned", "model_cpus": [1], "other_cpus": [0]},
+        "2": {"cpu_pinning": "none"},
+    }
+    before = results()
+    before["points"]["perennial-onnx-t1"]["32"] = [point(32, 30.0, "perennial")] * 3
+    now["before"] = {**before, "date": "2026-11-29T00:00:00+00:00", "note": "no pinning"}
+    text = section(now)
+    assert "at 1 thread(s) the batch thread on CPU 1 and every other thread on CPU 0" in text
+    assert "at 2 thread(s) no pinning" in text
+    # 30 req/s over that run's limit of 100 rows/s; its call: 30 ms for 2 rows
+    assert (
+        "Before (2026-11-29T00:00:00+00:00; no pinning): Perennial (ONNX fp32, 1 thread) at c=32 "
+        "30.0 req/s, **0.30** of that run's in-process limit (100.0 rows/s), its model call "
+        "15.0 ms per row; p50 at c=1 20.0 ms against KServe's 25.0 ms." in text
+    )
+    assert "CPUs (" not in section(results())  # runs that did not record it say nothing
