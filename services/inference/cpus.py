@@ -37,23 +37,25 @@ class CpuPlan:
     others: frozenset[int]
 
 
-def plan_cpus(
-    mode: CpuPinning,
-    threads: int,
-    available: set[int] | None = None,
-    quota: float | None = None,
+def plan_cpus(mode: CpuPinning, threads: int) -> CpuPlan | None:
+    """This process's plan for `threads` intra-op threads, or None (the scheduler places every
+    thread): `plan_for` on its CPU set and its cgroup's quota."""
+    if mode == "off" or not hasattr(os, "sched_getaffinity"):  # (not Linux: no affinity)
+        return None
+    return plan_for(mode, threads, set(os.sched_getaffinity(0)), cgroup_cpu_quota())
+
+
+def plan_for(
+    mode: CpuPinning, threads: int, available: set[int], quota: float | None
 ) -> CpuPlan | None:
-    """The plan for `threads` intra-op threads, or None (the scheduler places every thread).
-    `available` (default: this process's CPU set) and `quota` (default: the cgroup's, in CPUs;
-    None = no quota) are parameters for tests."""
-    if mode == "off" or threads != 1:
+    """The plan for `threads` intra-op threads on the CPUs `available` under a CPU `quota`
+    (in CPUs; None: no quota), or None (the scheduler places every thread)."""
+    if mode == "off" or threads != 1 or len(available) < 2:
         return None
-    cpus = set(os.sched_getaffinity(0)) if available is None else set(available)
-    quota = cgroup_cpu_quota() if quota is None and available is None else quota
-    if len(cpus) < 2 or (quota is not None and quota < len(cpus)):
+    if quota is not None and quota < len(available):
         return None
-    model = max(cpus)  # the last CPU: the first ones tend to take the device interrupts
-    return CpuPlan(frozenset({model}), frozenset(cpus - {model}))
+    model = max(available)  # the last CPU: the first ones tend to take the device interrupts
+    return CpuPlan(frozenset({model}), frozenset(available - {model}))
 
 
 def cgroup_cpu_quota(root: Path = CGROUP) -> float | None:

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from perennial_dev.launch import start_inference
-from services.inference.cpus import CpuPlan, cgroup_cpu_quota, plan_cpus
+from services.inference.cpus import CpuPlan, cgroup_cpu_quota, plan_cpus, plan_for
 from tests.helpers import wait_for
 
 
 def test_one_thread_on_cpus_of_its_own_gets_the_last_cpu_and_the_rest_get_the_others() -> None:
-    plan = plan_cpus("auto", 1, available={0, 1, 2, 3}, quota=None)
+    plan = plan_for("auto", 1, available={0, 1, 2, 3}, quota=None)
     assert plan == CpuPlan(frozenset({3}), frozenset({0, 1, 2}))
-    assert plan_cpus("auto", 1, available={4, 5}, quota=2.0) == CpuPlan(
+    assert plan_for("auto", 1, available={4, 5}, quota=2.0) == CpuPlan(
         frozenset({5}), frozenset({4})
     )
 
@@ -32,7 +32,7 @@ def test_one_thread_on_cpus_of_its_own_gets_the_last_cpu_and_the_rest_get_the_ot
     ],
 )
 def test_no_pinning_where_it_could_cost(mode, threads, available, quota) -> None:
-    assert plan_cpus(mode, threads, available=available, quota=quota) is None
+    assert plan_for(mode, threads, available=available, quota=quota) is None
 
 
 def test_the_cgroup_quota_in_cpus_from_v2_or_v1(tmp_path: Path) -> None:
