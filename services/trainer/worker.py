@@ -76,6 +76,7 @@ from perennial.store import (
 from services.trainer.deadletter import DeadLetterFailed, DeadLetters, Rejected
 from services.trainer.events import EventPublisher
 from services.trainer.guardrail import FeatureCache, HoldoutReservoir, judge
+from services.trainer.memory import release_freed_memory
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.monitor import TrainerDriftMonitor
 from services.trainer.settings import TrainerSettings
@@ -346,7 +347,8 @@ class Trainer:
             refused = self._incompatible.get(adapter)
             if refused is not None and refused[1] > time.monotonic():
                 raise FailedPrecondition(refused[0])  # without fetching the snapshot again
-            self._make_room()
+            if self._make_room():
+                release_freed_memory()  # the evicted learners' memory, back to the OS
             try:
                 state = self.adapters[adapter] = self._load(adapter, partition)
             except FailedPrecondition as error:
@@ -550,9 +552,11 @@ class Trainer:
         state.recovering.clear()
         return True
 
-    def _make_room(self) -> None:
+    def _make_room(self) -> int:
         """Keep at most `max_adapters` in memory: snapshot the least recently used adapter
-        (its pending records learned first), then drop it; it reloads from that snapshot."""
+        (its pending records learned first), then drop it; it reloads from that snapshot.
+        Returns how many were dropped."""
+        dropped = 0
         while len(self.adapters) >= self.settings.max_adapters:
             candidates = [
                 (s.last_used, a)
@@ -560,7 +564,7 @@ class Trainer:
                 if not s.paused and not s.recovering
             ]
             if not candidates:
-                return  # nothing may leave: paused or recovering adapters stay
+                return dropped  # nothing may leave: paused or recovering adapters stay
             _, adapter = min(candidates)
             state = self.adapters[adapter]
             if state.pending:
@@ -569,17 +573,19 @@ class Trainer:
                     continue  # the consume's snapshot fenced it out: already gone
             if state.uncheckpointed:
                 if not self._publishable(state):
-                    return  # re-reading: it cannot leave before its next checkpoint
+                    return dropped  # re-reading: it cannot leave before its next checkpoint
                 try:
                     self._snapshot(adapter, state, checkpoint=True)
                 except (redis.RedisError, StaleParent) as error:
                     if isinstance(error, redis.RedisError):
                         self._dependency_error("redis", error)
-                    return  # cannot evict without losing work: stay over the limit for now
+                    return dropped  # cannot evict without losing work: stay over the limit
             self._drop(adapter)
+            dropped += 1
             self.metrics.adapter_evictions.inc()
             self.metrics.resident_adapters.set(len(self.adapters))
             self._update_safe_offsets()
+        return dropped
 
     def _drop(self, adapter: str) -> AdapterState | None:
         """Forget an adapter's learner (it is reloaded from Redis when needed again)."""
