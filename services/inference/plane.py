@@ -37,10 +37,10 @@ from perennial.backbone import TextBackbone
 from perennial.codec import TEXT, InputSpec, valid_adapter_id
 from perennial.errors import DataLoss, FailedPrecondition, InvalidInput, NotFound
 from perennial.grpc_errors import STATUS
+from perennial.memory import release_freed_memory
 from perennial.store import CORRUPTION_REASONS, IntegrityError, Manifest, SnapshotStore
 from services.inference.metrics import InferenceMetrics
 from services.inference.model import Prediction, ServedVersion, load_version, predict
-from services.inference.sizing import release_memory
 
 log = logging.getLogger(__name__)
 MAX_PARENT_HOPS = 64  # manifests walked back to account freshness of skipped versions
@@ -277,7 +277,7 @@ class DataPlane:
             self.metrics.evictions.inc()
             self.metrics.version_info.remove(adapter, version)  # no-op if absent
         if evicted:
-            release_memory()
+            release_freed_memory()
 
     def _swap(self, new: ServedVersion) -> None:
         adapter = new.adapter

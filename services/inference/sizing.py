@@ -9,9 +9,7 @@ of each tensor once; the shared frozen backbone is not the version's and is skip
 
 from __future__ import annotations
 
-import ctypes
 import types
-from collections.abc import Callable
 
 import torch
 
@@ -67,16 +65,3 @@ def _storage(tensor: torch.Tensor) -> tuple[int, int]:
         return storage.data_ptr() or id(storage), storage.nbytes()
     except (RuntimeError, NotImplementedError):  # sparse, meta or other storage-less tensors
         return id(tensor), tensor.numel() * tensor.element_size()
-
-
-def _malloc_trim() -> Callable[[], None]:
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to hand back
-        return lambda: None
-    return lambda: trim(0) and None
-
-
-# Hands memory freed by an eviction back to the OS: glibc keeps it in its arenas otherwise,
-# one per thread that loaded a version, and RSS would stay at the high-water mark.
-release_memory = _malloc_trim()

@@ -64,6 +64,7 @@ from perennial.learners import (
     restore_learner,
     serving_state,
 )
+from perennial.memory import release_freed_memory
 from perennial.monitoring import NoMonitor
 from perennial.store import (
     IntegrityError,
@@ -76,7 +77,6 @@ from perennial.store import (
 from services.trainer.deadletter import DeadLetterFailed, DeadLetters, Rejected
 from services.trainer.events import EventPublisher
 from services.trainer.guardrail import FeatureCache, HoldoutReservoir, judge
-from services.trainer.memory import release_freed_memory
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.monitor import TrainerDriftMonitor
 from services.trainer.settings import TrainerSettings

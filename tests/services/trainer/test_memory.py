@@ -3,14 +3,11 @@ its RSS and the Redis bytes per adapter stay under the configured bounds."""
 
 from __future__ import annotations
 
-import platform
-
 import pytest
 import redis
 
 from perennial import codec
 from perennial.store import SnapshotStore
-from services.trainer.memory import release_freed_memory
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -117,10 +114,3 @@ def test_many_adapter_ids_stay_within_the_memory_bounds(
     for name in names[: adapters // 2]:
         latest = store.latest(name)
         assert latest.examples == 2 * per_adapter, name  # evicted, reloaded, each example once
-
-
-@pytest.mark.skipif(
-    platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's; elsewhere a no-op"
-)
-def test_freed_memory_goes_back_to_the_os_on_glibc() -> None:
-    assert release_freed_memory() is True

@@ -1,9 +1,10 @@
-"""Giving an evicted adapter's memory back to the operating system.
+"""Giving evicted state's memory back to the operating system (both services evict).
 
-glibc's allocator keeps freed memory in its arenas for reuse, and raises its mmap threshold
-after large frees, so a learner's statistics (FSA: 8 MB float64 matrices) are later allocated
-on the heap too. After evictions the trainer's RSS then stays near its peak, however few
-adapters remain resident: a memory bound per tenant that only holds on the allocator's luck.
+glibc's allocator keeps freed memory in its arenas (one per thread that allocated it) for
+reuse, and raises its mmap threshold after large frees, so large arrays (FSA's 8 MB float64
+statistics) are later allocated on the heap too. After evictions RSS then stays near its
+high-water mark, however little remains resident: a memory bound per tenant that only holds
+on the allocator's luck.
 `malloc_trim(0)` returns every arena's free pages. Through ctypes: no library wraps it; on a C
 library without it (musl) nothing happens.
 """
